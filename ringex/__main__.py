@@ -1,0 +1,5 @@
+import sys
+
+from ringex.cli import main
+
+sys.exit(main())
