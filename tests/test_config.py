@@ -1,0 +1,68 @@
+import pytest
+
+from ringex.config import Config, ConfigError, SymbolSpec, load_config
+
+
+def test_embedded_defaults_list_the_demo_symbols():
+    config = load_config(environ={})
+    names = [s.name for s in config.symbols]
+    assert {"ACME", "BOLT"} <= set(names)
+    acme = config.symbol("ACME")
+    assert (acme.tick, acme.price_min, acme.price_max) == (1, 1, 1_000_000)
+    assert (config.order_port, config.md_port, config.ws_port) == (7001, 7002, 7003)
+    assert config.data_dir == "./ringex-data"
+    assert config.durability == "fsync"
+    assert config.wait_strategy == "blocking"
+
+
+def test_file_then_environment_then_overrides(tmp_path):
+    path = tmp_path / "ex.toml"
+    path.write_text(
+        'data_dir = "/tmp/x"\norder_port = 9001\ndurability = "async"\n'
+        "[symbols.ZED]\ntick = 5\nprice_min = 5\nprice_max = 500\nstp = \"cancel_both\"\n"
+    )
+    config = load_config(path, environ={"RINGEX_ORDER_PORT": "9100"}, overrides={"md_port": 9200})
+    assert config.data_dir == "/tmp/x"
+    assert config.durability == "async"
+    assert config.order_port == 9100
+    assert config.md_port == 9200
+    assert [s.name for s in config.symbols] == ["ZED"]
+    assert config.symbol("ZED").levels == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('durability = "sometimes"\n', "durability"),
+        ("order_port = 70000\n", "order_port"),
+        ("ring_capacity = 1000\n", "ring_capacity"),
+        ("colour = 1\n", "colour"),
+        ("[symbols.ACME]\ntick = 0\n", "symbols.ACME.tick"),
+        ("[symbols.ACME]\nprice_min = 10\nprice_max = 5\n", "symbols.ACME.price_max"),
+        ("[symbols.ACME]\ntick = 3\nprice_min = 1\nprice_max = 11\n", "symbols.ACME.price_max"),
+        ("[symbols.ACME]\nstp = \"maybe\"\n", "symbols.ACME.stp"),
+        ("[symbols.ACME]\nsize = 3\n", "symbols.ACME.size"),
+        ("[symbols.WAYTOOLONGNAME]\n", "symbols.WAYTOOLONGNAME"),
+        ("order_port = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key_and_the_problem(tmp_path, text, named):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(path, environ={})
+
+
+def test_bad_environment_value_is_named():
+    with pytest.raises(ConfigError, match="order_port"):
+        load_config(environ={"RINGEX_ORDER_PORT": "seven"})
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_symbol_listed_twice_is_refused():
+    with pytest.raises(ConfigError, match="twice"):
+        Config(symbols=(SymbolSpec("ACME"), SymbolSpec("ACME")))
