@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ringex.records import encode_symbol
 
@@ -60,7 +61,9 @@ class SymbolSpec:
         if self.price_max < self.price_min:
             raise ConfigError(f"{where}.price_max: {self.price_max} is below price_min {self.price_min}")
         if (self.price_max - self.price_min) % self.tick:
-            raise ConfigError(f"{where}.price_max: band {self.price_min}..{self.price_max} is not a whole number of ticks of {self.tick}")
+            raise ConfigError(
+                f"{where}.price_max: band {self.price_min}..{self.price_max} is not a whole number of ticks of {self.tick}"
+            )
         if self.levels > 50_000_000:
             raise ConfigError(f"{where}: band of {self.levels} levels is too wide to preallocate")
         if self.stp not in STP_MODES:
@@ -72,9 +75,7 @@ class SymbolSpec:
         return (self.price_max - self.price_min) // self.tick + 1
 
 
-DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = tuple(
-    SymbolSpec(name) for name in ("ACME", "BOLT", "CRUX", "DYNE")
-)
+DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = tuple(SymbolSpec(name) for name in ("ACME", "BOLT", "CRUX", "DYNE"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ def test_file_then_environment_then_overrides(tmp_path):
     path = tmp_path / "ex.toml"
     path.write_text(
         'data_dir = "/tmp/x"\norder_port = 9001\ndurability = "async"\n'
-        "[symbols.ZED]\ntick = 5\nprice_min = 5\nprice_max = 500\nstp = \"cancel_both\"\n"
+        '[symbols.ZED]\ntick = 5\nprice_min = 5\nprice_max = 500\nstp = "cancel_both"\n'
     )
     config = load_config(path, environ={"RINGEX_ORDER_PORT": "9100"}, overrides={"md_port": 9200})
     assert config.data_dir == "/tmp/x"
@@ -40,7 +40,7 @@ def test_file_then_environment_then_overrides(tmp_path):
         ("[symbols.ACME]\ntick = 0\n", "symbols.ACME.tick"),
         ("[symbols.ACME]\nprice_min = 10\nprice_max = 5\n", "symbols.ACME.price_max"),
         ("[symbols.ACME]\ntick = 3\nprice_min = 1\nprice_max = 11\n", "symbols.ACME.price_max"),
-        ("[symbols.ACME]\nstp = \"maybe\"\n", "symbols.ACME.stp"),
+        ('[symbols.ACME]\nstp = "maybe"\n', "symbols.ACME.stp"),
         ("[symbols.ACME]\nsize = 3\n", "symbols.ACME.size"),
         ("[symbols.WAYTOOLONGNAME]\n", "symbols.WAYTOOLONGNAME"),
         ("order_port = \n", "not valid TOML"),
