@@ -1,0 +1,371 @@
+"""Order entry protocol version 1, sans-IO: bytes in, structured arrays out.
+
+The wire contract is ``../shared/PROTOCOL.md`` (the user's copy is
+``docs/protocol.md``). Every frame in either direction is 64 bytes, so a receiver
+never parses a frame at a time: ``FrameDecoder`` hands back every whole frame it
+holds as one numpy structured array, and ``validate`` checks all of them with array
+operations. Nothing here touches a socket or a clock, so the gateway, the client
+library, the tests and the fuzzer share exactly this code.
+
+Shapes follow h11: ``receive_data(bytes)`` buffers, ``next_frames()`` returns an
+array or ``NEED_DATA``; encoders return ``bytes``.
+
+Project additions to the contract (allowed by it: new codes, reserved bytes):
+
+- ``A`` (login accepted) carries the session id in its reserved u32 at offset 4.
+- Reason 13 ``IDLE_TIMEOUT`` and 14 ``SESSION_LIMIT`` close a session with ``E``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final
+
+import numpy as np
+
+from ringex.records import COMMAND, SYMBOL_LEN, OrderType, Side, Tif, encode_symbol
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "FRAME_SIZE",
+    "COMMAND",
+    "REPLY",
+    "Reason",
+    "MsgType",
+    "ReplyType",
+    "NEED_DATA",
+    "FrameDecoder",
+    "SymbolTable",
+    "validate",
+    "encode_login",
+    "encode_new_order",
+    "encode_cancel",
+    "encode_replace",
+    "encode_heartbeat",
+    "encode_reply",
+    "build_replies",
+]
+
+PROTOCOL_VERSION: Final = 1
+FRAME_SIZE: Final = 64
+
+
+class Reason(enum.IntEnum):
+    """Why a request was rejected (``X``/``J``) or a session closed (``E``)."""
+
+    OK = 0
+    NOT_LOGGED_IN = 1
+    BAD_CREDENTIALS = 2
+    UNKNOWN_SYMBOL = 3
+    BAD_SIDE = 4
+    BAD_ORDER_TYPE = 5
+    BAD_QTY = 6
+    BAD_PRICE = 7
+    UNKNOWN_MESSAGE = 8
+    THROTTLED = 9
+    NOT_READY = 10
+    ALREADY_LOGGED_IN = 11
+    BAD_ORDER_ID = 12
+    # project additions: only ever sent with ``E``, just before the close
+    IDLE_TIMEOUT = 13
+    SESSION_LIMIT = 14
+
+
+class MsgType(enum.IntEnum):
+    """``msg_type`` of a client-to-exchange frame."""
+
+    LOGIN = ord("L")
+    NEW = ord("N")
+    CANCEL = ord("C")
+    REPLACE = ord("R")
+    HEARTBEAT = ord("H")
+
+
+class ReplyType(enum.IntEnum):
+    """``msg_type`` of an exchange-to-client frame."""
+
+    LOGIN_ACCEPTED = ord("A")
+    LOGIN_REJECTED = ord("J")
+    ACK = ord("K")
+    REJECT = ord("X")
+    HEARTBEAT = ord("H")
+    ERROR = ord("E")
+
+
+REPLY = np.dtype(
+    {
+        "names": [
+            "msg_type",
+            "side",
+            "reason",
+            "session",
+            "symbol",
+            "client_order_id",
+            "order_id",
+            "price",
+            "qty",
+            "seq",
+            "ts_ns",
+        ],
+        "formats": ["u1", "u1", "<u2", "<u4", "S8", "<u8", "<u8", "<i8", "<i8", "<u8", "<u8"],
+        "offsets": [0, 1, 2, 4, 8, 16, 24, 32, 40, 48, 56],
+        "itemsize": FRAME_SIZE,
+    }
+)
+"""An exchange-to-client frame. ``session`` is the reserved u32, used only by ``A``."""
+
+assert COMMAND.itemsize == FRAME_SIZE and REPLY.itemsize == FRAME_SIZE
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+"""Returned by ``FrameDecoder.next_frames`` when no whole frame is buffered."""
+
+
+##########################################################################################
+# Decoding
+##########################################################################################
+
+
+class FrameDecoder:
+    """Splits a byte stream into whole 64-byte frames.
+
+    ``receive_data`` appends what a ``recv`` returned; ``next_frames`` returns every
+    whole frame buffered so far as one writable structured array (its own memory, so
+    the gateway may stamp it) or ``NEED_DATA``. A partial frame stays buffered until
+    the rest of its bytes arrive, so at most ``FRAME_SIZE - 1`` bytes are ever held
+    between calls: the work done is O(bytes received), whatever the peer sends.
+
+    ``dtype`` is ``COMMAND`` for the exchange side and ``REPLY`` for a client.
+    """
+
+    def __init__(self, dtype: np.dtype = COMMAND) -> None:
+        if dtype.itemsize != FRAME_SIZE:
+            raise ValueError(f"frame dtype must be {FRAME_SIZE} bytes, got {dtype.itemsize}")
+        self.dtype = dtype
+        self._buf = bytearray()
+        self._closed = False
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer closed its side."""
+        if not data:
+            self._closed = True
+        else:
+            self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame waiting for the rest."""
+        return len(self._buf)
+
+    @property
+    def peer_closed(self) -> bool:
+        return self._closed
+
+    def next_frames(self) -> np.ndarray | _NeedData:
+        whole = len(self._buf) - len(self._buf) % FRAME_SIZE
+        if whole == 0:
+            return NEED_DATA
+        if whole == len(self._buf):
+            chunk, self._buf = self._buf, bytearray()
+        else:
+            chunk = self._buf[:whole]
+            del self._buf[:whole]
+        return np.frombuffer(chunk, dtype=self.dtype)
+
+
+##########################################################################################
+# Validation
+##########################################################################################
+
+
+class SymbolTable:
+    """The listed symbols as arrays, so a batch of frames is checked without a loop.
+
+    ``names`` is sorted (``S8``) so ``index_of`` is one ``searchsorted``; the other
+    arrays are indexed like ``names``. ``specs`` maps the same index back to the
+    ``SymbolSpec`` it came from.
+    """
+
+    def __init__(self, specs) -> None:
+        specs = sorted(specs, key=lambda s: encode_symbol(s.name))
+        if not specs:
+            raise ValueError("a symbol table needs at least one symbol")
+        self.specs = tuple(specs)
+        self.names = np.array([encode_symbol(s.name) for s in specs], dtype=f"S{SYMBOL_LEN}")
+        self.tick = np.array([s.tick for s in specs], dtype=np.int64)
+        self.price_min = np.array([s.price_min for s in specs], dtype=np.int64)
+        self.price_max = np.array([s.price_max for s in specs], dtype=np.int64)
+        self.max_qty = np.array([s.max_qty for s in specs], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def index(self, name: str) -> int:
+        """Index of one symbol by name; ``KeyError`` if it is not listed."""
+        i = int(self.index_of(np.array([encode_symbol(name)], dtype=self.names.dtype))[0])
+        if i < 0:
+            raise KeyError(name)
+        return i
+
+    def index_of(self, symbols: np.ndarray) -> np.ndarray:
+        """Index of each ``S8`` symbol in the table, -1 where it is not listed."""
+        pos = np.searchsorted(self.names, symbols)
+        pos = np.minimum(pos, len(self.names) - 1)
+        return np.where(self.names[pos] == symbols, pos, -1).astype(np.int64)
+
+
+_REQUESTS = np.array([MsgType.NEW, MsgType.CANCEL, MsgType.REPLACE], dtype=np.uint8)
+_KNOWN = np.array(list(MsgType), dtype=np.uint8)
+
+
+def is_request(frames: np.ndarray) -> np.ndarray:
+    """Frames that are order requests (``N``, ``C``, ``R``): each gets one ``K`` or ``X``."""
+    return np.isin(frames["msg_type"], _REQUESTS)
+
+
+def validate(
+    frames: np.ndarray, table: SymbolTable, logged_in: bool, symbol_index: np.ndarray | None = None
+) -> np.ndarray:
+    """The reject reason of each frame (``Reason.OK`` = 0 where it passes), as ``u2``.
+
+    Checks, first failure wins: the message type is known; the session is logged in
+    (for requests); the symbol is listed; for ``N`` the side, the order type/tif
+    combination (limit with G/I/F/P, market with I/F), the quantity (1..max_qty) and
+    the price (a limit price in the band on a tick, a market price 0); for ``C`` and
+    ``R`` a non-zero order id; for ``R`` the new quantity and price as for a limit ``N``.
+
+    Logins and heartbeats pass (their handling is the session's business); rate,
+    in-flight and readiness limits are not checked here either. ``symbol_index``
+    may be passed in when the caller already computed ``table.index_of``.
+    """
+    mt = frames["msg_type"]
+    if symbol_index is None:
+        symbol_index = table.index_of(frames["symbol"])
+    listed = symbol_index >= 0
+    idx = np.where(listed, symbol_index, 0)
+    tick, pmin, pmax, qmax = table.tick[idx], table.price_min[idx], table.price_max[idx], table.max_qty[idx]
+
+    new = mt == MsgType.NEW
+    cancel = mt == MsgType.CANCEL
+    replace = mt == MsgType.REPLACE
+    request = new | cancel | replace
+    side, otype, tif = frames["side"], frames["order_type"], frames["tif"]
+    price, qty = frames["price"], frames["qty"]
+
+    limit = otype == OrderType.LIMIT
+    market = otype == OrderType.MARKET
+    tif_ok = np.where(
+        limit,
+        (tif == Tif.GTC) | (tif == Tif.IOC) | (tif == Tif.FOK) | (tif == Tif.POST_ONLY),
+        market & ((tif == Tif.IOC) | (tif == Tif.FOK)),
+    )
+    priced = (new & limit) | replace
+    price_ok = np.where(
+        priced,
+        (price > 0) & (price >= pmin) & (price <= pmax) & ((price - pmin) % tick == 0),
+        price == 0,
+    )
+    qty_ok = (qty > 0) & (qty <= qmax)
+
+    conditions = [
+        ~np.isin(mt, _KNOWN),
+        request & (not logged_in),
+        request & ~listed,
+        new & (side != Side.BUY) & (side != Side.SELL),
+        new & ~tif_ok,
+        (cancel | replace) & (frames["order_id"] == 0),
+        (new | replace) & ~qty_ok,
+        (new | replace) & ~price_ok,
+    ]
+    choices = [
+        Reason.UNKNOWN_MESSAGE,
+        Reason.NOT_LOGGED_IN,
+        Reason.UNKNOWN_SYMBOL,
+        Reason.BAD_SIDE,
+        Reason.BAD_ORDER_TYPE,
+        Reason.BAD_ORDER_ID,
+        Reason.BAD_QTY,
+        Reason.BAD_PRICE,
+    ]
+    return np.select(conditions, [np.uint16(c) for c in choices], np.uint16(0)).astype(np.uint16)
+
+
+##########################################################################################
+# Encoding
+##########################################################################################
+
+# one struct for both directions: the frames differ only in what the fields mean
+_FRAME = struct.Struct("<BBBBI8sQQqqQQ")
+_REPLY = struct.Struct("<BBHI8sQQqqQQ")
+assert _FRAME.size == FRAME_SIZE and _REPLY.size == FRAME_SIZE
+
+
+def _sym(symbol: str | bytes) -> bytes:
+    return symbol if isinstance(symbol, bytes) else encode_symbol(symbol)
+
+
+def encode_login(account: int, token: int, client_order_id: int = 0) -> bytes:
+    return _FRAME.pack(MsgType.LOGIN, 0, 0, 0, 0, b"\0" * 8, client_order_id, 0, 0, 0, account, token)
+
+
+def encode_new_order(
+    symbol: str | bytes,
+    side: int,
+    qty: int,
+    price: int = 0,
+    *,
+    client_order_id: int = 0,
+    order_type: int = OrderType.LIMIT,
+    tif: int = Tif.GTC,
+) -> bytes:
+    """A new order. ``side``/``order_type``/``tif`` are the letter codes (``records`` enums)."""
+    return _FRAME.pack(MsgType.NEW, side, order_type, tif, 0, _sym(symbol), client_order_id, 0, price, qty, 0, 0)
+
+
+def encode_cancel(symbol: str | bytes, order_id: int, *, client_order_id: int = 0) -> bytes:
+    return _FRAME.pack(MsgType.CANCEL, 0, 0, 0, 0, _sym(symbol), client_order_id, order_id, 0, 0, 0, 0)
+
+
+def encode_replace(symbol: str | bytes, order_id: int, price: int, qty: int, *, client_order_id: int = 0) -> bytes:
+    return _FRAME.pack(MsgType.REPLACE, 0, 0, 0, 0, _sym(symbol), client_order_id, order_id, price, qty, 0, 0)
+
+
+def encode_heartbeat() -> bytes:
+    return _FRAME.pack(MsgType.HEARTBEAT, 0, 0, 0, 0, b"\0" * 8, 0, 0, 0, 0, 0, 0)
+
+
+def encode_reply(
+    msg_type: int,
+    *,
+    reason: int = 0,
+    side: int = 0,
+    session: int = 0,
+    symbol: bytes = b"",
+    client_order_id: int = 0,
+    order_id: int = 0,
+    price: int = 0,
+    qty: int = 0,
+    seq: int = 0,
+    ts_ns: int = 0,
+) -> bytes:
+    """One exchange-to-client frame (logins, heartbeats, errors: the rare ones)."""
+    return _REPLY.pack(msg_type, side, reason, session, symbol, client_order_id, order_id, price, qty, seq, ts_ns)
+
+
+def build_replies(frames: np.ndarray, reasons: np.ndarray, ts_ns: int | np.ndarray) -> np.ndarray:
+    """One ``REPLY`` per frame: ``X`` with its reason where ``reasons`` is non-zero,
+    else ``K``; the echoed fields copied as whole columns. ``seq`` is left 0 for the
+    caller to fill once the ring has placed the command."""
+    out = np.zeros(len(frames), dtype=REPLY)
+    out["msg_type"] = np.where(reasons != 0, np.uint8(ReplyType.REJECT), np.uint8(ReplyType.ACK))
+    out["reason"] = reasons
+    for name in ("side", "symbol", "client_order_id", "order_id", "price", "qty"):
+        out[name] = frames[name]
+    out["ts_ns"] = ts_ns
+    return out
