@@ -1,0 +1,270 @@
+"""Order entry accounts and their secrets, and the ``ringex accounts`` subcommand.
+
+An account is a u64 id with a u64 token (the login frame's ``account`` and ``token``
+fields). The file ``accounts.json`` in the data directory keeps, per account, a
+random salt and the scrypt hash of the token, never the token itself: whoever reads
+the file cannot log in. The token is shown once, when the account is added.
+
+scrypt is slow on purpose (~30 ms here with the parameters below), which is right for
+a file that may leak and wrong for a gateway that verifies a login per session. So
+``AccountStore.verify`` remembers each (account, token) pair it has verified, in
+memory, keyed by a fast keyed hash of the pair; a repeat login costs a dict lookup.
+The file is re-read when its modification time changes, so ``ringex accounts
+add``/``remove`` take effect in a running gateway (and a removed account's cached
+verification is dropped with the rest of the cache).
+
+Public API used by the gateway and the notifier::
+
+    store = AccountStore.open(data_dir)      # or AccountStore(path)
+    store.verify(account: int, token: int) -> bool
+    store.add(account: int, token: int | None = None) -> int   # returns the token
+    store.remove(account: int) -> bool
+    store.accounts() -> list[int]
+    create_demo_accounts(data_dir, count=3) -> dict[int, int]  # {account: token}, only if none exist
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["AccountStore", "AccountError", "create_demo_accounts", "ACCOUNTS_FILE", "add_arguments", "run"]
+
+ACCOUNTS_FILE = "accounts.json"
+U64_MAX = (1 << 64) - 1
+
+# scrypt cost: n=2**14, r=8 is the interactive-login setting recommended by its
+# author (~16 MiB, tens of ms); maxmem must allow 128 * n * r bytes plus slack.
+SCRYPT_N = 1 << 14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+SALT_BYTES = 16
+# Demo accounts get ids from here, so they are easy to spot in journals.
+DEMO_FIRST_ACCOUNT = 1001
+
+
+class AccountError(ValueError):
+    """A bad account id or token, or an account file that cannot be used; the message says which."""
+
+
+def _check_u64(what: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= U64_MAX:
+        raise AccountError(f"{what} must be an integer from 1 to {U64_MAX}, got {value!r}")
+    return value
+
+
+def _hash_token(token: int, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(token.to_bytes(8, "little"), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=32)
+
+
+class AccountStore:
+    """The account file at ``path``, with an in-memory cache of verified logins."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._records: dict[int, dict] = {}
+        self._mtime_ns: tuple[int, int, int] | None | int = -1
+        # keyed by a BLAKE2 MAC of the pair under a per-process key, so the cache never
+        # holds a token in the clear either
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: set[bytes] = set()
+        self._reload_if_changed()
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str]) -> AccountStore:
+        """The store of the data directory ``data_dir`` (the file need not exist yet)."""
+        return cls(Path(data_dir) / ACCOUNTS_FILE)
+
+    # -- file ------------------------------------------------------------------
+
+    def _stat_mtime(self) -> tuple[int, int, int] | None:
+        # the inode changes on every save (write then rename), so a rewrite within the
+        # file system's timestamp granularity is still noticed
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+    def _reload_if_changed(self) -> None:
+        mtime = self._stat_mtime()
+        if mtime == self._mtime_ns:
+            return
+        records: dict[int, dict] = {}
+        if mtime is not None:
+            try:
+                doc = json.loads(self.path.read_text("utf-8"))
+                for key, rec in doc["accounts"].items():
+                    records[int(key)] = {
+                        "salt": bytes.fromhex(rec["salt"]),
+                        "hash": bytes.fromhex(rec["hash"]),
+                        "n": int(rec["n"]),
+                        "r": int(rec["r"]),
+                        "p": int(rec["p"]),
+                    }
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise AccountError(f"account file {self.path}: unreadable: {exc}") from None
+        self._records = records
+        self._mtime_ns = mtime
+        self._verified.clear()
+
+    def _save(self) -> None:
+        doc = {
+            "version": 1,
+            "kdf": "scrypt",
+            "accounts": {
+                str(acct): {"salt": r["salt"].hex(), "hash": r["hash"].hex(), "n": r["n"], "r": r["r"], "p": r["p"]}
+                for acct, r in sorted(self._records.items())
+            },
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # write then rename: a reader (a running gateway) sees the old file or the new one
+        fd, tmp = tempfile.mkstemp(prefix=".accounts-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._mtime_ns = self._stat_mtime()
+        self._verified.clear()
+
+    # -- API -------------------------------------------------------------------
+
+    def accounts(self) -> list[int]:
+        self._reload_if_changed()
+        return sorted(self._records)
+
+    def __contains__(self, account: int) -> bool:
+        self._reload_if_changed()
+        return account in self._records
+
+    def add(self, account: int, token: int | None = None) -> int:
+        """Add ``account`` (or give it a new token) and return its token: ``token`` if
+        given, else a fresh random u64. Only the salted hash is written."""
+        _check_u64("account", account)
+        token = secrets.randbelow(U64_MAX) + 1 if token is None else _check_u64("token", token)
+        self._reload_if_changed()
+        salt = secrets.token_bytes(SALT_BYTES)
+        self._records[account] = {
+            "salt": salt,
+            "hash": _hash_token(token, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P),
+            "n": SCRYPT_N,
+            "r": SCRYPT_R,
+            "p": SCRYPT_P,
+        }
+        self._save()
+        return token
+
+    def remove(self, account: int) -> bool:
+        """Remove ``account``; False if it was not there."""
+        self._reload_if_changed()
+        if self._records.pop(account, None) is None:
+            return False
+        self._save()
+        return True
+
+    def verify(self, account: int, token: int) -> bool:
+        """True if ``token`` is ``account``'s secret. Never raises for bad input.
+
+        Cost: one ``stat`` of the file, plus one scrypt (~tens of ms) the first time a
+        given pair is seen; a verified pair is remembered until the file changes.
+        Failed attempts are not cached (an attacker must not fill memory), so each
+        costs a scrypt: callers facing the network should close the session after a
+        failure, as the gateway does.
+        """
+        if not (
+            isinstance(account, int) and isinstance(token, int) and 0 <= account <= U64_MAX and 0 <= token <= U64_MAX
+        ):
+            return False
+        try:
+            self._reload_if_changed()
+        except AccountError:
+            return False  # a half-broken file denies everyone rather than crashing a server
+        rec = self._records.get(account)
+        if rec is None:
+            return False
+        key = hashlib.blake2b(
+            account.to_bytes(8, "little") + token.to_bytes(8, "little"), key=self._cache_key, digest_size=16
+        ).digest()
+        if key in self._verified:
+            return True
+        ok = hmac.compare_digest(_hash_token(token, rec["salt"], rec["n"], rec["r"], rec["p"]), rec["hash"])
+        if ok:
+            self._verified.add(key)
+        return ok
+
+
+def create_demo_accounts(data_dir: str | os.PathLike[str], count: int = 3) -> dict[int, int]:
+    """For a first start: if the data directory has no accounts, add ``count`` demo
+    accounts (ids 1001, 1002, ...) with random tokens and return ``{account: token}``
+    so the caller can print them once. Returns ``{}`` when accounts already exist."""
+    store = AccountStore.open(data_dir)
+    if store.accounts():
+        return {}
+    return {acct: store.add(acct) for acct in range(DEMO_FIRST_ACCOUNT, DEMO_FIRST_ACCOUNT + count)}
+
+
+##########################################################################################
+# ringex accounts
+##########################################################################################
+
+
+def _u64_arg(text: str) -> int:
+    try:
+        return _check_u64("value", int(text, 0))
+    except (ValueError, AccountError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR", help="data directory (default: the config's data_dir)")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file, for its data_dir")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("add", help="add an account (or reset its token); prints the token last")
+    p.add_argument("account", type=_u64_arg, metavar="ACCOUNT_ID")
+    p.add_argument("--token", type=_u64_arg, help="use this token instead of a random one (for scripts)")
+    sub.add_parser("list", help="list account ids")
+    p = sub.add_parser("remove", help="remove an account")
+    p.add_argument("account", type=_u64_arg, metavar="ACCOUNT_ID")
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data:
+        return Path(args.data)
+    from ringex.config import load_config
+
+    return load_config(args.config).data_path
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        store = AccountStore.open(_data_dir(args))
+        if args.action == "add":
+            token = store.add(args.account, args.token)
+            print(f"account {args.account} added to {store.path}; its token (shown only now):")
+            print(token)
+        elif args.action == "list":
+            for acct in store.accounts():
+                print(acct)
+        elif args.action == "remove":
+            if not store.remove(args.account):
+                print(f"ringex accounts: no account {args.account} in {store.path}", file=sys.stderr)
+                return 1
+            print(f"account {args.account} removed")
+    except AccountError as exc:
+        print(f"ringex accounts: {exc}", file=sys.stderr)
+        return 2
+    return 0
