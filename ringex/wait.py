@@ -1,0 +1,215 @@
+"""Wait strategies: how a ring's producer or consumer passes the time until a sequence is there.
+
+A waiter needs some cursor (or the minimum of several) to reach a sequence. The
+strategy decides what to do meanwhile, trading CPU for latency:
+
+- ``BusySpinWait``: re-read the cursor as fast as Python can. Lowest latency, and a
+  whole core burnt: only for a process pinned to a core of its own. On this 2-core
+  machine a second spinner stalls everything (see ``DESIGN.md``).
+- ``YieldingWait``: spin a little, then ``os.sched_yield()`` between reads. Low
+  latency while the machine has spare cores, full CPU use while idle.
+- ``BlockingWait`` (the default): spin briefly, then sleep on the waiter's named
+  POSIX semaphore with a timeout. An idle waiter uses ~0% CPU; a wake-up costs a
+  ``sem_post``/``sem_wait`` pair (~10 µs here).
+
+Wake-up protocol (``Sleeper`` on the waiting side, ``Waker`` on the signalling side):
+the waiter stores 1 in its *sleeping* flag in shared memory, fences, re-reads the
+cursor and only then sleeps; the signaller stores the cursor, fences, and posts the
+semaphore only if the flag is set. With both fences, one of the two always sees the
+other's store (Dekker), so no wake-up is lost, and a signaller whose waiters are
+awake pays no system call. The sleep still has a timeout, so even a wake-up lost by a
+process dying between the two steps costs at most that timeout.
+
+Every strategy has the same shape as Disruptor's ``WaitStrategy.waitFor``:
+``wait_for(need, probe, sleeper, deadline) -> available``, where ``probe()`` reads
+the cursor(s) and returns the highest available sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import posix_ipc
+
+__all__ = [
+    "WaitStrategy",
+    "BusySpinWait",
+    "YieldingWait",
+    "BlockingWait",
+    "Sleeper",
+    "Waker",
+    "full_fence",
+    "wait_strategy",
+]
+
+Probe = Callable[[], int]
+
+# Disruptor's YieldingWaitStrategy spins 100 times before it starts to yield.
+SPIN_TRIES = 100
+# Before sleeping, BlockingWait re-reads the cursor this many times (~10 µs of reads
+# here): a producer that is mid-batch usually publishes within that, and a sleep plus
+# wake-up costs about as much. Picked by the ping-pong bench, not derived.
+BLOCKING_SPIN_TRIES = 64
+# Longest single sleep. Bounds what a lost wake-up can cost and how late a waiter
+# notices a deadline, while an idle process wakes only 20 times a second.
+MAX_SLEEP_S = 0.05
+
+_FENCE_LOCK = threading.Lock()
+
+
+def full_fence() -> None:
+    """A StoreLoad fence, from Python.
+
+    x86-64 may let a load overtake an earlier store to another address (the store
+    waits in the store buffer); that is the one reordering the wake-up protocol cannot
+    tolerate. Any ``lock``-prefixed instruction drains the store buffer: acquiring and
+    releasing an uncontended ``threading.Lock`` executes such instructions (a
+    compare-and-swap in ``sem_wait``/``PyMutex``, an atomic add to release), ~130 ns.
+    """
+    _FENCE_LOCK.acquire()
+    _FENCE_LOCK.release()
+
+
+class Sleeper:
+    """Where one waiter sleeps: its *sleeping* flag (a word of the ring header on the
+    waiter's own cache line) and its named semaphore. Only the waiter writes the flag.
+    """
+
+    __slots__ = ("_words", "_flag", "_sem")
+
+    def __init__(self, words: memoryview, flag: int, sem: posix_ipc.Semaphore) -> None:
+        self._words = words
+        self._flag = flag
+        self._sem = sem
+
+    def sleep(self, need: int, probe: Probe, timeout: float) -> int:
+        """Announce, re-check, then sleep up to ``timeout`` s. Returns ``probe()`` afterwards."""
+        words = self._words
+        words[self._flag] = 1
+        full_fence()  # StoreLoad: the flag must be visible before the cursor is re-read
+        available = probe()
+        if available < need:
+            try:
+                self._sem.acquire(timeout)
+            except posix_ipc.BusyError:
+                pass
+            available = probe()
+        words[self._flag] = 0
+        return available
+
+    def reset(self) -> None:
+        """Forget what a dead predecessor left: its flag and any posts nobody took."""
+        self._words[self._flag] = 0
+        # Bounded: a dead waiter's flag makes the signaller post once per publish.
+        for _ in range(1 << 20):
+            try:
+                self._sem.acquire(0)
+            except posix_ipc.BusyError:
+                break
+
+
+class Waker:
+    """The signalling side: after a cursor store, post each sleeping waiter's semaphore."""
+
+    __slots__ = ("_words", "_targets")
+
+    def __init__(self, words: memoryview, targets: Sequence[tuple[int, posix_ipc.Semaphore]]) -> None:
+        self._words = words
+        self._targets = tuple(targets)
+
+    def wake(self) -> None:
+        full_fence()  # StoreLoad: the cursor store must be visible before a flag is read
+        words = self._words
+        for flag, sem in self._targets:
+            if words[flag]:
+                sem.release()
+
+
+class WaitStrategy:
+    """How to wait until ``probe()`` reaches ``need``; ``deadline`` is ``time.monotonic()``
+    seconds or None. Returns the last ``probe()`` value, below ``need`` only if the
+    deadline passed."""
+
+    name = "abstract"
+
+    def wait_for(self, need: int, probe: Probe, sleeper: Sleeper, deadline: float | None) -> int:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class BusySpinWait(WaitStrategy):
+    """Re-read the cursor without pause. Use only on a core dedicated to this process."""
+
+    name = "busy_spin"
+
+    def wait_for(self, need: int, probe: Probe, sleeper: Sleeper, deadline: float | None) -> int:
+        monotonic = time.monotonic
+        while True:
+            available = probe()
+            if available >= need or (deadline is not None and monotonic() >= deadline):
+                return available
+
+
+class YieldingWait(WaitStrategy):
+    """Spin ``spin_tries`` reads, then yield the CPU between reads. Low latency when the
+    machine has a spare core; burns CPU while idle."""
+
+    name = "yielding"
+
+    def __init__(self, spin_tries: int = SPIN_TRIES) -> None:
+        self.spin_tries = spin_tries
+
+    def wait_for(self, need: int, probe: Probe, sleeper: Sleeper, deadline: float | None) -> int:
+        monotonic = time.monotonic
+        tries = self.spin_tries
+        while True:
+            available = probe()
+            if available >= need or (deadline is not None and monotonic() >= deadline):
+                return available
+            if tries:
+                tries -= 1
+            else:
+                os.sched_yield()
+
+
+class BlockingWait(WaitStrategy):
+    """Spin ``spin_tries`` reads, then sleep on the waiter's semaphore, ``max_sleep`` s
+    at most per sleep. An idle waiter uses ~0% CPU. The default strategy."""
+
+    name = "blocking"
+
+    def __init__(self, spin_tries: int = BLOCKING_SPIN_TRIES, max_sleep: float = MAX_SLEEP_S) -> None:
+        self.spin_tries = spin_tries
+        self.max_sleep = max_sleep
+
+    def wait_for(self, need: int, probe: Probe, sleeper: Sleeper, deadline: float | None) -> int:
+        for _ in range(self.spin_tries):
+            available = probe()
+            if available >= need:
+                return available
+        nap = self.max_sleep
+        while True:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return probe()
+                nap = min(self.max_sleep, remaining)
+            available = sleeper.sleep(need, probe, nap)
+            if available >= need:
+                return available
+
+
+_BY_NAME = {"busy_spin": BusySpinWait, "yielding": YieldingWait, "blocking": BlockingWait}
+
+
+def wait_strategy(name: str) -> WaitStrategy:
+    """The strategy for a ``Config.wait_strategy`` name: blocking, yielding or busy_spin."""
+    try:
+        return _BY_NAME[name]()
+    except KeyError:
+        raise ValueError(f"unknown wait strategy {name!r} (known: {', '.join(_BY_NAME)})") from None
