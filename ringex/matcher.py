@@ -1,0 +1,220 @@
+"""``Matcher``: one symbol's book, owned from Python, matched by the kernels in ``matcher_jit``.
+
+The class validates what it is given, owns the arena and a scratch event buffer, and
+turns the kernels' arrays into Python answers (best prices, depth, resting orders,
+snapshots, a state hash). Everything that touches the book per command is jitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from ringex import matcher_jit as jit
+from ringex.config import SymbolSpec
+from ringex.records import COMMAND, EVENT, encode_symbol
+
+__all__ = ["Matcher", "BookCorrupt", "RESTING_ORDER", "SequenceGap"]
+
+RESTING_ORDER = np.dtype(
+    [
+        ("order_id", "<u8"),
+        ("client_order_id", "<u8"),
+        ("account", "<u8"),
+        ("side", "u1"),
+        ("order_type", "u1"),
+        ("tif", "u1"),
+        ("price", "<i8"),
+        ("qty", "<i8"),
+    ]
+)
+
+
+class BookCorrupt(AssertionError):
+    """``Matcher.validate`` found a broken invariant; the message names it."""
+
+
+class SequenceGap(ValueError):
+    """A batch does not start right after the last sequence the book applied."""
+
+
+def _symbol_word(name: str) -> int:
+    return int(np.frombuffer(encode_symbol(name), dtype="<i8")[0])
+
+
+class Matcher:
+    """The book of one symbol.
+
+    Resource handling: the arena (see ``matcher_jit``) is sized from the spec once;
+    ``apply`` reuses one scratch event buffer, growing it only when a batch could
+    produce more events than it holds, so the events it returns are a view that is
+    valid until the next ``apply``.
+
+    Error handling: commands are never rejected by raising -- bad ones become REJECTED
+    events. ``apply`` raises ``SequenceGap`` if a batch would skip or repeat sequences,
+    since that means the caller lost its place in the journal.
+    """
+
+    def __init__(self, spec: SymbolSpec, *, _arena: np.ndarray | None = None) -> None:
+        self.spec = spec
+        if _arena is None:
+            _arena = jit.make_book(
+                levels=spec.levels,
+                capacity=spec.capacity,
+                price_min=spec.price_min,
+                tick=spec.tick,
+                max_qty=spec.max_qty,
+                stp=jit.STP_CODES[spec.stp],
+                symbol_word=_symbol_word(spec.name),
+            )
+        self._arena = _arena
+        self._events = np.zeros(1024, EVENT)
+
+    # ---- matching -------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence of the last command applied; -1 for a book that has applied none."""
+        return int(self._arena[jit.H_LAST_SEQ])
+
+    def _command_words(self, commands: np.ndarray, first_seq: int) -> np.ndarray:
+        if commands.dtype != COMMAND:
+            raise TypeError(f"commands must have the COMMAND dtype, got {commands.dtype}")
+        last = self.last_seq
+        if last >= 0 and first_seq != last + 1:
+            raise SequenceGap(f"{self.spec.name}: batch starts at seq {first_seq}, book is at {last}")
+        return np.ascontiguousarray(commands).view(np.int64).reshape(-1, jit.COMMAND_WORDS)
+
+    def apply(self, commands: np.ndarray, first_seq: int) -> np.ndarray:
+        """Match a batch of ``COMMAND`` records; ``commands[i]`` has sequence ``first_seq + i``.
+
+        Returns the ``EVENT`` records it caused, in order: a view into a buffer that the
+        next call overwrites.
+        """
+        words = self._command_words(commands, first_seq)
+        done = written = 0
+        while True:
+            ev_words = self._events.view(np.int64).reshape(-1, jit.EVENT_WORDS)
+            consumed, n = jit.match_batch(self._arena, words[done:], first_seq + done, ev_words[written:])
+            done += consumed
+            written += n
+            if done == len(words):
+                return self._events[:written]
+            # Not enough room for the next command's worst case: grow and carry on.
+            need = written + self.order_count() + jit.EVENT_SLACK + 2 * (len(words) - done)
+            grown = np.zeros(max(2 * len(self._events), need), EVENT)
+            grown[:written] = self._events[:written]
+            self._events = grown
+
+    def apply_into(self, commands: np.ndarray, first_seq: int, events: np.ndarray) -> tuple[int, int]:
+        """Match as many of ``commands`` as surely fit into ``events`` (an ``EVENT`` array,
+        e.g. an out-ring's free slots). Returns ``(commands consumed, events written)``;
+        it consumes none when ``events`` is shorter than ``order_count() + EVENT_SLACK``."""
+        words = self._command_words(commands, first_seq)
+        if events.dtype != EVENT or not events.flags.c_contiguous:
+            raise TypeError("events must be a contiguous EVENT array")
+        consumed, n = jit.match_batch(self._arena, words, first_seq, events.view(np.int64).reshape(-1, jit.EVENT_WORDS))
+        return int(consumed), int(n)
+
+    # ---- snapshots ------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole book as bytes (a copy of the arena); ``last_seq`` is inside it."""
+        return self._arena.tobytes()
+
+    @staticmethod
+    def snapshot_last_seq(snapshot: bytes) -> int:
+        return int(np.frombuffer(snapshot, dtype=np.int64, count=jit.HEADER_WORDS)[jit.H_LAST_SEQ])
+
+    @classmethod
+    def restore(cls, spec: SymbolSpec, snapshot: bytes) -> Matcher:
+        """A book equal to the one that took ``snapshot``; raises ``ValueError`` if the
+        snapshot was taken under a different spec, ``BookCorrupt`` if it is damaged."""
+        if len(snapshot) % 8 or len(snapshot) < jit.HEADER_WORDS * 8:
+            raise ValueError("snapshot: not a book arena (bad length)")
+        arena = np.frombuffer(snapshot, dtype=np.int64).copy()
+        head = arena[: jit.HEADER_WORDS]
+        if head[jit.H_MAGIC] != jit.ARENA_MAGIC or head[jit.H_VERSION] != jit.ARENA_VERSION:
+            raise ValueError("snapshot: not a book arena of this version")
+        expected = {
+            jit.H_LEVELS: spec.levels,
+            jit.H_CAPACITY: spec.capacity,
+            jit.H_PRICE_MIN: spec.price_min,
+            jit.H_TICK: spec.tick,
+            jit.H_MAX_QTY: spec.max_qty,
+            jit.H_STP: jit.STP_CODES[spec.stp],
+            jit.H_SYMBOL: _symbol_word(spec.name),
+        }
+        for slot, want in expected.items():
+            if head[slot] != want:
+                raise ValueError(
+                    f"snapshot: taken under a different spec for {spec.name} (header word {slot}: {head[slot]} != {want})"
+                )
+        if len(arena) != jit.arena_words(spec.levels, spec.capacity):
+            raise ValueError("snapshot: arena length does not match the spec")
+        book = cls(spec, _arena=arena)
+        book.validate()
+        return book
+
+    # ---- inspection -----------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check linked lists, level and side totals, best bid/ask (and that the book is
+        not crossed), the order-id index and the free list. Raises ``BookCorrupt``."""
+        code = jit.check_book(self._arena)
+        if code:
+            raise BookCorrupt(f"{self.spec.name}: {jit.CHECK_MESSAGES[code]}")
+
+    def state_hash(self) -> str:
+        """A hash of the book's logical state (last seq, trade counter, every resting
+        order in priority order), independent of where orders sit in the pool."""
+        digest = hashlib.blake2b(digest_size=16)
+        head = self._arena[: jit.HEADER_WORDS]
+        digest.update(np.array([head[jit.H_LAST_SEQ], head[jit.H_TRADE_COUNTER]], np.int64).tobytes())
+        digest.update(self.resting_orders().tobytes())
+        return digest.hexdigest()
+
+    def order_count(self) -> int:
+        return int(self._arena[jit.H_COUNT_BID] + self._arena[jit.H_COUNT_ASK])
+
+    @property
+    def trade_counter(self) -> int:
+        """The last trade id issued (trade ids count 1, 2, 3... per book)."""
+        return int(self._arena[jit.H_TRADE_COUNTER])
+
+    def _best(self, side_ix: int) -> int | None:
+        level = int(self._arena[jit.H_BEST_BID + side_ix])
+        return None if level < 0 else self.spec.price_min + level * self.spec.tick
+
+    def best_bid(self) -> int | None:
+        return self._best(0)
+
+    def best_ask(self) -> int | None:
+        return self._best(1)
+
+    def depth(self, levels: int = 10) -> dict[str, list[tuple[int, int, int]]]:
+        """The best ``levels`` price levels per side: ``{"bids": [(price, qty, orders)...],
+        "asks": [...]}``, best first."""
+        out = np.zeros((max(levels, 0), 3), np.int64)
+        result = {}
+        for side_ix, key in ((0, "bids"), (1, "asks")):
+            k = jit.collect_depth(self._arena, side_ix, levels, out)
+            result[key] = [tuple(int(v) for v in row) for row in out[:k]]
+        return result
+
+    def resting_orders(self) -> np.ndarray:
+        """Every resting order (``RESTING_ORDER`` records) in priority order: bids best
+        first, then asks best first, FIFO within a level."""
+        words = np.zeros((self.order_count(), 8), np.int64)
+        k = jit.collect_orders(self._arena, words)
+        out = np.zeros(k, RESTING_ORDER)
+        out["order_id"] = words[:k, 0].view(np.uint64)
+        out["client_order_id"] = words[:k, 1].view(np.uint64)
+        out["account"] = words[:k, 2].view(np.uint64)
+        out["side"] = words[:k, 3] & 0xFF
+        out["order_type"] = (words[:k, 3] >> 8) & 0xFF
+        out["tif"] = (words[:k, 3] >> 16) & 0xFF
+        out["price"] = words[:k, 4]
+        out["qty"] = words[:k, 5]
+        return out
