@@ -1,0 +1,767 @@
+"""The market data notifier: reads every out-ring, publishes over TCP and WebSocket.
+
+```
+ out-ring[SYM] ──(gated on "journaler")──► EventPump ──► MarketData.apply ──► fan-out
+                                                                             │
+                          TCP JSON lines :7002 ◄── Session.write(same bytes) ┤
+                          WebSocket      :7003 ◄── Session.write(same bytes) ┘
+```
+
+One trio process. What is sent is decided by the sans-IO ``ringex.marketdata``;
+this module owns the sockets, the sessions and the ring reading.
+
+Reading the rings. Each out-ring is read by a task that first takes whatever is
+available without waiting; only when the ring is empty does it park the ring's
+blocking wait (semaphore, ~0% CPU while idle) in a worker thread with
+``trio.to_thread.run_sync``. Under load there is always something to read, so the
+task never leaves the trio thread and the batch grows with the load; at idle it costs
+one thread hop (~0.1 ms) per wake-up. Polling with ``trio.sleep`` instead would have
+to choose between burning CPU while idle and adding its period to every latency.
+The notifier is consumer ``"notifier"`` on each out-ring, gated on ``"journaler"``:
+the journaler moves its cursor only after the LMDB commit that covers each event
+and its cause, so everything read here is durable.
+
+Fan-out. A batch of events becomes, per stream, one blob of bytes built once; each
+subscribed session gets the same blob. ``Session.write`` tries a non-blocking
+``send`` straight from the fan-out loop (one system call, no task switch); only what
+the kernel did not take is queued, and the session's writer task flushes it when the
+socket becomes writable. The queue is bounded in bytes: a session over the bound is
+a slow consumer and is disconnected with an error saying so, so it never slows the
+ring reader or any other session, and a session that stays connected never misses a
+message.
+
+Start-up book. The depth views start from the book the caller passes to ``serve``
+(``books={symbol: [(order_id, side, price, open_qty), ...]}``, what recovery knows at
+the out-ring cursor the notifier starts from); with none they start empty, which is
+right for a fresh exchange whose rings start at 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import errno
+import json
+import logging
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import trio
+import wsproto
+import wsproto.events as wse
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from ringex.config import Config, load_config
+from ringex.marketdata import (
+    ClientError,
+    LineDecoder,
+    Login,
+    MarketData,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    parse_request,
+    session_message,
+    ws_text_frame,
+)
+from ringex.records import EVENT
+from ringex.ring import Ring
+
+__all__ = ["EventSource", "Notifier", "NotifierStats", "serve", "main", "raise_nofile_limit"]
+
+log = logging.getLogger("ringex.notifier")
+
+# A session's outgoing bytes not yet taken by the kernel. Beyond this it is a slow
+# consumer. 1 MiB is ~5,000 trades: seconds of a busy symbol, far beyond a blip.
+DEFAULT_MAX_QUEUE_BYTES = 1 << 20
+# An idle session is told the server is alive this often (seconds).
+DEFAULT_HEARTBEAT_S = 5.0
+# Bad messages a session may send before it is closed: enough for a human typing
+# into nc to recover, few enough that a broken client cannot keep us parsing garbage.
+MAX_ERRORS = 5
+# How long a disconnected session gets to take the tail of its queue plus the final
+# error before the socket is closed under it.
+DEFAULT_CLOSE_GRACE_S = 2.0
+# Longest the ring wait sleeps in its worker thread before the pump looks again;
+# it bounds how long shutdown waits for that thread, not latency (wake-ups are posted).
+RING_WAIT_S = 0.05
+# Like trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or buffers is a reason to
+# wait and retry accept, not to die.
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+LISTEN_BACKLOG = 4096
+RECV_BYTES = 65536
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft open-file limit to the hard limit; returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+####################################################################################
+# Event sources
+####################################################################################
+
+
+class EventSource(Protocol):
+    """Where a batch of EVENT records comes from (one out-ring).
+
+    ``read_nowait()`` returns a copy of the events available to this consumer (at most
+    a bounded batch), already released back to the producer, or ``None`` when there
+    are none. ``wait(timeout)`` blocks until events may be available or the timeout
+    passes; it runs in a worker thread, so it must not touch trio.
+    """
+
+    name: str
+
+    def read_nowait(self) -> np.ndarray | None: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+
+####################################################################################
+# Sessions
+####################################################################################
+
+
+class SessionClosed(Exception):
+    """Raised inside a session's tasks to end it; ``reason`` goes to the client."""
+
+    def __init__(self, reason: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Session:
+    """One subscriber connection: its socket, subscriptions and outgoing queue."""
+
+    __slots__ = (
+        "sock",
+        "ws",
+        "peer",
+        "account",
+        "streams",
+        "errors",
+        "active",
+        "closing",
+        "_pending",
+        "_pending_bytes",
+        "_max_bytes",
+        "_wake",
+        "_cancel",
+        "__weakref__",
+    )
+
+    def __init__(self, sock: socket.socket, websocket: bool, max_bytes: int) -> None:
+        self.sock = sock
+        self.ws: wsproto.WSConnection | None = (
+            wsproto.WSConnection(wsproto.ConnectionType.SERVER) if websocket else None
+        )
+        try:
+            self.peer = sock.getpeername()
+        except OSError:
+            self.peer = None
+        self.account: int | None = None
+        self.streams: set[tuple] = set()
+        self.errors = 0
+        self.active = False  # something was sent since the last heartbeat tick
+        self.closing: str | None = None  # why the session is ending, once it is
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self._pending_bytes = 0
+        self._max_bytes = max_bytes
+        self._wake = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._pending_bytes
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now if the kernel takes it, else queue it; never blocks.
+
+        Over the queue bound, the session is closed as a slow consumer.
+        """
+        if self.closing is not None:
+            return
+        self.active = True
+        if not self._pending:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.close(f"connection lost: {exc.strerror or exc}")
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        else:
+            data = memoryview(data)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > self._max_bytes:
+            self.close(f"slow consumer: more than {self._max_bytes} bytes queued")
+        self._wake.set()
+
+    def send_message(self, payload: bytes) -> None:
+        """Send one payload framed for this session's transport."""
+        if self.ws is None:
+            self.write(payload + b"\n")
+        else:
+            self.write(ws_text_frame(payload))
+
+    def close(self, reason: str | None) -> None:
+        """Stop delivering to this session; its writer sends the tail and ``reason``."""
+        if self.closing is not None:
+            return
+        self.closing = reason or "closed"
+        if reason is not None and reason != "connection lost" and not reason.startswith("connection lost"):
+            # Keep whatever part of a message is already on the wire, so the client can
+            # still parse the error after it; drop the rest, the session is over.
+            head = self._pending[0] if self._pending else None
+            self._pending.clear()
+            self._pending_bytes = 0
+            if head is not None:
+                self._pending.append(head)
+                self._pending_bytes = len(head)
+            err = session_message("error", reason=reason)
+            frame = err + b"\n" if self.ws is None else ws_text_frame(err)
+            self._pending.append(memoryview(frame))
+            self._pending_bytes += len(frame)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Send queued bytes as the socket accepts them, until the queue is empty."""
+        pending = self._pending
+        while pending:
+            await trio.lowlevel.wait_writable(self.sock)
+            while pending:
+                head = pending[0]
+                try:
+                    sent = self.sock.send(head)
+                except BlockingIOError:
+                    break
+                self._pending_bytes -= sent
+                if sent == len(head):
+                    pending.popleft()
+                else:
+                    pending[0] = head[sent:]
+                    break
+
+    async def writer(self) -> None:
+        """The session's writer task: flush whenever ``write`` queued something."""
+        while self.closing is None:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if self.closing is not None:
+                break
+            await self.flush()
+        raise SessionClosed(self.closing)
+
+
+####################################################################################
+# The notifier
+####################################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class NotifierStats:
+    """What ``Notifier.statistics()`` reports."""
+
+    sessions: int
+    subscriptions: int
+    events: int
+    batches: int
+    slow_consumers: int
+    ports: dict[str, int]
+
+
+class Notifier:
+    """The trio side: listeners, sessions, ring pumps and heartbeats.
+
+    Resource handling: every session's socket is closed when the session ends, and
+    every listener when ``run`` returns. Sessions are tracked in ``self.sessions``.
+
+    Error handling: socket errors end the one session they happen on; a client's bad
+    message is answered with an ``error`` and counted (``MAX_ERRORS`` closes it);
+    anything else is a bug and propagates, ending the notifier.
+    """
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        sources: Iterable[EventSource] = (),
+        *,
+        host: str = "127.0.0.1",
+        tcp_port: int | None = 7002,
+        ws_port: int | None = 7003,
+        verify: Callable[[int, int], bool] | None = None,
+        books: dict[str, Iterable[tuple[int, int, int, int]]] | None = None,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+    ) -> None:
+        self.symbols = tuple(symbols)
+        self.md = MarketData(self.symbols)
+        for symbol, resting in (books or {}).items():
+            self.md.load_book(symbol, resting)
+        self.sources = list(sources)
+        self.host = host
+        self.tcp_port = tcp_port
+        self.ws_port = ws_port
+        self.verify = verify
+        self.max_queue_bytes = max_queue_bytes
+        self.heartbeat_s = heartbeat_s
+        self.close_grace_s = close_grace_s
+        self.sessions: set[Session] = set()
+        self.ports: dict[str, int] = {}
+        self._events = 0
+        self._batches = 0
+        self._slow = 0
+
+    def statistics(self) -> NotifierStats:
+        return NotifierStats(
+            sessions=len(self.sessions),
+            subscriptions=sum(len(s) for s in self.md.subscribers.values()),
+            events=self._events,
+            batches=self._batches,
+            slow_consumers=self._slow,
+            ports=dict(self.ports),
+        )
+
+    # -- publishing -----------------------------------------------------------------
+
+    def publish(self, events: np.ndarray) -> None:
+        """Apply one batch and fan the resulting messages out. Never awaits, so a
+        subscriber's snapshot and the updates after it are always consistent."""
+        self._events += len(events)
+        self._batches += 1
+        for stream, payloads in self.md.apply(events):
+            subs = self.md.subscribers.get(stream)
+            if not subs:
+                continue
+            tcp_blob = b"\n".join(payloads) + b"\n"
+            ws_blob = None
+            for session in tuple(subs):
+                if session.ws is None:
+                    session.write(tcp_blob)
+                else:
+                    if ws_blob is None:
+                        ws_blob = b"".join([ws_text_frame(p) for p in payloads])
+                    session.write(ws_blob)
+                if session.closing is not None:
+                    self._forget(session)
+
+    async def pump(self, source: EventSource) -> None:
+        """Read one out-ring forever (see the module docstring for why this way)."""
+        while True:
+            events = source.read_nowait()
+            if events is None or not len(events):
+                await trio.to_thread.run_sync(source.wait, RING_WAIT_S, abandon_on_cancel=True)
+                continue
+            self.publish(events)
+            # let sessions run between batches: under a flood the ring is never empty
+            await trio.lowlevel.checkpoint()
+
+    async def heartbeats(self) -> None:
+        beat = 0
+        while True:
+            await trio.sleep(self.heartbeat_s)
+            beat += 1
+            ping = session_message("heartbeat", ts_ns=time.time_ns())
+            for session in tuple(self.sessions):
+                if not session.active and session.closing is None:
+                    session.send_message(ping)
+                session.active = False
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _forget(self, session: Session) -> None:
+        if session.closing and session.closing.startswith("slow consumer"):
+            self._slow += 1
+        self.md.drop(session, session.streams)
+        session.streams.clear()
+
+    async def _handle(self, session: Session, request) -> None:
+        if isinstance(request, Ping):
+            session.send_message(session_message("pong", ts_ns=time.time_ns()))
+        elif isinstance(request, Login):
+            if session.account is not None:
+                raise ClientError("already logged in")
+            ok = False
+            if self.verify is not None:
+                ok = await trio.to_thread.run_sync(self.verify, request.account, request.token)
+            if not ok:
+                # each failed attempt costs a scrypt: do not let one session retry
+                session.close("bad credentials")
+                return
+            session.account = request.account
+            session.send_message(session_message("logged_in", account=request.account))
+        elif isinstance(request, Subscribe):
+            for payload in self.md.subscribe(session, request, session.account):
+                session.send_message(payload)
+            session.streams.add(self.md.stream_of(request, session.account))
+        elif isinstance(request, Unsubscribe):
+            session.send_message(self.md.unsubscribe(session, request, session.account))
+            session.streams.discard(self.md.stream_of(request, session.account))
+
+    async def _request(self, session: Session, raw: bytes | str) -> None:
+        try:
+            request = parse_request(raw, self.symbols)
+            await self._handle(session, request)
+        except ClientError as exc:
+            session.errors += 1
+            if session.errors >= MAX_ERRORS:
+                session.close(f"too many errors; last: {exc.reason}")
+            else:
+                session.send_message(session_message("error", reason=exc.reason))
+
+    async def _read_tcp(self, session: Session) -> None:
+        decoder = LineDecoder()
+        while session.closing is None:
+            data = await self._recv(session)
+            decoder.receive_data(data)
+            try:
+                while session.closing is None and (line := decoder.next_line()) is not None:
+                    if line.strip():
+                        await self._request(session, line)
+            except ClientError as exc:  # a line too long: the stream has lost its place
+                session.close(exc.reason)
+
+    async def _read_ws(self, session: Session) -> None:
+        ws = session.ws
+        assert ws is not None
+        text: list[str] = []
+        while session.closing is None:
+            data = await self._recv(session)
+            try:
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, wse.Request):
+                        session.write(ws.send(wse.AcceptConnection()))
+                    elif isinstance(event, wse.TextMessage):
+                        text.append(event.data)
+                        if event.message_finished:
+                            raw, text = "".join(text), []
+                            if len(raw) > 4096:
+                                await self._request(session, "\0")  # counted as malformed
+                            else:
+                                await self._request(session, raw)
+                    elif isinstance(event, wse.BytesMessage):
+                        if event.message_finished:
+                            await self._request(session, "\0")
+                    elif isinstance(event, wse.Ping):
+                        session.write(ws.send(event.response()))
+                    elif isinstance(event, wse.CloseConnection):
+                        if ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
+                            session.write(ws.send(event.response()))
+                        session.close(None)
+                        return
+            except (LocalProtocolError, RemoteProtocolError) as exc:
+                session.close(f"websocket protocol error: {exc}")
+                return
+
+    async def _recv(self, session: Session) -> bytes:
+        while True:
+            try:
+                data = session.sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(session.sock)
+                continue
+            except OSError as exc:
+                raise SessionClosed(None) from exc
+            if not data:
+                raise SessionClosed(None)
+            return data
+
+    async def _run_session(self, sock: socket.socket, websocket: bool) -> None:
+        session = Session(sock, websocket, self.max_queue_bytes)
+        self.sessions.add(session)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._session_reader, session, nursery.cancel_scope)
+                await session.writer()
+        except* SessionClosed:
+            pass
+        finally:
+            self._forget(session)
+            self.sessions.discard(session)
+            await self._linger(session)
+            sock.close()
+
+    async def _session_reader(self, session: Session, scope: trio.CancelScope) -> None:
+        try:
+            if session.ws is None:
+                await self._read_tcp(session)
+            else:
+                await self._read_ws(session)
+        except SessionClosed:
+            session.close(None)
+            scope.cancel()
+        # the writer sees ``closing`` and ends the session
+        session.close(session.closing)
+
+    async def _linger(self, session: Session) -> None:
+        """Give a closed session a moment to take its tail and the error message."""
+        if session.closing is None or session.queued_bytes == 0:
+            return
+        with trio.move_on_after(self.close_grace_s), _suppress_oserror():
+            await session.flush()
+            if session.ws is not None:
+                ws = session.ws
+                try:
+                    session.sock.send(ws.send(wse.CloseConnection(code=1008, reason="closed by server")))
+                except (LocalProtocolError, BlockingIOError):
+                    pass
+            session.sock.shutdown(socket.SHUT_WR)
+
+    # -- listeners ------------------------------------------------------------------
+
+    def _listen(self, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        return sock
+
+    async def _accept_loop(self, listener: socket.socket, websocket: bool, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    log.warning("accept: %s; retrying in 100 ms", exc)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nursery.start_soon(self._run_session, conn, websocket)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, read the rings and serve until cancelled.
+
+        ``task_status.started(ports)`` reports ``{"tcp": port, "ws": port}`` once both
+        listeners are bound (useful with port 0)."""
+        listeners: list[tuple[socket.socket, bool]] = []
+        try:
+            if self.tcp_port is not None:
+                listeners.append((self._listen(self.tcp_port), False))
+                self.ports["tcp"] = listeners[-1][0].getsockname()[1]
+            if self.ws_port is not None:
+                listeners.append((self._listen(self.ws_port), True))
+                self.ports["ws"] = listeners[-1][0].getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                for listener, websocket in listeners:
+                    nursery.start_soon(self._accept_loop, listener, websocket, nursery)
+                for source in self.sources:
+                    nursery.start_soon(self.pump, source)
+                nursery.start_soon(self.heartbeats)
+                task_status.started(dict(self.ports))
+        finally:
+            for listener, _ in listeners:
+                listener.close()
+
+
+class _suppress_oserror:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is not None and issubclass(kind, OSError)
+
+
+####################################################################################
+# Entry points
+####################################################################################
+
+
+OUT_RING_CONSUMER = "notifier"
+JOURNAL_CONSUMER = "journaler"
+# Events taken from a ring per read: large enough that a flood is read in a few
+# reads, small enough that one batch's fan-out does not starve the sessions' tasks.
+MAX_BATCH = 4096
+DEFAULT_RING_PREFIX = "ringex"
+
+
+def out_ring_name(symbol: str, prefix: str = DEFAULT_RING_PREFIX) -> str:
+    """The shared-memory name of ``symbol``'s out-ring (the supervisor creates it)."""
+    return f"{prefix}.out.{symbol}"
+
+
+class RingEventSource:
+    """An out-ring read as consumer ``"notifier"``, which the ring gates on
+    ``"journaler"``: ``poll`` never returns an event the journal has not committed.
+
+    ``read_nowait`` converts the available slots to tuples (``ndarray.tolist()``, the
+    form ``MarketData.apply`` reads fastest) and commits them at once, so the producer
+    may reuse the slots while the fan-out runs. ``wait`` is the ring's blocking wait,
+    for a worker thread.
+    """
+
+    def __init__(self, ring: Ring, consumer: str = OUT_RING_CONSUMER, max_batch: int = MAX_BATCH) -> None:
+        if JOURNAL_CONSUMER not in ring.gating.get(consumer, ()):
+            # Not fatal (a test or a tool may read an ungated ring), but it breaks the
+            # promise that only durable events are published, so say it loudly.
+            log.warning("ring %s: consumer %r is not gated on %r", ring.name, consumer, JOURNAL_CONSUMER)
+        self.ring = ring
+        self.name = ring.name
+        self.consumer = ring.consumer(consumer)
+        self.max_batch = max_batch
+
+    @classmethod
+    def attach(cls, name: str, consumer: str = OUT_RING_CONSUMER) -> RingEventSource:
+        return cls(Ring.attach(name, EVENT), consumer)
+
+    def read_nowait(self) -> list[tuple] | None:
+        batch = self.consumer.poll(self.max_batch)
+        if not batch:
+            return None
+        rows = batch.first.tolist()
+        if len(batch.second):
+            rows += batch.second.tolist()
+        self.consumer.commit(batch.hi)
+        return rows
+
+    def wait(self, timeout: float) -> None:
+        self.consumer.wait_for(self.consumer.cursor + 1, timeout)
+
+    def close(self) -> None:
+        self.consumer = None  # type: ignore[assignment]
+        self.ring.close()
+
+
+def ring_sources(config: Config, prefix: str = DEFAULT_RING_PREFIX) -> list[RingEventSource]:
+    """One ``RingEventSource`` per configured symbol's out-ring."""
+    sources: list[RingEventSource] = []
+    try:
+        for spec in config.symbols:
+            sources.append(RingEventSource.attach(out_ring_name(spec.name, prefix)))
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return sources
+
+
+async def serve(
+    config: Config,
+    *,
+    sources: Iterable[EventSource] | None = None,
+    verify: Callable[[int, int], bool] | None = None,
+    books: dict[str, Iterable[tuple[int, int, int, int]]] | None = None,
+    ring_prefix: str = DEFAULT_RING_PREFIX,
+    on_ready: Callable[[dict[str, int]], Any] | None = None,
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the notifier for ``config`` until cancelled.
+
+    - ``sources``: the event sources; by default one per symbol's out-ring, attached
+      as consumer "notifier" gated on "journaler" (``ring_prefix`` names the rings).
+    - ``verify(account, token) -> bool``: checks logins for the orders channel; by
+      default the data directory's ``AccountStore``.
+    - ``books``: each symbol's resting orders at the point the rings are read from
+      (``(order_id, side, price, open_qty)``), from recovery; default empty books.
+    - ``on_ready(ports)``: called once the listeners are bound and the pumps run, with
+      ``{"tcp": port, "ws": port}``.
+    - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``.
+    """
+    raise_nofile_limit()
+    owned: list[RingEventSource] = []
+    if sources is None:
+        sources = owned = ring_sources(config, prefix=ring_prefix)
+    if verify is None:
+        from ringex.accounts import AccountStore  # noqa: PLC0415
+
+        verify = AccountStore.open(config.data_dir).verify
+    notifier = Notifier(
+        [s.name for s in config.symbols],
+        sources,
+        host=config.host,
+        tcp_port=config.md_port,
+        ws_port=config.ws_port,
+        verify=verify,
+        books=books,
+        max_queue_bytes=max_queue_bytes,
+        heartbeat_s=heartbeat_s,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(notifier.run)
+            if on_ready is not None:
+                on_ready(ports)
+            task_status.started(notifier)
+    finally:
+        for source in owned:
+            source.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ringex.notifier``: the process the supervisor starts.
+
+    Prints one JSON line ``{"ready": true, "tcp": port, "ws": port, "pid": pid}`` on
+    stdout when serving, then runs until SIGINT/SIGTERM.
+    """
+    parser = argparse.ArgumentParser(prog="ringex-notifier", description="market data notifier")
+    parser.add_argument("--config", help="TOML config file (embedded defaults without it)")
+    parser.add_argument("--host")
+    parser.add_argument("--md-port", type=int)
+    parser.add_argument("--ws-port", type=int)
+    parser.add_argument("--data-dir")
+    parser.add_argument(
+        "--ring-prefix",
+        default=DEFAULT_RING_PREFIX,
+        help="out-rings are named PREFIX.out.SYMBOL (default: %(default)s)",
+    )
+    parser.add_argument("--max-queue-bytes", type=int, default=DEFAULT_MAX_QUEUE_BYTES)
+    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s notifier %(levelname)s %(message)s")
+    config = load_config(
+        args.config,
+        overrides={"host": args.host, "md_port": args.md_port, "ws_port": args.ws_port, "data_dir": args.data_dir},
+    )
+
+    def ready(ports: dict[str, int]) -> None:
+        print(json.dumps({"ready": True, "pid": os.getpid(), **ports}), flush=True)
+
+    import signal  # noqa: PLC0415
+
+    async def _main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    lambda: serve(
+                        config,
+                        ring_prefix=args.ring_prefix,
+                        on_ready=ready,
+                        max_queue_bytes=args.max_queue_bytes,
+                        heartbeat_s=args.heartbeat,
+                    )
+                )
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(_main)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

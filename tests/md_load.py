@@ -1,0 +1,337 @@
+"""Harness for the notifier tests and benchmark: a real exchange's out-side, in pieces.
+
+```
+ MdExchange (test process)                         notifier (subprocess)          load processes (spawned)
+   Matcher(spec).apply(commands) ──► Producer ──► out-ring[SYM] ──► "notifier" ──► TCP/WS ──► sockets ...
+                                     "journaler" cursor, committed by journal() ─┘ (gate)
+```
+
+- ``MdExchange`` creates one real out-ring per symbol (consumers "journaler" and
+  "notifier", the notifier gated on the journaler), matches commands with the real
+  ``Matcher`` and writes its EVENT records into the ring as the matcher process
+  would. ``journal()`` plays the journaler: it commits the "journaler" cursor,
+  which is what lets the notifier see events.
+- ``NotifierProcess`` runs ``python -m ringex.notifier`` on those rings (ports 0) and
+  reads its ready line.
+- ``load_main`` is a load process: ``n`` TCP connections in one selectors loop,
+  each subscribed to trades of one symbol. It counts the trades each socket got and,
+  per trade seq, the last time any of its sockets received it (for fan-out latency).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import resource
+import secrets
+import selectors
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ringex.config import SymbolSpec
+from ringex.matcher import Matcher
+from ringex.notifier import out_ring_name
+from ringex.records import COMMAND, EVENT, Op, OrderType, Side, Tif, encode_symbol
+from ringex.ring import Ring
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+SPEC = {"price_min": 1, "price_max": 20_000, "capacity": 1 << 14}
+
+
+def command(
+    symbol: str,
+    op: Op,
+    *,
+    side: Side = Side.BUY,
+    price: int = 0,
+    qty: int = 0,
+    account: int = 0,
+    client_order_id: int = 0,
+    order_id: int = 0,
+    order_type: OrderType = OrderType.LIMIT,
+    tif: Tif = Tif.GTC,
+) -> np.ndarray:
+    rec = np.zeros(1, COMMAND)
+    rec["msg_type"] = op
+    if op == Op.NEW:
+        rec["side"] = side
+        rec["order_type"] = order_type
+        rec["tif"] = tif
+    rec["symbol"] = encode_symbol(symbol)
+    rec["client_order_id"] = client_order_id
+    rec["order_id"] = order_id
+    rec["price"] = price
+    rec["qty"] = qty
+    rec["account"] = account
+    rec["ts_ns"] = time.time_ns()
+    return rec
+
+
+class MdExchange:
+    """Real out-rings fed by real matchers; the test is producer and journaler."""
+
+    def __init__(self, symbols=("ACME", "BOLT"), capacity: int = 1 << 14) -> None:
+        self.prefix = f"rxmd{os.getpid()}x{secrets.token_hex(3)}"
+        self.symbols = tuple(symbols)
+        self.rings: dict[str, Ring] = {}
+        self.producers = {}
+        self.journalers = {}
+        self.matchers = {s: Matcher(SymbolSpec(s, **SPEC)) for s in self.symbols}
+        self.seq = dict.fromkeys(self.symbols, 0)
+        self._order_ids = itertools.count(1)
+        self._coids = itertools.count(1)
+        try:
+            for s in self.symbols:
+                ring = Ring.create(
+                    out_ring_name(s, self.prefix),
+                    EVENT,
+                    capacity,
+                    consumers=["journaler", "notifier"],
+                    gating={"notifier": ["journaler"]},
+                )
+                self.rings[s] = ring
+                self.producers[s] = ring.producer()
+                self.journalers[s] = ring.consumer("journaler")
+        except BaseException:
+            self.close()
+            raise
+
+    def config_toml(self, path: Path) -> Path:
+        lines = []
+        for s in self.symbols:
+            lines.append(f"[symbols.{s}]")
+            lines += [f"{k} = {v}" for k, v in SPEC.items()]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def close(self) -> None:
+        for s, ring in list(self.rings.items()):
+            ring.unlink()
+            ring.close()
+            del self.rings[s]
+
+    # -- producing --------------------------------------------------------------------
+
+    def submit(self, symbol: str, commands: np.ndarray, *, publish: bool = True) -> np.ndarray:
+        """Match ``commands`` and write the events into the out-ring; returns a copy."""
+        events = self.matchers[symbol].apply(commands, self.seq[symbol]).copy()
+        self.seq[symbol] += len(commands)
+        if publish and len(events):
+            self.producers[symbol].write(events)
+        return events
+
+    def new(self, symbol, side, price, qty, account, *, tif=Tif.GTC, order_type=OrderType.LIMIT, coid=None):
+        """A new order; returns (order_id, client_order_id, events)."""
+        oid = next(self._order_ids)
+        coid = next(self._coids) if coid is None else coid
+        cmd = command(
+            symbol,
+            Op.NEW,
+            side=side,
+            price=price,
+            qty=qty,
+            account=account,
+            client_order_id=coid,
+            order_id=oid,
+            tif=tif,
+            order_type=order_type,
+        )
+        return oid, coid, self.submit(symbol, cmd)
+
+    def cancel(self, symbol, order_id, account):
+        return self.submit(symbol, command(symbol, Op.CANCEL, order_id=order_id, account=account))
+
+    def replace(self, symbol, order_id, price, qty, account):
+        return self.submit(
+            symbol, command(symbol, Op.REPLACE, order_id=order_id, price=price, qty=qty, account=account)
+        )
+
+    def journal(self, symbol: str | None = None, upto: int | None = None) -> None:
+        """Commit the "journaler" cursor up to ``upto`` (default: everything published)."""
+        for s in [symbol] if symbol else self.symbols:
+            consumer = self.journalers[s]
+            available = consumer.poll()
+            if not available:
+                continue
+            hi = available.hi if upto is None else min(upto, available.hi)
+            if hi > consumer.cursor:
+                consumer.commit(hi)
+
+    def published(self, symbol: str) -> int:
+        return self.producers[symbol].cursor
+
+
+class NotifierProcess:
+    """``python -m ringex.notifier`` on an ``MdExchange``'s rings, on ports 0."""
+
+    def __init__(self, exchange: MdExchange, data_dir: Path, *, extra: list[str] = (), heartbeat: float = 5.0):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = exchange.config_toml(data_dir / "ringex.toml")
+        args = [
+            PYTHON,
+            "-m",
+            "ringex.notifier",
+            "--config",
+            str(cfg),
+            "--ring-prefix",
+            exchange.prefix,
+            "--md-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--heartbeat",
+            str(heartbeat),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(60)
+        if not ready or not ready[0]:
+            self.stop()
+            raise RuntimeError(f"notifier did not report ready (exit code {self.proc.poll()})")
+        info = json.loads(ready[0])
+        self.tcp_port = info["tcp"]
+        self.ws_port = info["ws"]
+        self.pid = info["pid"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def temp_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ringex-md-"))
+
+
+####################################################################################
+# Load process
+####################################################################################
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+_SEQ_KEY = b'"seq":'
+
+
+def _last_seq(chunk: bytes) -> int:
+    """The seq of the last complete trade line in ``chunk`` (-1 if none): only the last
+    line is parsed, because per-line parsing in Python cannot keep up with the fan-out
+    this process measures."""
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return -1
+    start = chunk.rfind(b"\n", 0, end) + 1
+    line = chunk[start:end]
+    i = line.find(_SEQ_KEY)
+    if i < 0 or b'"type":"trade"' not in line:
+        return -1
+    j = line.find(b",", i)
+    return int(line[i + len(_SEQ_KEY) : j])
+
+
+def load_main(queue, control, host: str, port: int, n: int, symbol: str, expect: int, max_seq: int, timeout: float):
+    """Open ``n`` connections subscribed to ``trades`` of ``symbol``; report
+    ``("subscribed", n)`` when every ack arrived, wait for ``control`` (an Event) and then
+    count trades until every socket has ``expect`` of them (or ``timeout`` passes).
+
+    Reports ``("done", counts, last_recv_ns)``: trades received per socket, and per
+    trade seq (index) the latest time any socket here received it (0: never).
+    """
+    try:
+        raise_nofile()
+        sel = selectors.DefaultSelector()
+        socks = []
+        sub = (json.dumps({"op": "subscribe", "channel": "trades", "symbol": symbol}) + "\n").encode()
+        for _ in range(n):
+            for attempt in range(50):
+                try:
+                    s = socket.create_connection((host, port), timeout=30)
+                    break
+                except OSError:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+            s.sendall(sub)
+            s.setblocking(False)
+            socks.append(s)
+        acks = [False] * n
+        partial = [b""] * n
+        for i, s in enumerate(socks):
+            sel.register(s, selectors.EVENT_READ, i)
+        counts = np.zeros(n, np.int64)
+        last_recv = np.zeros(max_seq + 2, np.int64)
+        pending_acks = n
+        deadline = time.monotonic() + timeout
+        reported = False
+        done = 0
+        while time.monotonic() < deadline:
+            if not reported and pending_acks == 0:
+                queue.put(("subscribed", n))
+                reported = True
+            for key, _ in sel.select(0.5):
+                i = key.data
+                s = key.fileobj
+                try:
+                    chunk = s.recv(1 << 18)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(s)
+                    continue
+                now = time.time_ns()
+                if partial[i]:
+                    chunk = partial[i] + chunk
+                cut = chunk.rfind(b"\n") + 1
+                partial[i] = chunk[cut:]
+                chunk = chunk[:cut]
+                if not acks[i]:
+                    if b'"type":"subscribed"' in chunk:
+                        acks[i] = True
+                        pending_acks -= 1
+                ntrades = chunk.count(b'"type":"trade"')
+                if ntrades:
+                    before = counts[i]
+                    counts[i] += ntrades
+                    hi = _last_seq(chunk)
+                    if 0 <= hi <= max_seq:
+                        lo = max(hi - ntrades + 1, 0)
+                        last_recv[lo : hi + 1] = now
+                    if before < expect <= counts[i]:
+                        done += 1
+            if reported and done >= n:
+                break
+            if control is not None and reported and not control.is_set():
+                continue
+        queue.put(("done", counts.tolist(), last_recv.tolist()))
+        for s in socks:
+            s.close()
+    except BaseException as exc:  # report, so the parent fails with the reason
+        import traceback
+
+        queue.put(("error", f"{exc!r}\n{traceback.format_exc()}"))
+        raise
