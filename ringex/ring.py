@@ -576,6 +576,15 @@ class Ring:
 
     # -- for operators -------------------------------------------------------------
 
+    @property
+    def producer_cursor(self) -> int:
+        """The last published sequence, read now."""
+        return self._words[_W_PRODUCER_CURSOR]
+
+    def consumer_cursor(self, name: str) -> int:
+        """The last sequence consumer ``name`` committed, read now."""
+        return self._words[_w_cursor(self.consumer_index(name))]
+
     def statistics(self) -> RingStatistics:
         """A snapshot of the cursors and who is attached. Cursors are read one by one
         while the ring runs, so lags are approximate, never negative."""

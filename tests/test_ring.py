@@ -1,0 +1,513 @@
+"""The shared-memory ring: real POSIX shared memory and semaphores, real processes.
+
+In-process tests pin down the rules (wrapping, gating, never overwriting, errors);
+the multi-process tests run a producer and consumers as spawned processes
+(``tests/ring_procs.py``) and check every record they see.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import time
+
+import numpy as np
+import pytest
+import ring_procs
+import trio
+
+from ringex.records import COMMAND, EVENT
+from ringex.ring import (
+    MAX_CONSUMERS,
+    Batch,
+    Ring,
+    RingCapacityError,
+    RingConfigError,
+    RingError,
+    RingExistsError,
+    RingMismatchError,
+    RingNotFoundError,
+    RingOwnerAliveError,
+    RingTimeout,
+    UnknownConsumerError,
+)
+from ringex.wait import BlockingWait, BusySpinWait, YieldingWait, wait_strategy
+
+SPAWN = multiprocessing.get_context("spawn")
+QUICK = os.environ.get("RINGEX_QUICK") == "1"
+RESULT_TIMEOUT = 120
+
+
+@pytest.fixture
+def ring_name():
+    name = f"rx-test-{os.getpid()}-{secrets.token_hex(4)}"
+    yield name
+    Ring.remove(name)
+
+
+@pytest.fixture
+def procs():
+    """Start spawned processes; any still running at the end are killed."""
+    started: list[multiprocessing.Process] = []
+
+    def start(target, *args, **kwargs):
+        proc = SPAWN.Process(target=target, args=args, kwargs=kwargs, daemon=True)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)
+
+
+@pytest.fixture
+def results():
+    queue = SPAWN.Queue()
+    yield queue
+    queue.close()
+
+
+def collect(queue, count: int) -> dict[str, dict]:
+    """``count`` reports from child processes, by who sent them; a child's error fails here."""
+    got = {}
+    for _ in range(count):
+        status, who, body = queue.get(timeout=RESULT_TIMEOUT)
+        if status != "ok":
+            pytest.fail(f"{who} failed:\n{body}")
+        got[who] = body
+    return got
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def records(seqs) -> np.ndarray:
+    """``COMMAND`` records as ``ring_procs`` writes and checks them."""
+    seqs = np.asarray(seqs, dtype=np.int64)
+    out = np.zeros(len(seqs), COMMAND)
+    out["order_id"] = seqs
+    out["price"] = ring_procs.mix(seqs)
+    return out
+
+
+#### Layout and the producer's rules, in one process
+
+
+def test_claims_wrap_into_two_views_in_sequence_order(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        producer, consumer = ring.producer(), ring.consumer("c")
+        producer.write(records(range(6)))
+        consumer.commit(consumer.poll().hi)
+        claim = producer.claim(5)
+        assert (claim.lo, claim.hi, len(claim.first), len(claim.second)) == (6, 10, 2, 3)
+        claim.fill(records(range(6, 11)))
+        producer.publish(claim.hi)
+        batch = consumer.poll()
+        assert (batch.lo, batch.hi, len(batch.views)) == (6, 10, 2)
+        assert batch.to_array()["order_id"].tolist() == [6, 7, 8, 9, 10]
+        assert [(start, len(view)) for start, view in batch.segments()] == [(6, 2), (8, 3)]
+        assert ring.slots["order_id"].tolist() == [8, 9, 10, 3, 4, 5, 6, 7]  # slot = seq & 7
+        del claim, batch
+
+
+def test_cursors_start_at_minus_one_and_name_the_last_sequence(ring_name):
+    with Ring.create(ring_name, COMMAND, 4, consumers=["c"]) as ring:
+        producer, consumer = ring.producer(), ring.consumer("c")
+        assert (producer.cursor, consumer.cursor) == (-1, -1)
+        assert not consumer.poll()
+        assert producer.write(records([0, 1, 2])) == 2
+        assert consumer.wait_for(0) == 2
+        consumer.commit(1)
+        assert (ring.producer_cursor, ring.consumer_cursor("c")) == (2, 1)
+
+
+def test_producer_never_overwrites_a_slot_the_slowest_consumer_has_not_passed(ring_name):
+    with Ring.create(ring_name, COMMAND, 4, consumers=["fast", "slow"]) as ring:
+        producer, fast, slow = ring.producer(), ring.consumer("fast"), ring.consumer("slow")
+        producer.write(records(range(4)))
+        fast.commit(fast.poll().hi)
+        assert producer.try_claim(1) is None  # "slow" still needs slot of sequence 0
+        slow.commit(slow.poll(max_n=1).hi)
+        claim = producer.try_claim(1)
+        assert claim is not None and claim.lo == 4
+        assert producer.try_claim(1) is None
+        with pytest.raises(RingTimeout):
+            producer.claim(1, timeout=0.05)
+        del claim
+
+
+def test_producer_rescans_consumers_only_when_the_wrap_point_passes_its_cache(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        producer, consumer = ring.producer(), ring.consumer("c")
+        producer.write(records(range(8)))
+        consumer.poll()
+        consumer.commit(7)
+        assert producer.try_claim(4) is not None  # rescans: the cache said -1
+        ring.header["consumers"]["cursor"][0] = -1  # hide the consumer's progress
+        assert producer.try_claim(4) is not None  # wrap point 3 <= cached 7: no rescan
+        assert producer.try_claim(1) is None  # wrap point 8 > cached 7: rescans, sees -1
+
+
+def test_gated_consumer_never_sees_past_its_gate(ring_name):
+    gating = {"notifier": ["journaler"], "audit": ["journaler", "matcher"]}
+    with Ring.create(
+        ring_name, COMMAND, 16, consumers=["journaler", "matcher", "notifier", "audit"], gating=gating
+    ) as ring:
+        producer = ring.producer()
+        journaler, matcher = ring.consumer("journaler"), ring.consumer("matcher")
+        notifier, audit = ring.consumer("notifier"), ring.consumer("audit")
+        producer.write(records(range(10)))
+        assert not notifier.poll() and not audit.poll()
+        assert notifier.wait_for(0, timeout=0.05) == -1
+        journaler.poll()
+        journaler.commit(3)
+        assert notifier.poll().hi == 3
+        assert not audit.poll()  # still waits for the matcher too
+        matcher.poll()
+        matcher.commit(8)
+        assert audit.poll().hi == 3
+        journaler.commit(9)
+        assert audit.poll().hi == 8 and notifier.poll().hi == 9
+        with pytest.raises(ValueError):
+            notifier.commit(10)  # beyond what it was shown
+
+
+def test_producer_waits_only_for_consumers_at_the_end_of_the_chain(ring_name):
+    with Ring.create(
+        ring_name, COMMAND, 4, consumers=["journaler", "notifier"], gating={"notifier": ["journaler"]}
+    ) as ring:
+        producer, journaler, notifier = ring.producer(), ring.consumer("journaler"), ring.consumer("notifier")
+        producer.write(records(range(4)))
+        journaler.commit(journaler.poll().hi)
+        assert producer.try_claim(1) is None  # the notifier, behind the journaler, holds slot 0
+        notifier.commit(notifier.poll().hi)
+        assert producer.try_claim(4) is not None
+
+
+def test_consumer_of_the_same_name_resumes_after_its_last_commit(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        ring.producer().write(records(range(6)))
+        first = ring.consumer("c")
+        first.poll()
+        first.commit(2)
+        second = ring.consumer("c")
+        assert second.cursor == 2
+        assert second.poll().lo == 3
+
+
+def test_producer_of_a_reattached_ring_continues_the_sequence(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        ring.producer().write(records(range(3)))
+        with Ring.attach(ring_name, COMMAND) as again:
+            assert again.producer().claim(1).lo == 3
+
+
+def test_statistics_report_cursors_lag_and_owner(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["j", "n"], gating={"n": ["j"]}) as ring:
+        ring.producer().write(records(range(5)))
+        j = ring.consumer("j")
+        j.poll()
+        j.commit(1)
+        stats = ring.statistics()
+        assert (stats.capacity, stats.producer_cursor, stats.creator_pid, stats.creator_alive) == (
+            8,
+            4,
+            os.getpid(),
+            True,
+        )
+        assert [(c.name, c.cursor, c.lag, c.gated_on) for c in stats.consumers] == [
+            ("j", 1, 3, ()),
+            ("n", -1, 5, ("j",)),
+        ]
+        with pytest.raises(AttributeError):
+            stats.producer_cursor = 0  # immutable record
+
+
+def test_readonly_attach_reads_statistics_and_registers_nothing(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        ring.producer().write(records(range(3)))
+        with Ring.attach(ring_name, readonly=True) as view:
+            assert view.statistics().producer_cursor == 2
+            assert view.statistics().consumers[0].pid == 0  # nobody attached as "c"
+            assert view.slots.dtype.itemsize == COMMAND.itemsize and not view.slots.flags.writeable
+            with pytest.raises(RingError):
+                view.consumer("c")
+            with pytest.raises(RingError):
+                view.producer()
+
+
+def test_remove_stale_keeps_a_ring_whose_owner_lives(ring_name):
+    assert not Ring.exists(ring_name)
+    with Ring.create(ring_name, COMMAND, 4):
+        assert Ring.exists(ring_name)
+        assert not Ring.remove_stale(ring_name)
+        assert Ring.exists(ring_name)
+    assert Ring.remove(ring_name) and not Ring.exists(ring_name)
+
+
+#### Error paths
+
+
+def test_attaching_a_missing_ring_is_not_found(ring_name):
+    with pytest.raises(RingNotFoundError):
+        Ring.attach(ring_name, COMMAND)
+    with pytest.raises(FileNotFoundError):  # also the builtin it refines
+        Ring.attach(ring_name, readonly=True)
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 3, 1000, -8, 2.0, True])
+def test_capacity_must_be_a_power_of_two(ring_name, capacity):
+    with pytest.raises(RingCapacityError):
+        Ring.create(ring_name, COMMAND, capacity)
+    assert not Ring.exists(ring_name)
+
+
+def test_attaching_with_another_dtype_is_a_mismatch(ring_name):
+    same_size = np.dtype([("a", "<u8")] * 1 + [(f"f{i}", "<u8") for i in range(7)])
+    with Ring.create(ring_name, COMMAND, 4):
+        for other in (EVENT, same_size):
+            with pytest.raises(RingMismatchError, match="dtype"):
+                Ring.attach(ring_name, other)
+
+
+def test_attaching_another_layout_version_or_garbage_is_a_mismatch(ring_name):
+    with Ring.create(ring_name, COMMAND, 4) as ring:
+        ring.header["version"] = 99
+        with pytest.raises(RingMismatchError, match="version 99"):
+            Ring.attach(ring_name, COMMAND)
+        ring.header["magic"] = 0
+        with pytest.raises(RingMismatchError, match="magic"):
+            Ring.attach(ring_name, COMMAND)
+
+
+def test_unknown_consumer_names_are_errors(ring_name):
+    with Ring.create(ring_name, COMMAND, 4, consumers=["journaler"]) as ring:
+        with pytest.raises(UnknownConsumerError, match="nobody"):
+            ring.consumer("nobody")
+        with pytest.raises(UnknownConsumerError):
+            ring.consumer_cursor("nobody")
+    with pytest.raises(UnknownConsumerError, match="ghost"):
+        Ring.create(ring_name + "x", COMMAND, 4, consumers=["a"], gating={"a": ["ghost"]})
+
+
+@pytest.mark.parametrize(
+    "consumers, gating",
+    [
+        (["a", "b"], {"a": ["b"], "b": ["a"]}),
+        (["a"], {"a": ["a"]}),
+        (["a", "a"], {}),
+        ([f"c{i}" for i in range(MAX_CONSUMERS + 1)], {}),
+        (["x" * 25], {}),
+        ([""], {}),
+    ],
+)
+def test_bad_consumer_lists_are_refused(ring_name, consumers, gating):
+    with pytest.raises(RingConfigError):
+        Ring.create(ring_name, COMMAND, 4, consumers=consumers, gating=gating)
+    assert not Ring.exists(ring_name)
+
+
+def test_creating_over_an_existing_ring_needs_a_dead_owner(ring_name):
+    with Ring.create(ring_name, COMMAND, 4):
+        with pytest.raises(RingExistsError):
+            Ring.create(ring_name, COMMAND, 4)
+        with pytest.raises(RingOwnerAliveError, match=str(os.getpid())):
+            Ring.create(ring_name, COMMAND, 4, replace_stale=True)
+
+
+def test_misuse_of_claim_publish_and_commit_is_refused(ring_name):
+    with Ring.create(ring_name, COMMAND, 4, consumers=["c"]) as ring:
+        producer, consumer = ring.producer(), ring.consumer("c")
+        with pytest.raises(ValueError):
+            producer.claim(5)
+        with pytest.raises(ValueError):
+            producer.publish(0)  # nothing claimed
+        producer.publish(producer.claim(2).hi)
+        with pytest.raises(ValueError):
+            consumer.commit(0)  # not yet seen
+        with pytest.raises(ValueError):
+            wait_strategy("sleepy")
+
+
+def test_bad_ring_names_are_refused():
+    for name in ("", "/", "a/b", "x" * 300):
+        with pytest.raises(RingConfigError):
+            Ring.create(name, COMMAND, 4)
+
+
+#### Processes
+
+
+@pytest.mark.slow
+def test_one_producer_three_consumers_see_every_record_once_in_order(ring_name, procs, results):
+    """1P -> 3C through 1,024 slots: journaler and matcher read the producer's cursor,
+    the notifier is gated on the journaler. 10 M records (1 M with RINGEX_QUICK=1)."""
+    total = 1_000_000 if QUICK else 10_000_000
+    consumers = ["journaler", "matcher", "notifier"]
+    ring = Ring.create(ring_name, COMMAND, 1024, consumers=consumers, gating={"notifier": ["journaler"]})
+    try:
+        for name, gate in (("journaler", None), ("matcher", None), ("notifier", "journaler")):
+            procs(ring_procs.consume, results, ring_name, name, total - 1, "blocking", gate)
+        procs(ring_procs.produce, results, ring_name, total, 256)
+        got = collect(results, 4)
+        expected_sum = total * (total - 1) // 2
+        for name in consumers:
+            assert (got[name]["first"], got[name]["last"], got[name]["checksum"]) == (0, total - 1, expected_sum)
+            assert got[name]["batches"] < total // 16  # read in batches, not one by one
+        assert got["producer"]["hi"] == total - 1
+        stats = ring.statistics()
+        assert stats.producer_cursor == total - 1 and {c.cursor for c in stats.consumers} == {total - 1}
+    finally:
+        ring.close()
+
+
+def test_slow_consumer_stalls_the_producer_instead_of_losing_data(ring_name, procs, results):
+    capacity, total = 64, 2_000
+    ring = Ring.create(ring_name, COMMAND, capacity, consumers=["fast", "slow"])
+    try:
+        procs(ring_procs.consume, results, ring_name, "fast", total - 1)
+        procs(ring_procs.consume, results, ring_name, "slow", total - 1, "blocking", None, 0.002)
+        procs(ring_procs.produce, results, ring_name, total, 16, "blocking", None, "slow")
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        max_lag = 0
+        while ring.consumer_cursor("slow") < total - 1 and time.monotonic() < deadline:
+            max_lag = max(max_lag, ring.producer_cursor - ring.consumer_cursor("slow"))
+            time.sleep(0.001)
+        got = collect(results, 3)
+        assert got["slow"]["last"] == got["fast"]["last"] == total - 1
+        # When the producer finished, the slow consumer was at most one ring behind.
+        assert got["producer"]["watched_cursor"] >= total - 1 - capacity
+        assert 0 < max_lag <= capacity
+    finally:
+        ring.close()
+
+
+def test_consumer_killed_mid_stream_stalls_producer_and_a_restart_resumes(ring_name, procs, results):
+    capacity, total = 256, 200_000 if not QUICK else 60_000
+    ring = Ring.create(ring_name, COMMAND, capacity, consumers=["steady", "victim"])
+    try:
+        procs(ring_procs.consume, results, ring_name, "steady", total - 1)
+        victim = procs(ring_procs.consume, results, ring_name, "victim", None)
+        procs(ring_procs.produce, results, ring_name, total, 32)
+        wait_until(lambda: ring.consumer_cursor("victim") > total // 10, what="victim to get going")
+        victim.kill()  # SIGKILL: no clean-up of any kind
+        victim.join(10)
+        at_death = ring.consumer_cursor("victim")
+        # The producer fills the ring up to the dead consumer (less than one 32-record
+        # claim short of a full lap) and stops there.
+        full = at_death + capacity
+        wait_until(lambda: ring.producer_cursor > full - 32, what="producer to fill the ring")
+        stalled_at = ring.producer_cursor
+        time.sleep(0.2)
+        assert ring.producer_cursor == stalled_at <= full
+        procs(ring_procs.consume, results, ring_name, "victim", total - 1)
+        got = collect(results, 3)
+        assert got["victim"]["first"] == at_death + 1 and got["victim"]["last"] == total - 1
+        assert got["steady"]["checksum"] == total * (total - 1) // 2
+        assert got["producer"]["hi"] == total - 1
+    finally:
+        ring.close()
+
+
+def test_producer_killed_leaves_a_stale_ring_that_can_be_replaced(ring_name, procs, results):
+    create = {"capacity": 128, "consumers": ["c"]}
+    producer = procs(ring_procs.produce, results, ring_name, None, 16, "blocking", create)
+    wait_until(lambda: Ring.exists(ring_name), what="the producer to create the ring")
+    with Ring.attach(ring_name, COMMAND, readonly=True) as old:
+        wait_until(lambda: old.producer_cursor == 127, what="the producer to fill the ring")
+        assert old.statistics().creator_pid == producer.pid
+        producer.kill()
+        producer.join(10)
+        assert not old.statistics().creator_alive
+    with pytest.raises(RingExistsError):
+        Ring.create(ring_name, COMMAND, 128, consumers=["c"])
+    ring = Ring.create(ring_name, COMMAND, 128, consumers=["c"], replace_stale=True)
+    try:
+        stats = ring.statistics()
+        assert (stats.producer_cursor, stats.consumers[0].cursor, stats.creator_pid) == (-1, -1, os.getpid())
+        total = 20_000
+        procs(ring_procs.consume, results, ring_name, "c", total - 1)
+        procs(ring_procs.produce, results, ring_name, total, 64)
+        got = collect(results, 2)
+        assert got["c"]["checksum"] == total * (total - 1) // 2
+    finally:
+        ring.close()
+
+
+def test_remove_stale_cleans_up_after_a_killed_creator(ring_name, procs, results):
+    producer = procs(ring_procs.produce, results, ring_name, None, 16, "blocking", {"capacity": 16, "consumers": ["c"]})
+    wait_until(lambda: Ring.exists(ring_name), what="the producer to create the ring")
+    producer.kill()
+    producer.join(10)
+    assert Ring.remove_stale(ring_name)
+    assert not Ring.exists(ring_name)
+    assert not [f for f in os.listdir("/dev/shm") if ring_name in f]  # semaphores gone too
+
+
+@pytest.mark.parametrize(
+    "wait, total",
+    [("blocking", 50_000), ("yielding", 50_000), ("busy_spin", 5_000)],
+)
+def test_each_wait_strategy_carries_a_stream_between_processes(ring_name, procs, results, wait, total):
+    with Ring.create(ring_name, COMMAND, 64, consumers=["c"]):
+        procs(ring_procs.consume, results, ring_name, "c", total - 1, wait)
+        procs(ring_procs.produce, results, ring_name, total, 8, wait)
+        got = collect(results, 2)
+        assert got["c"]["checksum"] == total * (total - 1) // 2
+
+
+@pytest.mark.parametrize("wait", [BlockingWait(max_sleep=60.0), YieldingWait(), BusySpinWait()])
+def test_waiting_consumer_is_woken_by_another_process_publishing(ring_name, procs, results, wait):
+    """A sleep of up to 60 s: if the publish's wake-up were lost, this would time out."""
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        consumer = ring.consumer("c", wait)
+        procs(ring_procs.publish_later, results, ring_name, 0.2, 3)
+        assert consumer.wait_for(0, timeout=30.0) == 2
+        collect(results, 1)
+
+
+def test_blocked_producer_is_woken_by_a_consumer_commit_in_another_process(ring_name, procs, results):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        producer = ring.producer(BlockingWait(max_sleep=60.0))
+        producer.write(records(range(8)))
+        procs(ring_procs.consume, results, ring_name, "c", 7, "blocking", None, 0.2)
+        assert producer.claim(4, timeout=30.0).lo == 8
+        collect(results, 1)
+
+
+def test_idle_blocking_consumer_uses_almost_no_cpu(ring_name):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        consumer = ring.consumer("c", BlockingWait())
+        cpu = time.process_time()
+        assert consumer.wait_for(0, timeout=0.5) == -1
+        assert time.process_time() - cpu < 0.1
+
+
+async def test_event_loop_waits_in_a_worker_thread_without_blocking(ring_name, procs, results):
+    with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
+        consumer = ring.consumer("c")
+        procs(ring_procs.publish_later, results, ring_name, 0.3, 2)
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            available = await trio.to_thread.run_sync(consumer.wait_for, 0, 30.0, abandon_on_cancel=True)
+            nursery.cancel_scope.cancel()
+        assert available == 1 and isinstance(consumer.poll(), Batch) and len(consumer.poll()) == 2
+        assert ticks > 5  # the loop ran while the thread slept
+        collect(results, 1)
