@@ -785,6 +785,28 @@ class Producer:
         self._claimed = hi
         return self._ring._batch(lo, hi)
 
+    def wait_for_consumer(self, name: str, seq: int, timeout: float | None = None) -> int:
+        """Wait until consumer ``name`` has committed ``seq`` and return its cursor, which
+        is below ``seq`` only if ``timeout`` s passed first. For a producer that answers
+        only once a downstream stage has a record (the gateway acks once the journaler
+        has it): run it in a worker thread while the event loop uses ``try_claim``.
+
+        It sleeps on the producer's own flag and semaphore, so it must not run while
+        ``claim`` is waiting for space in another thread: one of the two sleepers could
+        miss a wake-up and wait for its timeout (``MAX_SLEEP_S``) instead.
+        """
+        word = _w_cursor(self._ring.consumer_index(name))
+        words = self._words
+
+        def probe() -> int:
+            return words[word]
+
+        cursor = probe()
+        if cursor >= seq:
+            return cursor
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._wait.wait_for(seq, probe, self._sleeper, deadline)
+
     def publish(self, hi: int) -> None:
         """Make every claimed sequence up to ``hi`` visible to the consumers."""
         if not self._words[_W_PRODUCER_CURSOR] < hi <= self._claimed:
@@ -843,8 +865,10 @@ class Consumer:
             for i, other in enumerate(ring.consumer_names)
             if self.name in ring.gating[other]
         ]
-        if index in ring._leaf_consumers():
-            targets.append((_W_PRODUCER_SLEEPING, ring._producer_sem))
+        # Every commit may wake the producer's sleeper: a leaf's commit frees slots, and
+        # any commit may be what ``Producer.wait_for_consumer`` waits for. The flag is
+        # set only while something sleeps, so an awake producer costs one load.
+        targets.append((_W_PRODUCER_SLEEPING, ring._producer_sem))
         self._waker = Waker(words, targets)
         ring.header["consumers"]["pid"][index] = os.getpid()
 

@@ -484,6 +484,22 @@ def test_blocked_producer_is_woken_by_a_consumer_commit_in_another_process(ring_
         collect(results, 1)
 
 
+def test_producer_waiting_for_a_consumer_is_woken_by_its_commit(ring_name, procs, results):
+    """The gateway's question "has the journaler got it?", asked of a consumer that is
+    not at the end of the chain (the notifier is gated on it)."""
+    with Ring.create(
+        ring_name, COMMAND, 8, consumers=["journaler", "notifier"], gating={"notifier": ["journaler"]}
+    ) as ring:
+        producer = ring.producer(BlockingWait(max_sleep=60.0))
+        producer.write(records(range(3)))
+        assert producer.wait_for_consumer("journaler", 2, timeout=0.05) == -1
+        procs(ring_procs.consume, results, ring_name, "journaler", 2, "blocking", None, 0.2)
+        assert producer.wait_for_consumer("journaler", 2, timeout=30.0) == 2
+        collect(results, 1)
+        with pytest.raises(UnknownConsumerError):
+            producer.wait_for_consumer("nobody", 0)
+
+
 def test_idle_blocking_consumer_uses_almost_no_cpu(ring_name):
     with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
         consumer = ring.consumer("c", BlockingWait())
