@@ -1,0 +1,578 @@
+"""The order entry gateway: TCP sessions in, each symbol's in-ring out, acks once durable.
+
+::
+
+    clients ──TCP──► selectors loop ──► Session (sans-IO) ──publish──► in-ring[SYM] ──► matcher
+                          ▲                                               │
+                          │ eventfd ◄── journal watcher thread per ring ◄─┘ "journaler" cursor
+                          └── K once the journaler's cursor has passed the command
+
+The gateway is the single producer of every in-ring. One thread runs a selectors
+(epoll) loop over the listening socket, the sessions and an eventfd. Each ``recv``
+is handed whole to its ``Session`` (``ringex.session``), which parses, validates,
+throttles and stamps all its frames with array operations and publishes the valid
+ones into each symbol's in-ring in one slice.
+
+Durability and the watcher threads: a ``K`` may go out only once the journaler's
+consumer cursor on that in-ring has passed the command (the journaler stores it only
+after the LMDB commit). The loop cannot sleep on the ring's semaphore, and polling
+the cursors from the loop is poor here: epoll's timeout has 1 ms granularity
+(Python rounds it up), so polling would add up to 1 ms to every ack while an fsync
+commit takes ~0.2 ms; a loop that never sleeps while acks are pending would burn a
+core on a 2-core machine. So one small thread per in-ring blocks in the ring's own
+wait machinery (the producer's sleeper: the journaler's commit posts it, as the
+journaler is a leaf consumer of the in-ring) and, when the cursor moves, writes the
+eventfd the loop watches. A watcher idles in 50 ms naps (the ring's MAX_SLEEP_S).
+
+Sequences: the ``seq`` in a ``K`` is the command's sequence in its symbol's journal,
+``base + ring sequence``; ``seq_bases`` gives each symbol's base (the supervisor reads
+``Journal.next_seq`` before it starts the gateway on new rings).
+
+Readiness: orders are answered ``X`` NOT_READY while ``ready()`` is false; with a
+control block that is ``ControlBlock.accepting`` (exchange state READY).
+
+Process entry: ``python -m ringex.gateway --config FILE --ring-prefix P --control NAME``
+(see ``main``), or ``serve(config, ...)`` in a spawned child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from ringex.accounts import AccountStore
+from ringex.config import Config, load_config
+from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
+from ringex.records import COMMAND
+from ringex.ring import Producer, Ring
+from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock
+
+__all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
+
+log = logging.getLogger("ringex.gateway")
+
+JOURNAL_CONSUMER = "journaler"
+ROLE = "gateway"
+DEFAULT_RING_PREFIX = "ringex"
+# Bytes taken per readable event: one recv per session per loop turn keeps a flooding
+# session from starving the others, and 256 KiB is 4,096 frames, one ring slice each.
+RECV_BYTES = 256 * 1024
+# How often timers (heartbeats, idle timeouts, control-block heartbeat) are checked.
+TICK_S = 0.1
+# A closing session whose last replies cannot be written within this is dropped.
+CLOSE_LINGER_S = 2.0
+LISTEN_BACKLOG = 1024
+
+
+def in_ring_name(symbol: str, prefix: str = DEFAULT_RING_PREFIX) -> str:
+    """The shared-memory name of ``symbol``'s in-ring (the supervisor creates it, with
+    consumer ``"journaler"`` among its consumers)."""
+    return f"{prefix}.in.{symbol}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayStatistics:
+    sessions: int
+    sessions_total: int
+    requests: int
+    published: int
+    closed_slow: int
+    closed_garbage: int
+    waiting_sessions: int
+    durable: dict[str, int]
+    published_seq: dict[str, int]
+
+
+class _Conn:
+    __slots__ = ("sock", "session", "out", "writing", "closing_since")
+
+    def __init__(self, sock: socket.socket, session: Session) -> None:
+        self.sock = sock
+        self.session = session
+        self.out = bytearray()
+        self.writing = False
+        self.closing_since: float | None = None
+
+
+class _JournalWatcher(threading.Thread):
+    """Blocks on one in-ring until the journaler's cursor moves, then pokes the loop."""
+
+    def __init__(self, ring: Ring, producer: Producer, wake_fd: int, stop: threading.Event) -> None:
+        super().__init__(name=f"journal-watch {ring.name}", daemon=True)
+        words = ring._words
+        index = ring.consumer_index(JOURNAL_CONSUMER)
+        cursor_word = (192 + index * 64) // 8  # ring.py's consumer line layout
+        assert ring.consumer_cursor(JOURNAL_CONSUMER) == words[cursor_word]
+        self._probe = lambda: words[cursor_word]
+        # The producer's sleeper: posted by a leaf consumer's commit. The loop thread
+        # never sleeps on it (it only uses try_claim), so this thread may.
+        self._sleeper = producer._sleeper
+        self._wait = producer._wait
+        self._wake_fd = wake_fd
+        self._stopping = stop  # not ``_stop``: threading.Thread has a method of that name
+
+    def run(self) -> None:
+        seen = self._probe()
+        while not self._stopping.is_set():
+            now = self._wait.wait_for(seen + 1, self._probe, self._sleeper, time.monotonic() + 0.5)
+            if now > seen:
+                seen = now
+                os.eventfd_write(self._wake_fd, 1)
+
+
+class Gateway:
+    """The gateway's state and loop. ``serve`` builds one and runs it.
+
+    Resource handling: the gateway attaches the in-rings (it does not create or
+    unlink them: the supervisor owns their lifetime) and closes its mappings, sockets
+    and eventfd in ``close()``.
+
+    Error handling: socket errors of one session close that session only. An
+    exception while processing a session's bytes is a bug; it is logged with its
+    traceback and that session is closed, so one client can never stop the gateway.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        accounts: AccountStore,
+        *,
+        ring_prefix: str = DEFAULT_RING_PREFIX,
+        ready: Callable[[], bool] | None = None,
+        limits: Limits | None = None,
+        seq_bases: Mapping[str, int] | None = None,
+        first_order_id: int | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        control=None,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.limits = limits or Limits()
+        self.ready = ready or (lambda: True)
+        self.control = control
+        self.table = SymbolTable(config.symbols)
+        self.order_ids = OrderIdCounter(first_order_id)
+        self.clock = SystemClock()
+        self.rings: list[Ring] = []
+        self.producers: list[Producer] = []
+        self._journal_words: list[tuple] = []
+        bases = dict(seq_bases or {})
+        self.bases = np.array([int(bases.get(s.name, 0)) for s in self.table.specs], dtype=np.int64)
+        self._stop = threading.Event()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._watchers: list[_JournalWatcher] = []
+        self.sel = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        try:
+            for spec in self.table.specs:
+                ring = Ring.attach(in_ring_name(spec.name, ring_prefix), COMMAND)
+                self.rings.append(ring)
+                producer = ring.producer()
+                self.producers.append(producer)
+                self._watchers.append(_JournalWatcher(ring, producer, self._wake_fd, self._stop))
+            self._journal_probes = [w._probe for w in self._watchers]
+            self.durable = np.zeros(len(self.rings), dtype=np.int64)
+            self._refresh_durable()
+            self.listener = socket.create_server(
+                (host if host is not None else config.host, port if port is not None else config.order_port),
+                backlog=LISTEN_BACKLOG,
+                reuse_port=False,
+            )
+            self.listener.setblocking(False)
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+            self.sel.register(self._wake_fd, selectors.EVENT_READ, "wake")
+        except BaseException:
+            self.close()
+            raise
+        self.conns: dict[int, _Conn] = {}
+        self._waiting: set[_Conn] = set()
+        self._next_session = 1
+        self.sessions_total = 0
+        self.published = 0
+        self.closed_slow = 0
+        self.closed_garbage = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listener.getsockname()[:2]
+
+    # -- durability -----------------------------------------------------------------
+
+    def _refresh_durable(self) -> None:
+        # cursor = last durable ring sequence; durable count = cursor + 1, in journal terms
+        for i, probe in enumerate(self._journal_probes):
+            self.durable[i] = self.bases[i] + probe() + 1
+
+    def _publish(self, sym: int, commands: np.ndarray) -> int | None:
+        producer = self.producers[sym]
+        if len(commands) > producer._capacity:
+            return None
+        batch = producer.try_claim(len(commands))
+        if batch is None:
+            return None
+        batch.fill(commands)
+        producer.publish(batch.hi)
+        self.published += len(commands)
+        return int(self.bases[sym]) + batch.lo
+
+    # -- the loop -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to return (safe from a signal handler or another thread)."""
+        self._stop.set()
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        """Serve until ``stop()``."""
+        for w in self._watchers:
+            w.start()
+        if self.control is not None:
+            self.control.set_ready(ROLE, True)
+        next_tick = time.monotonic() + TICK_S
+        select = self.sel.select
+        while not self._stop.is_set():
+            touched: set[_Conn] = set()
+            for key, mask in select(max(0.0, next_tick - time.monotonic())):
+                what = key.data
+                if what == "listen":
+                    self._accept()
+                elif what == "wake":
+                    try:
+                        os.eventfd_read(self._wake_fd)
+                    except BlockingIOError:
+                        pass
+                else:
+                    conn: _Conn = what
+                    if mask & selectors.EVENT_READ:
+                        self._receive(conn)
+                    touched.add(conn)
+            if self._waiting:
+                self._refresh_durable()
+                touched |= self._waiting
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                self._tick(now)
+                touched = set(self.conns.values())
+            for conn in touched:
+                self._flush(conn)
+
+    def _tick(self, now: float) -> None:
+        if self.control is not None:
+            self.control.beat(ROLE)
+        for conn in list(self.conns.values()):
+            conn.session.poll_timers()
+            if conn.closing_since is not None and now - conn.closing_since > CLOSE_LINGER_S:
+                self._close(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE and friends: keep serving the sessions we have
+                log.warning("accept failed: %s", exc)
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if len(self.conns) >= self.limits.max_sessions:
+                try:
+                    sock.send(encode_reply(ReplyType.ERROR, reason=Reason.SESSION_LIMIT, ts_ns=time.time_ns()))
+                except OSError:
+                    pass
+                _close_quietly(sock)
+                continue
+            sid = self._next_session
+            self._next_session = (self._next_session + 1) & 0xFFFFFFFF or 1
+            session = Session(sid, self.table, self.accounts.verify, self.order_ids, self.limits, self.clock)
+            conn = _Conn(sock, session)
+            self.conns[sock.fileno()] = conn
+            self.sessions_total += 1
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _receive(self, conn: _Conn) -> None:
+        if conn.session.state is SessionState.CLOSED or conn.closing_since is not None:
+            self._discard_input(conn)
+            return
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        try:
+            conn.session.receive_data(data, bool(self.ready()), self._publish)
+        except Exception:
+            log.exception("session %d: bug while processing its input; closing it", conn.session.session_id)
+            conn.session.state = SessionState.CLOSED
+        if conn.session.close_reason == Reason.UNKNOWN_MESSAGE and conn.closing_since is None:
+            self.closed_garbage += 1
+        if conn.session.state in (SessionState.CLOSING, SessionState.CLOSED) and conn.closing_since is None:
+            conn.closing_since = time.monotonic()
+        if not data:
+            self._close(conn)
+
+    def _discard_input(self, conn: _Conn) -> None:
+        # A closing session's further bytes are ignored, but read: closing a socket
+        # with unread input makes the kernel send RST, which can destroy the last
+        # replies (the J or E) before the client reads them.
+        try:
+            if not conn.sock.recv(RECV_BYTES):
+                self._close(conn)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.sock.fileno() < 0:
+            return
+        session = conn.session
+        data = session.data_to_send(self.durable)
+        if session.pending_acks:
+            self._waiting.add(conn)
+        else:
+            self._waiting.discard(conn)
+        if data:
+            conn.out += data
+        if conn.out or conn.writing:
+            self._send(conn)
+            if conn.sock.fileno() < 0:
+                return
+        if len(conn.out) > self.limits.max_output_bytes:
+            log.info("session %d: %d reply bytes unread, closing it", session.session_id, len(conn.out))
+            self.closed_slow += 1
+            self._close(conn)
+            return
+        if session.state is SessionState.CLOSED and not conn.out and not session.pending_replies():
+            self._close(conn, graceful=True)
+
+    def _send(self, conn: _Conn) -> None:
+        if conn.out:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            del conn.out[:sent]
+        # watch for writability only while replies are stuck in the socket buffer
+        want = bool(conn.out)
+        if want != conn.writing:
+            conn.writing = want
+            events = selectors.EVENT_READ | selectors.EVENT_WRITE if want else selectors.EVENT_READ
+            self.sel.modify(conn.sock, events, conn)
+
+    def _close(self, conn: _Conn, graceful: bool = False) -> None:
+        sock = conn.sock
+        if sock.fileno() < 0:
+            return
+        self.conns.pop(sock.fileno(), None)
+        self._waiting.discard(conn)
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        conn.session.state = SessionState.CLOSED
+        if graceful:
+            try:
+                while sock.recv(RECV_BYTES):
+                    pass
+            except OSError:
+                pass
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        _close_quietly(sock)
+
+    def statistics(self) -> GatewayStatistics:
+        self._refresh_durable()
+        names = [s.name for s in self.table.specs]
+        return GatewayStatistics(
+            sessions=len(self.conns),
+            sessions_total=self.sessions_total,
+            requests=sum(c.session.requests for c in self.conns.values()),
+            published=self.published,
+            closed_slow=self.closed_slow,
+            closed_garbage=self.closed_garbage,
+            waiting_sessions=len(self._waiting),
+            durable=dict(zip(names, self.durable.tolist(), strict=True)),
+            published_seq={n: int(b) + p.cursor + 1 for n, b, p in zip(names, self.bases, self.producers, strict=True)},
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        for conn in list(getattr(self, "conns", {}).values()):
+            self._close(conn)
+        if self.listener is not None:
+            _close_quietly(self.listener)
+        for w in self._watchers:
+            if w.is_alive():
+                w.join(timeout=1.0)
+        self.sel.close()
+        try:
+            os.close(self._wake_fd)
+        except OSError:
+            pass
+        self.producers.clear()
+        for ring in self.rings:
+            ring.close()
+        self.rings.clear()
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+
+
+def serve(
+    config: Config,
+    *,
+    accounts: AccountStore | None = None,
+    ring_prefix: str = DEFAULT_RING_PREFIX,
+    ready: Callable[[], bool] | None = None,
+    control=None,
+    limits: Limits | None = None,
+    seq_bases: Mapping[str, int] | None = None,
+    first_order_id: int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    on_listening: Callable[[tuple[str, int]], None] | None = None,
+) -> int:
+    """Run the gateway until SIGTERM/SIGINT; returns the exit status (0).
+
+    Arguments:
+
+    - ``config``: symbols (what is listed and their bands/ticks/max qty), ``host`` and
+      ``order_port`` (overridden by ``host``/``port``; port 0 picks a free port),
+      ``data_dir`` (where ``accounts.json`` is, unless ``accounts`` is given).
+    - ``ring_prefix``: in-rings are attached as ``in_ring_name(symbol, ring_prefix)``;
+      they must exist, with a consumer named ``"journaler"``.
+    - ``ready``: callable, true while orders may be accepted; else ``control``'s
+      ``accepting``; else always true. ``control``: a ``ControlBlock``; the gateway
+      reports ready on it as role ``"gateway"`` and heartbeats it.
+    - ``limits``: ``ringex.session.Limits`` (sessions, rate, in-flight, timeouts).
+    - ``seq_bases``: ``{symbol: journal sequence of ring sequence 0}`` so a ``K``
+      carries journal sequences; 0 for a symbol not given.
+    - ``first_order_id``: the first exchange order id to issue (default: the clock in
+      microseconds, see ``OrderIdCounter``).
+    - ``on_listening(address)``: called once the socket listens (e.g. to print the port).
+
+    Resource handling: attaches (never creates or unlinks) the rings and closes
+    everything it opened before returning. Error handling: a missing ring or a busy
+    port raises at start-up, before anything is served.
+    """
+    if accounts is None:
+        accounts = AccountStore.open(config.data_dir)
+    if ready is None and control is not None:
+        ready = lambda: control.accepting  # noqa: E731
+    gateway = Gateway(
+        config,
+        accounts,
+        ring_prefix=ring_prefix,
+        ready=ready,
+        limits=limits,
+        seq_bases=seq_bases,
+        first_order_id=first_order_id,
+        host=host,
+        port=port,
+        control=control,
+    )
+    previous = {sig: signal.signal(sig, lambda *_: gateway.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if control is not None:
+            control.set_pid(ROLE, os.getpid())
+        if on_listening is not None:
+            on_listening(gateway.address)
+        log.info("listening on %s:%d", *gateway.address)
+        gateway.run()
+    finally:
+        if control is not None:
+            control.set_ready(ROLE, False)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        gateway.close()
+    return 0
+
+
+def _limits_from_args(args: argparse.Namespace) -> Limits:
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(Limits) if getattr(args, f.name, None) is not None
+    }
+    return dataclasses.replace(Limits(), **given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ringex.gateway [--config FILE] [--data DIR] [--host H] [--port N]
+    [--ring-prefix P] [--control NAME] [--seq-base SYM=N ...] [--first-order-id N]
+    [--<limit> N ...]``: the entry point the supervisor (or a test) spawns. Prints
+    ``ringex gateway listening on HOST:PORT`` on stdout once it accepts connections."""
+    parser = argparse.ArgumentParser(prog="ringex-gateway")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--data", default=None, help="data directory (accounts.json)")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--ring-prefix", default=DEFAULT_RING_PREFIX)
+    parser.add_argument("--control", default=None, help="control block shm name")
+    parser.add_argument("--seq-base", action="append", default=[], metavar="SYMBOL=N")
+    parser.add_argument("--first-order-id", type=int, default=None)
+    for f in dataclasses.fields(Limits):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
+    config = load_config(args.config, overrides={"data_dir": args.data})
+    control = None
+    if args.control:
+        from ringex.control import ControlBlock
+
+        control = ControlBlock.attach(args.control)
+    bases = {}
+    for item in args.seq_base:
+        sym, _, n = item.partition("=")
+        bases[sym] = int(n)
+
+    def announce(address: tuple[str, int]) -> None:
+        print(f"ringex gateway listening on {address[0]}:{address[1]}", flush=True)
+
+    try:
+        return serve(
+            config,
+            ring_prefix=args.ring_prefix,
+            control=control,
+            limits=_limits_from_args(args),
+            seq_bases=bases,
+            first_order_id=args.first_order_id,
+            host=args.host,
+            port=args.port,
+            on_listening=announce,
+        )
+    finally:
+        if control is not None:
+            control.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

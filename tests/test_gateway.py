@@ -1,0 +1,457 @@
+"""The gateway process over real sockets, real shared-memory in-rings and a real
+consumer process advancing the in-rings' "journaler" cursor.
+
+That consumer is a stand-in journaler (``STANDIN_JOURNALER``): a real ring consumer
+in its own process that commits its cursor on each in-ring as it reads, without
+LMDB, so these tests can stall durability (SIGSTOP) and watch acks wait. The real
+journaler (ringex/journaler.py) replaces it in the integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ringex.accounts import AccountStore
+from ringex.client import OrderClient, Reply, SessionClosed, replies_from_bytes
+from ringex.control import ControlBlock, ExchangeState
+from ringex.gateway import in_ring_name
+from ringex.protocol import (
+    COMMAND,
+    Reason,
+    encode_cancel,
+    encode_heartbeat,
+    encode_login,
+    encode_new_order,
+    encode_replace,
+)
+from ringex.records import OrderType, Side, Tif
+from ringex.ring import Ring
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
+SYMBOLS = ("ACME", "BOLT")
+ACCOUNT, TOKEN = 1001, 0x1111_2222_3333
+OTHER, OTHER_TOKEN = 1002, 0x4444
+RING_CAPACITY = 1 << 14
+
+CONFIG_TOML = """
+[symbols.ACME]
+tick = 5
+price_min = 100
+price_max = 1000
+max_qty = 500
+
+[symbols.BOLT]
+"""
+
+STANDIN_JOURNALER = textwrap.dedent(
+    """
+    # Stand-in journaler: commits the "journaler" cursor of each in-ring as it reads.
+    import signal, sys
+    from ringex.records import COMMAND
+    from ringex.ring import Ring
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    rings = [Ring.attach(name, COMMAND) for name in sys.argv[1:]]
+    consumers = [r.consumer("journaler") for r in rings]
+    print("ready", flush=True)
+    while not stop:
+        moved = False
+        for c in consumers:
+            batch = c.poll()
+            if batch:
+                c.commit(batch.hi)
+                moved = True
+        if not moved:
+            consumers[0].wait_for(consumers[0].cursor + 1, 0.002)
+    """
+)
+
+
+def _wait_line(proc: subprocess.Popen, want: str, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process exited ({proc.poll()}): {proc.stderr.read() if proc.stderr else ''}")
+        if want in line:
+            return line
+    raise TimeoutError(want)
+
+
+class Exchange:
+    """In-rings, a control block, accounts, a stand-in journaler and a gateway process."""
+
+    def __init__(self, tmp: Path, **limits) -> None:
+        self.prefix = f"rgxt{os.getpid()}{secrets.token_hex(3)}"
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+        self.rings: list[Ring] = []
+        self.control: ControlBlock | None = None
+        try:
+            self._start(limits)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, limits: dict) -> None:
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        (self.tmp / "ringex.toml").write_text(CONFIG_TOML)
+        store = AccountStore.open(self.tmp)
+        store.add(ACCOUNT, TOKEN)
+        store.add(OTHER, OTHER_TOKEN)
+        for sym in SYMBOLS:
+            self.rings.append(Ring.create(in_ring_name(sym, self.prefix), COMMAND, RING_CAPACITY, ["journaler"]))
+        self.control = ControlBlock.create(f"/{self.prefix}-control")
+        self.control.set_state(ExchangeState.READY)
+        self.journaler = self._spawn([PY, "-c", STANDIN_JOURNALER, *(r.name for r in self.rings)])
+        _wait_line(self.journaler, "ready")
+        args = [PY, "-m", "ringex.gateway", "--config", str(self.tmp / "ringex.toml"), "--data", str(self.tmp)]
+        args += ["--host", "127.0.0.1", "--port", "0", "--ring-prefix", self.prefix, "--control", self.control.name]
+        args += ["--seq-base", "ACME=1000"]
+        for key, value in limits.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        self.gateway = self._spawn(args)
+        line = _wait_line(self.gateway, "listening on")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def alive(self) -> bool:
+        return self.gateway.poll() is None
+
+    def client(self, login: bool = True, account: int = ACCOUNT, token: int = TOKEN) -> OrderClient:
+        c = OrderClient.connect("127.0.0.1", self.port, timeout=10)
+        if login:
+            c.login(account, token)
+        return c
+
+    def raw(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+    def journaled(self, sym: str) -> np.ndarray:
+        """What the gateway published into ``sym``'s in-ring (the ring is big enough to hold it all)."""
+        ring = self.rings[SYMBOLS.index(sym)]
+        n = ring.producer_cursor + 1
+        return ring.slots[:n].copy()
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.gateway_log = self.gateway.stderr.read() if getattr(self, "gateway", None) else ""
+        for ring in self.rings:
+            ring.close()
+            ring.unlink()
+        if self.control is not None:
+            self.control.close()
+            self.control.unlink()
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory):
+    ex = Exchange(tmp_path_factory.mktemp("gw"), rate_per_s=5000, burst=300, max_output_bytes=256 * 1024)
+    yield ex
+    ex.close()
+    assert "Traceback" not in ex.gateway_log, ex.gateway_log
+    assert ex.gateway.returncode == 0
+
+
+@pytest.fixture
+def make_exchange(tmp_path):
+    made = []
+
+    def make(**limits) -> Exchange:
+        ex = Exchange(tmp_path / f"x{len(made)}", **limits)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.close()
+        assert "Traceback" not in ex.gateway_log, ex.gateway_log
+
+
+def read_replies(sock: socket.socket, n: int, timeout: float = 10.0) -> list[Reply]:
+    buf = bytearray()
+    sock.settimeout(timeout)
+    while len(buf) < 64 * n:
+        data = sock.recv(65536)
+        if not data:
+            break
+        buf += data
+    whole = len(buf) - len(buf) % 64
+    return [r for r in replies_from_bytes(bytes(buf[:whole])) if r.msg_type != "H"]
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> list[Reply]:
+    buf = bytearray()
+    sock.settimeout(timeout)
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        buf += data
+    whole = len(buf) - len(buf) % 64
+    return [r for r in replies_from_bytes(bytes(buf[:whole])) if r.msg_type != "H"]
+
+
+##########################################################################################
+# login rules
+##########################################################################################
+
+
+def test_login_accepted_then_orders_acked_with_journal_seq(exchange):
+    with exchange.client() as c:
+        assert c.session and c.session > 0
+        r = c.buy("ACME", 10, 105)
+        assert r.msg_type == "K" and r.reason == 0 and r.order_id > 0
+        assert r.seq >= 1000  # --seq-base ACME=1000: K carries the journal sequence
+        slot = exchange.journaled("ACME")[r.seq - 1000]
+        assert slot["order_id"] == r.order_id and slot["account"] == ACCOUNT and slot["session"] == c.session
+        assert slot["ts_ns"] == r.ts_ns and slot["qty"] == 10 and slot["price"] == 105
+        b = c.sell("BOLT", 1, 7)
+        assert b.msg_type == "K" and b.seq < 1000 and b.order_id > r.order_id
+
+
+@pytest.mark.parametrize("account,token", [(ACCOUNT, TOKEN + 1), (999_999, TOKEN), (0, 0)])
+def test_bad_credentials_get_j_and_the_session_is_closed(exchange, account, token):
+    with exchange.raw() as s:
+        s.sendall(encode_login(account, token) + encode_new_order("ACME", Side.BUY, 1, 100))
+        replies = read_until_closed(s)
+    assert [(r.msg_type, r.reason) for r in replies] == [("J", Reason.BAD_CREDENTIALS)]
+
+
+def test_requests_before_login_and_a_second_login_are_rejected(exchange):
+    with exchange.raw() as s:
+        s.sendall(encode_new_order("ACME", Side.BUY, 1, 100, client_order_id=1))
+        s.sendall(encode_heartbeat() + encode_login(ACCOUNT, TOKEN) + encode_login(ACCOUNT, TOKEN, client_order_id=3))
+        replies = read_replies(s, 3)
+    assert [(r.msg_type, r.reason) for r in replies] == [
+        ("X", Reason.NOT_LOGGED_IN),
+        ("A", 0),
+        ("X", Reason.ALREADY_LOGGED_IN),
+    ]
+    assert replies[0].client_order_id == 1 and replies[2].client_order_id == 3
+
+
+##########################################################################################
+# every reject reason, over the wire
+##########################################################################################
+
+REJECTS = [
+    (encode_new_order("NOPE", Side.BUY, 1, 100), Reason.UNKNOWN_SYMBOL),
+    (
+        encode_new_order("ACME", Side.BUY, 1, 100)[:1] + b"Q" + encode_new_order("ACME", Side.BUY, 1, 100)[2:],
+        Reason.BAD_SIDE,
+    ),
+    (encode_new_order("ACME", Side.BUY, 1, 0, order_type=OrderType.MARKET, tif=Tif.GTC), Reason.BAD_ORDER_TYPE),
+    (encode_new_order("ACME", Side.BUY, 1, 100, tif=ord("Z")), Reason.BAD_ORDER_TYPE),
+    (encode_new_order("ACME", Side.BUY, 0, 100), Reason.BAD_QTY),
+    (encode_new_order("ACME", Side.BUY, 501, 100), Reason.BAD_QTY),
+    (encode_new_order("ACME", Side.BUY, 1, 103), Reason.BAD_PRICE),
+    (encode_new_order("ACME", Side.BUY, 1, 1005), Reason.BAD_PRICE),
+    (b"Z" + bytes(63), Reason.UNKNOWN_MESSAGE),
+    (encode_cancel("ACME", 0), Reason.BAD_ORDER_ID),
+    (encode_replace("ACME", 0, 100, 1), Reason.BAD_ORDER_ID),
+    (encode_replace("ACME", 5, 100, 0), Reason.BAD_QTY),
+]
+
+
+def test_every_validation_reject_is_answered_with_its_code_in_order(exchange):
+    with exchange.client() as c:
+        before = exchange.rings[0].producer_cursor
+        for i, (frame, _) in enumerate(REJECTS):
+            rec = np.frombuffer(frame, dtype=COMMAND).copy()
+            rec["client_order_id"] = 100 + i
+            c.send(rec.tobytes())
+        got = [c.next_reply() for _ in REJECTS]
+        assert [(r.msg_type, r.reason) for r in got] == [("X", want) for _, want in REJECTS]
+        assert [r.client_order_id for r in got] == [100 + i for i in range(len(REJECTS))]
+        assert exchange.rings[0].producer_cursor == before  # nothing invalid reached the ring
+        assert c.buy("ACME", 1, 100).msg_type == "K"  # a few unknown frames do not close a session
+
+
+def test_not_ready_while_the_exchange_is_not_ready(exchange):
+    with exchange.client() as c:
+        for state in (ExchangeState.STARTING, ExchangeState.HALTED, ExchangeState.STOPPING):
+            exchange.control.set_state(state)
+            try:
+                r = c.buy("ACME", 1, 100)
+            finally:
+                exchange.control.set_state(ExchangeState.READY)
+            assert (r.msg_type, r.reason) == ("X", Reason.NOT_READY)
+        assert c.buy("ACME", 1, 100).msg_type == "K"
+
+
+def test_flood_is_throttled_while_another_session_is_acked(exchange):
+    with exchange.client() as flood, exchange.client(account=OTHER, token=OTHER_TOKEN) as calm:
+        n = 3000
+        flood.send(b"".join(encode_new_order("BOLT", Side.SELL, 1, 50, client_order_id=i) for i in range(n)))
+        calm_replies = [calm.buy("ACME", 1, 100) for _ in range(5)]
+        flooded = [flood.next_reply() for _ in range(n)]
+    assert all(r.msg_type == "K" for r in calm_replies)
+    assert [r.client_order_id for r in flooded] == list(range(n))  # one reply each, in order
+    kinds = {(r.msg_type, r.reason) for r in flooded}
+    assert kinds == {("K", 0), ("X", Reason.THROTTLED)}
+    assert sum(r.msg_type == "K" for r in flooded) < n
+
+
+def test_in_flight_limit_throttles_while_the_journal_is_stalled(make_exchange):
+    ex = make_exchange(max_in_flight=4)
+    with ex.client() as c:
+        ex.journaler.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(6):
+                c.submit_order("ACME", "buy", 1, 100, client_order_id=i)
+            c.sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                c.next_reply()  # the first four wait for the journal, the X's wait behind them
+        finally:
+            ex.journaler.send_signal(signal.SIGCONT)
+        c.sock.settimeout(10)
+        got = [c.next_reply() for _ in range(6)]
+    assert [(r.msg_type, r.reason) for r in got] == [("K", 0)] * 4 + [("X", Reason.THROTTLED)] * 2
+
+
+##########################################################################################
+# framing over TCP
+##########################################################################################
+
+
+def test_a_request_split_across_many_sends(exchange):
+    with exchange.client() as c:
+        frame = encode_new_order("ACME", Side.SELL, 3, 110, client_order_id=77) + encode_cancel("ACME", 5)
+        for i in range(0, len(frame), 5):
+            c.send(frame[i : i + 5])
+            time.sleep(0.002)
+        a, b = c.next_reply(), c.next_reply()
+    assert (a.msg_type, a.client_order_id, a.qty, a.price) == ("K", 77, 3, 110)
+    assert (b.msg_type, b.order_id) == ("K", 5)
+
+
+def test_many_requests_in_one_send(exchange):
+    with exchange.client(account=OTHER, token=OTHER_TOKEN) as c:
+        n = 250  # below the burst, so none is throttled
+        c.send(b"".join(encode_new_order("ACME", Side.BUY, 1, 100 + 5 * (i % 10), client_order_id=i) for i in range(n)))
+        got = [c.next_reply() for _ in range(n)]
+    assert [r.client_order_id for r in got] == list(range(n))
+    assert all(r.msg_type == "K" for r in got)
+    seqs = [r.seq for r in got]
+    assert seqs == list(range(seqs[0], seqs[0] + n))
+    assert len({r.order_id for r in got}) == n
+
+
+def test_random_bytes_and_truncated_frames_never_hurt_the_gateway_or_other_sessions(exchange):
+    rng = np.random.default_rng(7)
+    with exchange.client() as bystander:
+        for trial in range(20):
+            with exchange.raw() as s:
+                if trial % 3 == 0:
+                    s.sendall(encode_login(ACCOUNT, TOKEN))
+                if trial % 2:
+                    s.sendall(rng.bytes(int(rng.integers(1, 5000))))
+                else:
+                    s.sendall(encode_new_order("ACME", Side.BUY, 1, 100)[: int(rng.integers(1, 64))])
+            assert bystander.buy("ACME", 1, 100).msg_type == "K"
+        # a logged-in session that keeps sending garbage is answered, then closed with E
+        with exchange.client(account=OTHER, token=OTHER_TOKEN) as noisy:
+            noisy.send(b"\xee" * 64 * 40)
+            got = []
+            with pytest.raises(SessionClosed) as closed:
+                while True:
+                    got.append(noisy.next_reply())
+            assert closed.value.reply is not None and closed.value.reply.reason == Reason.UNKNOWN_MESSAGE
+            assert all(r.reason == Reason.UNKNOWN_MESSAGE for r in got) and 0 < len(got) < 40
+        assert bystander.buy("ACME", 1, 100).msg_type == "K"
+    assert exchange.alive()
+
+
+def test_a_reader_that_never_reads_is_cut_off_without_delaying_others(exchange):
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", exchange.port))
+    slow.sendall(encode_login(ACCOUNT, TOKEN))
+    junk = encode_cancel("NOPE", 1) * 4096  # each answered with an X the slow reader never reads
+    with exchange.client(account=OTHER, token=OTHER_TOKEN) as other:
+        cut = False
+        slow.settimeout(5)
+        for _ in range(200):
+            try:
+                slow.sendall(junk)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                cut = True
+                break
+            assert other.buy("ACME", 1, 100).msg_type == "K"
+        assert cut
+    slow.close()
+    assert exchange.alive()
+
+
+##########################################################################################
+# session limits and timers
+##########################################################################################
+
+
+def test_session_limit_answers_e_and_closes(make_exchange):
+    ex = make_exchange(max_sessions=3)
+    clients = [ex.client() for _ in range(3)]
+    try:
+        with ex.raw() as extra:
+            replies = read_until_closed(extra)
+        assert [(r.msg_type, r.reason) for r in replies] == [("E", Reason.SESSION_LIMIT)]
+        assert clients[0].buy("ACME", 1, 100).msg_type == "K"
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_idle_session_gets_heartbeats_then_is_closed(make_exchange):
+    ex = make_exchange(heartbeat_interval_s=0.2, idle_timeout_s=1.0)
+    with ex.raw() as s:
+        s.sendall(encode_login(ACCOUNT, TOKEN))
+        t0 = time.monotonic()
+        buf = bytearray()
+        s.settimeout(5)
+        while data := s.recv(4096):
+            buf += data
+        elapsed = time.monotonic() - t0
+    kinds = [r.msg_type for r in replies_from_bytes(bytes(buf))]
+    assert kinds[0] == "A" and kinds[-1] == "E" and kinds.count("H") >= 2
+    assert replies_from_bytes(bytes(buf))[-1].reason == Reason.IDLE_TIMEOUT
+    assert elapsed >= 0.9
+
+
+def test_client_heartbeats_keep_a_session_alive(make_exchange):
+    ex = make_exchange(heartbeat_interval_s=0.2, idle_timeout_s=0.6)
+    with ex.client() as c:
+        for _ in range(8):
+            time.sleep(0.2)
+            c.heartbeat()
+        assert c.buy("ACME", 1, 100).msg_type == "K"
