@@ -65,6 +65,7 @@ __all__ = [
 log = logging.getLogger("ringex.wal")
 
 FORMAT = b"ringex-journal-1"
+_RING_BASE = struct.Struct("<qq")
 
 JOURNAL_KEY = np.dtype([("symbol", "S8"), ("seq", ">u8")])
 """A record's key: big-endian so LMDB's bytewise order is sequence order."""
@@ -336,6 +337,23 @@ class Journal:
         if self.readonly:
             self._max_order_id = self._read_max_order_id()
         return self._max_order_id
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        with self._read_txn() as txn:
+            return txn.get(key, db=self._meta)
+
+    def put_meta(self, key: bytes, value: bytes) -> None:
+        with self.env.begin(write=True, db=self._meta) as txn:
+            txn.put(key, value)
+
+    def ring_base(self, kind: str, symbol: str) -> tuple[int, int] | None:
+        """``(ring created_ns, journal seq of ring seq 0)`` the journaler last used for
+        the symbol's ``cmd`` (in) or ``evt`` (out) ring; see ``ringex.journaler``."""
+        raw = self.get_meta(f"ring-base:{kind}:{symbol}".encode())
+        return None if raw is None else _RING_BASE.unpack(raw)
+
+    def set_ring_base(self, kind: str, symbol: str, created_ns: int, base: int) -> None:
+        self.put_meta(f"ring-base:{kind}:{symbol}".encode(), _RING_BASE.pack(created_ns, base))
 
     # -- sequences -------------------------------------------------------------
 
@@ -619,14 +637,17 @@ class SnapshotStore:
             raise ValueError(f"{path}: damaged (length or checksum mismatch)")
         return Snapshot(decode_symbol(sym), next_seq, next_event_seq, blob, path)
 
-    def latest(self, symbol: str, at_most: int | None = None) -> Snapshot | None:
-        """The newest intact snapshot with ``next_seq <= at_most``, or None."""
+    def latest(self, symbol: str, at_most: int | None = None, at_most_events: int | None = None) -> Snapshot | None:
+        """The newest intact snapshot with ``next_seq <= at_most`` and
+        ``next_event_seq <= at_most_events``, or None."""
         for path in reversed(self.paths(symbol)):
             try:
                 snap = self.load(path)
             except (OSError, ValueError) as exc:
                 log.warning("skipping snapshot: %s", exc)
                 continue
-            if at_most is None or snap.next_seq <= at_most:
+            if (at_most is None or snap.next_seq <= at_most) and (
+                at_most_events is None or snap.next_event_seq <= at_most_events
+            ):
                 return snap
         return None

@@ -1,0 +1,134 @@
+"""``ringex journal tail SYMBOL`` and ``ringex journal dump SYMBOL --from SEQ``.
+
+Print a symbol's journaled commands and events as JSON lines, in sequence order:
+commands and their events interleaved, each command followed by the events it caused.
+Reads through a read-only LMDB handle, so it is safe while the journaler runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from ringex.records import COMMAND, EVENT, decode_symbol
+from ringex.wal import CorruptRecordError, Journal
+
+__all__ = ["add_arguments", "run", "command_to_dict", "journal_lines"]
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
+    tail = sub.add_parser("tail", help="the last commands of a symbol and their events")
+    tail.add_argument("symbol")
+    tail.add_argument("-n", "--lines", type=int, default=20, help="how many commands (default 20)")
+    dump = sub.add_parser("dump", help="a symbol's commands and events from a sequence on")
+    dump.add_argument("symbol")
+    dump.add_argument("--from", dest="from_seq", type=int, default=0, help="first command sequence (default 0)")
+    dump.add_argument("--to", dest="to_seq", type=int, default=None, help="stop before this command sequence")
+    for p in (tail, dump):
+        p.add_argument("--data", default=None, help="data directory (default: the config's data_dir)")
+        p.add_argument("--config", default=None)
+        p.add_argument("--commands-only", action="store_true")
+
+
+def command_to_dict(seq: int, record: np.void) -> dict:
+    out = {"type": "command", "seq": seq}
+    for name in COMMAND.names:
+        value = record[name]
+        if name == "symbol":
+            out[name] = decode_symbol(value)
+        elif name in ("msg_type", "side", "order_type", "tif"):
+            out[name] = chr(int(value)) if int(value) else ""
+        else:
+            out[name] = int(value)
+    return out
+
+
+def _event_dict(event_seq: int, record: np.void) -> dict:
+    try:
+        from ringex.events import event_to_dict
+    except ImportError:  # not built yet: a plain field dump
+        event_to_dict = None
+    if event_to_dict is not None:
+        body = event_to_dict(record)
+    else:
+        body = {}
+        for name in EVENT.names:
+            value = record[name]
+            if name == "symbol":
+                body[name] = decode_symbol(value)
+            elif name in ("kind", "side", "order_type", "tif"):
+                body[name] = chr(int(value)) if int(value) else ""
+            else:
+                body[name] = int(value)
+    return {"type": "event", "event_seq": event_seq, **body}
+
+
+def _first_event_of(journal: Journal, symbol: str, seq: int) -> int:
+    """The event sequence of the first event caused by command ``seq`` or later
+    (events' command sequences never decrease, so a binary search over the journal)."""
+    lo, hi = 0, journal.next_event_seq(symbol)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        chunk = next(journal.read_events(symbol, mid, mid + 1), None)
+        if chunk is None or int(chunk[1][0]["seq"]) >= seq:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def journal_lines(
+    journal: Journal, symbol: str, from_seq: int, to_seq: int | None, events: bool = True
+) -> Iterator[dict]:
+    """Commands from ``from_seq`` (each followed by its events) as dicts."""
+    event_iter = _events_from(journal, symbol, _first_event_of(journal, symbol, from_seq)) if events else iter(())
+    pending = next(event_iter, None)
+    for first, commands in journal.read_commands(symbol, from_seq, to_seq):
+        for i, record in enumerate(commands):
+            seq = first + i
+            yield command_to_dict(seq, record)
+            while pending is not None and int(pending[1]["seq"]) <= seq:
+                yield _event_dict(*pending)
+                pending = next(event_iter, None)
+
+
+def _events_from(journal: Journal, symbol: str, from_event: int) -> Iterator[tuple[int, np.void]]:
+    for first, chunk in journal.read_events(symbol, from_event):
+        for i, record in enumerate(chunk):
+            yield first + i, record
+
+
+def run(args) -> int:
+    data_dir = args.data
+    if data_dir is None:
+        from ringex.config import load_config
+
+        data_dir = load_config(args.config).data_dir
+    try:
+        journal = Journal(data_dir, readonly=True)
+    except FileNotFoundError as exc:
+        print(f"ringex journal: {exc}", file=sys.stderr)
+        return 2
+    with journal:
+        if args.symbol not in journal.symbols():
+            print(
+                f"ringex journal: {args.symbol} is not in the journal ({', '.join(journal.symbols())})", file=sys.stderr
+            )
+            return 2
+        if args.journal_command == "tail":
+            from_seq, to_seq = max(0, journal.next_seq(args.symbol) - args.lines), None
+        else:
+            from_seq, to_seq = args.from_seq, args.to_seq
+        try:
+            for line in journal_lines(journal, args.symbol, from_seq, to_seq, events=not args.commands_only):
+                sys.stdout.write(json.dumps(line) + "\n")
+        except CorruptRecordError as exc:
+            print(f"ringex journal: {exc}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            return 0
+    return 0

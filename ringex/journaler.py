@@ -1,0 +1,277 @@
+"""The journaler process: drains every in-ring and out-ring into the LMDB journal.
+
+::
+
+    in-ring[SYM]  ──► journaler ──► LMDB (one transaction per round)
+    out-ring[SYM] ──┘      │
+                           └── stores its "journaler" cursor on each ring only after
+                               the commit: that cursor IS the durable cursor
+
+One round:
+
+1. Read every out-ring's available events, *then* every in-ring's commands. The
+   matcher publishes an event only after reading its command from the in-ring, so
+   every event read in step 1 has its cause among the commands read in step 2.
+2. Commit both in one transaction (group commit: the round takes everything there is,
+   so under load one fsync covers thousands of records).
+3. Only then store the journaler's consumer cursor on each ring. Hence "in-ring
+   sequence s is durable" is exactly "the journaler's cursor on that in-ring has
+   passed s": the gateway acks on it, and the notifier, gated on the journaler's
+   cursor on the out-ring, never publishes an event whose command is not durable.
+
+Sequences: a ring counts from 0 when it is created, the journal counts from the first
+command ever. The journaler keeps, per ring, ``base`` = the journal sequence of ring
+sequence 0, in the journal's metadata together with the ring's creation time. A
+journaler restarted on the same rings (same creation time) reuses the base and skips
+what a previous incarnation committed but had no time to mark in the ring (a kill
+between commit and cursor store); on new rings the base is the journal's next
+sequence, so the supervisor must start every producer on a new ring at journal
+sequence ``Journal.next_seq(symbol)`` (and the matcher's out-ring at
+``Journal.next_event_seq(symbol)`` plus any events recovery hands it to republish).
+
+Error handling: a commit that fails (disk full, I/O error, the map cap) halts the
+exchange: the control block goes to HALTED with the reason (the gateway answers
+NOT_READY from it), a critical log line says what failed and where the journal ends,
+the cursors stay where they were (nothing unjournaled is ever reported durable) and
+the process exits with status 3. Earlier commits are intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from ringex.records import COMMAND, EVENT
+from ringex.ring import Consumer, Ring
+from ringex.wal import Journal, JournalError, JournalWriteError
+
+__all__ = ["Journaler", "RingPair", "JournalerHalted", "CONSUMER_NAME", "EXIT_HALTED", "main"]
+
+log = logging.getLogger("ringex.journaler")
+
+CONSUMER_NAME = "journaler"
+ROLE = "journaler"
+EXIT_HALTED = 3
+# Idle wait: the journaler serves many rings but can sleep on one semaphore only, so
+# it sleeps on the ring most likely to move next with this timeout. 1 ms bounds the
+# delay a record on another ring sees when the exchange is idle, at ~1,000 cheap
+# wake-ups a second (a few % of a core); under load it never sleeps.
+IDLE_WAIT_S = 0.001
+# Cap on records per ring per round, so one commit stays well under a map growth step
+# and a burst on one ring cannot starve the others' acks for long. Picked, not measured.
+MAX_PER_RING = 65536
+
+
+class JournalerHalted(RuntimeError):
+    """A commit failed; the exchange is halted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RingPair:
+    """The names of one symbol's rings."""
+
+    symbol: str
+    in_ring: str
+    out_ring: str
+
+
+class _Feed:
+    """One ring as the journaler sees it: consumer, base and the journal's kind."""
+
+    def __init__(self, kind: str, symbol: str, ring: Ring, journal: Journal) -> None:
+        self.kind = kind  # "cmd" or "evt"
+        self.symbol = symbol
+        self.ring = ring
+        self.consumer: Consumer = ring.consumer(CONSUMER_NAME)
+        created = int(ring.header["created_ns"])
+        journal_next = journal.next_seq(symbol) if kind == "cmd" else journal.next_event_seq(symbol)
+        known = journal.ring_base(kind, symbol)
+        if known is not None and known[0] == created:
+            self.base = known[1]
+        else:
+            # A ring we have not seen: its next unread record is the journal's next one.
+            self.base = journal_next - (self.consumer.cursor + 1)
+            journal.set_ring_base(kind, symbol, created, self.base)
+        # Resume where the journal ends; a previous incarnation may have committed
+        # records but died before storing the cursor: skip them, never journal twice.
+        ring_next = journal_next - self.base
+        cursor = self.consumer.cursor
+        if cursor + 1 > ring_next:
+            raise JournalError(
+                f"{kind} ring {ring.name}: journaler cursor {cursor} is past the journal end "
+                f"(ring seq {ring_next - 1}); the journal lost records or belongs to other rings"
+            )
+        if cursor + 1 < ring_next:
+            self.consumer.wait_for(ring_next - 1, timeout=0)
+            log.info(
+                "%s ring %s: skipping ring seqs %d..%d, already journaled", kind, ring.name, cursor + 1, ring_next - 1
+            )
+            self.consumer.commit(ring_next - 1)
+        self.batch = None
+
+    def take(self):
+        self.batch = self.consumer.poll(MAX_PER_RING)
+        return self.batch
+
+    def segments(self):
+        for ring_seq, view in self.batch.segments():
+            yield self.symbol, ring_seq + self.base, view
+
+    def commit(self) -> None:
+        if self.batch:
+            self.consumer.commit(self.batch.hi)
+        self.batch = None
+
+
+class Journaler:
+    """The journaler loop over ``pairs``' rings, writing to ``journal``.
+
+    ``control`` is the exchange's ``ControlBlock`` (or None in tests that watch the
+    cursors directly): the journaler reports ready and heartbeats on it, and halts it
+    when a commit fails.
+    """
+
+    def __init__(self, journal: Journal, pairs: list[RingPair], control=None) -> None:
+        self.journal = journal
+        self.control = control
+        self.rings: list[Ring] = []
+        self.out_feeds: list[_Feed] = []
+        self.in_feeds: list[_Feed] = []
+        for pair in pairs:
+            out_ring = Ring.attach(pair.out_ring, EVENT)
+            in_ring = Ring.attach(pair.in_ring, COMMAND)
+            self.rings += [out_ring, in_ring]
+            self.out_feeds.append(_Feed("evt", pair.symbol, out_ring, journal))
+            self.in_feeds.append(_Feed("cmd", pair.symbol, in_ring, journal))
+        self.rounds = 0
+        self.records = 0
+        self._stop = threading.Event()
+        self._expect: _Feed | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish its round and return (safe from a signal handler)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+
+    def round(self) -> int:
+        """Journal everything available now; returns how many records it committed."""
+        # Out-rings first: see the module docstring for why this order matters.
+        for feed in self.out_feeds:
+            feed.take()
+        for feed in self.in_feeds:
+            feed.take()
+        commands = [seg for f in self.in_feeds if f.batch for seg in f.segments()]
+        self._expect = next((o for i, o in zip(self.in_feeds, self.out_feeds, strict=True) if i.batch), None)
+        events = [seg for f in self.out_feeds if f.batch for seg in f.segments()]
+        if not commands and not events:
+            return 0
+        try:
+            stats = self.journal.commit(commands, events)
+        except JournalWriteError as exc:
+            self._halt(exc)
+            raise JournalerHalted(str(exc)) from exc
+        # Durable now: only from here may anyone treat these sequences as journaled.
+        for feed in self.in_feeds:
+            feed.commit()
+        for feed in self.out_feeds:
+            feed.commit()
+        self.rounds += 1
+        self.records += stats.commands + stats.events
+        return stats.commands + stats.events
+
+    def _halt(self, exc: Exception) -> None:
+        ends = ", ".join(f"{f.symbol} commands < {self.journal.next_seq(f.symbol)}" for f in self.in_feeds)
+        reason = f"journal write failed, exchange halted: {exc}"
+        log.critical("%s; journal intact up to %s", reason, ends)
+        if self.control is not None:
+            self.control.halt(reason)
+            self.control.set_ready(ROLE, False)
+
+    def _idle_wait(self) -> None:
+        # Sleep where the next record is most likely: after commands, their events on
+        # the same symbol's out-ring; otherwise the first in-ring.
+        feed = self._expect or (self.in_feeds[0] if self.in_feeds else self.out_feeds[0])
+        self._expect = None
+        feed.consumer.wait_for(feed.consumer.cursor + 1, IDLE_WAIT_S)
+
+    def run(self) -> None:
+        """Loop until ``stop()``; raises ``JournalerHalted`` after halting the exchange."""
+        if self.control is not None:
+            self.control.set_ready(ROLE, True)
+        beat_at = 0.0
+        while not self._stop.is_set():
+            if not self.round():
+                self._idle_wait()
+            if self.control is not None:
+                now = time.monotonic()
+                if now >= beat_at:
+                    self.control.beat(ROLE)
+                    beat_at = now + 0.1
+        # A last round so a clean stop leaves nothing published but unjournaled.
+        self.round()
+
+
+# -- process entry point ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ringex.journaler --data DIR --durability fsync --control NAME SYM:IN:OUT...``:
+    the entry point the supervisor spawns (and the crash tests)."""
+    parser = argparse.ArgumentParser(prog="ringex-journaler")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--durability", default="fsync", choices=("fsync", "async"))
+    parser.add_argument("--control", default=None, help="control block shm name")
+    parser.add_argument("--max-map-size", type=int, default=None)
+    parser.add_argument("--map-size", type=int, default=None)
+    parser.add_argument("rings", nargs="+", metavar="SYMBOL:IN_RING:OUT_RING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s journaler %(levelname)s %(message)s")
+    pairs = [RingPair(*spec.split(":")) for spec in args.rings]
+    kwargs = {}
+    if args.max_map_size:
+        kwargs["max_map_size"] = args.max_map_size
+    if args.map_size:
+        kwargs["map_size"] = args.map_size
+    control = None
+    if args.control:
+        from ringex.control import ControlBlock
+
+        control = ControlBlock.attach(args.control)
+        control.set_pid(ROLE, os.getpid())
+    return run_journaler(args.data, pairs, durability=args.durability, control=control, **kwargs)
+
+
+def run_journaler(
+    data_dir: str, pairs: list[RingPair], *, durability: str = "fsync", control=None, **journal_kwargs
+) -> int:
+    """Open the journal, journal until SIGTERM/SIGINT, return the exit status."""
+    journal = Journal(data_dir, durability=durability, **journal_kwargs)
+    journaler = Journaler(journal, pairs, control)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: journaler.stop())
+    try:
+        journaler.run()
+    except JournalerHalted:
+        return EXIT_HALTED
+    finally:
+        journaler.close()
+        try:
+            journal.close()
+        except Exception:  # the env may be unusable after a failed write; the halt is logged
+            log.exception("closing the journal after a halt")
+    log.info("stopped after %d rounds, %d records", journaler.rounds, journaler.records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,542 @@
+"""Recovery: snapshot + journal tail, ``--verify``, and crash tests with real processes.
+
+The crash tests run a real pipeline, each stage its own process::
+
+    producer ──► in-ring[SYM] ──► matcher (real Matcher) ──► out-ring[SYM]
+                      │                                          │
+                      └────────────► journaler (LMDB) ◄──────────┘
+
+then kill -9 the journaler, the matcher or the whole process group at a random
+moment, and check: every command the journaler's cursor said was durable is in the
+journal, a book recovered from snapshot + tail equals a full replay (state_hash), and
+``ringex recover --verify`` passes. This file is also the script the stage processes
+run (``python tests/test_recovery.py producer|matcher ...``), since the exchange's
+own supervisor is another part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ringex.config import SymbolSpec
+from ringex.records import COMMAND, EVENT, Op, OrderType, Side, Tif, encode_symbol
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+QUICK = os.environ.get("RINGEX_QUICK") == "1"
+SPECS = (
+    SymbolSpec("ACME", price_min=1, price_max=1000, capacity=4096),
+    SymbolSpec("BOLT", tick=5, price_min=100, price_max=2000, capacity=4096),
+)
+RING_CAPACITY = 1024
+
+
+# ---------------------------------------------------------------------------------------
+# Stage processes (run as scripts)
+
+
+def _commands(rng: random.Random, symbol: str, spec: SymbolSpec, n: int, next_oid: int, live: list[int]):
+    """``n`` random commands around the middle of the band; new orders get ids from ``next_oid``."""
+    out = np.zeros(n, COMMAND)
+    mid = (spec.price_min + spec.price_max) // 2 // spec.tick * spec.tick
+    for i in range(n):
+        r = out[i]
+        r["symbol"] = encode_symbol(symbol)
+        r["account"] = rng.randint(1, 5)
+        r["client_order_id"] = rng.randint(1, 1 << 40)
+        r["ts_ns"] = time.time_ns()
+        roll = rng.random()
+        if roll < 0.15 and live:
+            r["msg_type"] = Op.CANCEL
+            r["order_id"] = live.pop(rng.randrange(len(live)))
+        elif roll < 0.22 and live:
+            r["msg_type"] = Op.REPLACE
+            r["order_id"] = rng.choice(live)
+            r["price"] = mid + spec.tick * rng.randint(-10, 10)
+            r["qty"] = rng.randint(1, 50)
+        else:
+            r["msg_type"] = Op.NEW
+            r["order_id"] = next_oid
+            next_oid += 1
+            r["side"] = rng.choice((Side.BUY, Side.SELL))
+            if rng.random() < 0.1:
+                r["order_type"], r["tif"] = OrderType.MARKET, Tif.IOC
+            else:
+                r["order_type"] = OrderType.LIMIT
+                r["tif"] = rng.choice((Tif.GTC, Tif.GTC, Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_ONLY))
+                r["price"] = mid + spec.tick * rng.randint(-12, 12)
+                live.append(int(r["order_id"]))
+                del live[:-200]
+            r["qty"] = rng.randint(1, 100)
+    return out, next_oid
+
+
+def producer_main(argv: list[str]) -> None:
+    """producer SEED FIRST_ORDER_ID SYM:IN ...: a steady stream of orders until killed."""
+    from ringex.ring import Ring, RingTimeout
+
+    seed, next_oid = int(argv[0]), int(argv[1])
+    rng = random.Random(seed)
+    targets = []
+    for item in argv[2:]:
+        symbol, ring_name = item.split(":")
+        ring = Ring.attach(ring_name, COMMAND)
+        targets.append((symbol, next(s for s in SPECS if s.name == symbol), ring.producer(), []))
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        for symbol, spec, producer, live in targets:
+            records, next_oid = _commands(rng, symbol, spec, rng.randint(1, 40), next_oid, live)
+            while not stop:
+                try:
+                    producer.write(records, timeout=0.2)
+                    break
+                except RingTimeout:
+                    continue
+        time.sleep(0.001)
+
+
+def matcher_main(argv: list[str]) -> None:
+    """matcher DATA SNAPSHOT_INTERVAL SYM:IN:OUT ...: recover, then match until killed."""
+    from ringex.recovery import recover_book
+    from ringex.ring import Ring, RingTimeout
+    from ringex.wal import Journal, SnapshotStore
+
+    data, interval = argv[0], int(argv[1])
+    journal = Journal(data, readonly=True)
+    store = SnapshotStore(data)
+    specs = {s.name: s for s in journal.specs()}
+    shards = []
+    for item in argv[2:]:
+        symbol, in_name, out_name = item.split(":")
+        book = recover_book(journal, specs[symbol], store)
+        in_ring, out_ring = Ring.attach(in_name, COMMAND), Ring.attach(out_name, EVENT)
+        consumer, producer = in_ring.consumer("matcher"), out_ring.producer()
+        assert consumer.cursor == -1 and producer.cursor == -1, "the matcher starts on new rings"
+        if len(book.pending_events):
+            producer.write(book.pending_events)  # journaled commands whose events were not
+        shard = {
+            "symbol": symbol,
+            "matcher": book.matcher,
+            "consumer": consumer,
+            "producer": producer,
+            "base": book.next_seq,  # journal seq of in-ring seq 0
+            "next_event": book.next_event_seq,
+            "since_snapshot": 0,
+            "rings": (in_ring, out_ring),
+        }
+        shards.append(shard)
+    journal.close()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    print("ready", flush=True)
+    while not stop:
+        busy = False
+        for shard in shards:
+            batch = shard["consumer"].poll()
+            if not batch:
+                continue
+            busy = True
+            for ring_seq, view in batch.segments():
+                events = shard["matcher"].apply(view, ring_seq + shard["base"])
+                while True:
+                    try:
+                        shard["producer"].write(events, timeout=0.2)
+                        break
+                    except RingTimeout:
+                        if stop:
+                            return
+                shard["next_event"] += len(events)
+            shard["consumer"].commit(batch.hi)
+            shard["since_snapshot"] += len(batch)
+            if shard["since_snapshot"] >= interval:
+                m = shard["matcher"]
+                store.write(shard["symbol"], m.last_seq + 1, shard["next_event"], m.snapshot())
+                shard["since_snapshot"] = 0
+        if not busy:
+            shards[0]["consumer"].wait_for(shards[0]["consumer"].cursor + 1, 0.001)
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline harness
+
+
+class Pipeline:
+    """Rings, a journal directory and the three stage processes, in one process group."""
+
+    def __init__(self, data: Path, durability: str = "fsync", snapshot_interval: int = 300) -> None:
+        self.data = data
+        self.durability = durability
+        self.snapshot_interval = snapshot_interval
+        self.prefix = f"rxt{os.getpid()}{uuid.uuid4().hex[:6]}"
+        self.rings: dict[str, tuple] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pgid: int | None = None
+        self.generation = 0
+        self.seed = random.randrange(1 << 30)
+
+    # -- rings ---------------------------------------------------------------------------
+
+    def make_rings(self) -> None:
+        from ringex.ring import Ring
+
+        self.drop_rings()
+        self.generation += 1
+        for spec in SPECS:
+            in_name = f"{self.prefix}g{self.generation}-{spec.name}-in"
+            out_name = f"{self.prefix}g{self.generation}-{spec.name}-out"
+            self.rings[spec.name] = (
+                Ring.create(in_name, COMMAND, RING_CAPACITY, consumers=["matcher", "journaler"]),
+                Ring.create(out_name, EVENT, RING_CAPACITY, consumers=["journaler"]),
+            )
+
+    def drop_rings(self) -> None:
+        for in_ring, out_ring in self.rings.values():
+            for ring in (in_ring, out_ring):
+                ring.unlink()
+                ring.close()
+        self.rings = {}
+
+    # -- processes -----------------------------------------------------------------------
+
+    def _spawn(self, role: str, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [PY, *args],
+            cwd=ROOT,
+            process_group=0 if self.pgid is None else self.pgid,
+            stdout=subprocess.PIPE if role == "matcher" else subprocess.DEVNULL,
+            stderr=open(self.data / f"{role}.log", "ab"),  # noqa: SIM115 - the child owns it
+        )
+        if self.pgid is None:
+            self.pgid = proc.pid
+        self.procs[role] = proc
+        return proc
+
+    def start_journaler(self) -> None:
+        pairs = [f"{s}:{i.name}:{o.name}" for s, (i, o) in self.rings.items()]
+        self._spawn(
+            "journaler", ["-m", "ringex.journaler", "--data", str(self.data), "--durability", self.durability, *pairs]
+        )
+
+    def start_all(self) -> None:
+        """Fresh rings, then journaler, matcher (after its recovery), producer."""
+        from ringex.wal import Journal
+
+        self.make_rings()
+        with Journal(self.data, durability=self.durability) as journal:
+            journal.ensure_specs(SPECS)
+            first_oid = journal.max_order_id() + 1
+        self.start_journaler()
+        pairs = [f"{s}:{i.name}:{o.name}" for s, (i, o) in self.rings.items()]
+        matcher = self._spawn("matcher", [__file__, "matcher", str(self.data), str(self.snapshot_interval), *pairs])
+        assert matcher.stdout.readline().strip() == b"ready", (self.data / "matcher.log").read_text()
+        self.seed += 1
+        ins = [f"{s}:{i.name}" for s, (i, _) in self.rings.items()]
+        self._spawn("producer", [__file__, "producer", str(self.seed), str(first_oid), *ins])
+
+    def durable(self) -> dict[str, int]:
+        """Per symbol, the journal sequence the journaler's in-ring cursor says is durable
+        (exclusive end), as the gateway would read it."""
+        from ringex.wal import Journal
+
+        out = {}
+        with Journal(self.data, readonly=True) as journal:
+            for symbol, (in_ring, _) in self.rings.items():
+                created = int(in_ring.header["created_ns"])
+                base = journal.ring_base("cmd", symbol)
+                cursor = in_ring.consumer_cursor("journaler")
+                if base is None or base[0] != created:
+                    assert cursor == -1, "journaler consumed a ring it never recorded"
+                    out[symbol] = 0
+                else:
+                    out[symbol] = base[1] + cursor + 1
+        return out
+
+    def wait_flowing(self, timeout: float = 30.0) -> None:
+        """Until the journaler has made some commands of this generation durable."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(i.consumer_cursor("journaler") >= 20 for i, _ in self.rings.values()):
+                return
+            time.sleep(0.02)
+        raise AssertionError("pipeline did not start flowing: " + self.logs())
+
+    def kill(self, role: str) -> None:
+        proc = self.procs.pop(role)
+        proc.kill()
+        proc.wait()
+
+    def kill_group(self) -> None:
+        if self.pgid is not None:
+            try:
+                os.killpg(self.pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs.values():
+            proc.wait()
+        self.procs = {}
+        self.pgid = None
+
+    def stop_cleanly(self) -> None:
+        """Stop the producer, let the matcher and journaler drain, then stop them."""
+        for role in ("producer",):
+            self.procs[role].terminate()
+            self.procs.pop(role).wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all(
+                i.consumer_cursor("journaler") == i.producer_cursor
+                and i.consumer_cursor("matcher") == i.producer_cursor
+                and o.consumer_cursor("journaler") == o.producer_cursor
+                for i, o in self.rings.values()
+            ):
+                break
+            time.sleep(0.02)
+        for role in ("matcher", "journaler"):
+            self.procs[role].terminate()
+            assert self.procs.pop(role).wait(10) == 0, self.logs()
+        self.kill_group()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.data.glob("*.log"))
+
+    def close(self) -> None:
+        self.kill_group()
+        self.drop_rings()
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    p = Pipeline(tmp_path / "data")
+    p.data.mkdir()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _check_recovery(data: Path, durable: dict[str, int]) -> dict[str, str]:
+    """Everything durable is journaled; snapshot + tail == full replay == verified replay."""
+    from ringex.recovery import recover_all
+    from ringex.wal import Journal
+
+    with Journal(data, readonly=True) as journal:
+        for symbol, end in durable.items():
+            assert journal.next_seq(symbol) >= end, (
+                f"{symbol}: durable up to {end}, journal ends at {journal.next_seq(symbol)}"
+            )
+        from_snapshots = recover_all(str(data), journal=journal)
+        full = recover_all(str(data), journal=journal, use_snapshots=False, verify=True)
+    hashes = {}
+    for symbol, book in from_snapshots.items():
+        assert book.matcher.state_hash() == full[symbol].matcher.state_hash(), symbol
+        assert book.next_event_seq == full[symbol].next_event_seq
+        np.testing.assert_array_equal(book.pending_events, full[symbol].pending_events)
+        book.matcher.validate()
+        hashes[symbol] = book.matcher.state_hash()
+    return hashes
+
+
+def _copy(events: np.ndarray) -> np.ndarray:
+    """A byte-exact copy (a structured ``.copy()`` does not copy padding bytes)."""
+    return events.view(np.dtype((np.void, EVENT.itemsize))).copy().view(EVENT)
+
+
+def _cli_verify(data: Path) -> list[dict]:
+    proc = subprocess.run(
+        [PY, "-m", "ringex", "recover", "--verify", "--json", "--data", str(data)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+# ---------------------------------------------------------------------------------------
+# Tests
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("durability", ["fsync", "async"])
+def test_kill_minus_nine_at_random_moments_loses_nothing_durable(pipeline, durability):
+    runs = 4 if QUICK else (12 if durability == "fsync" else 8)  # 20 kills in all
+    rng = random.Random()
+    pipeline.durability = durability
+    pipeline.start_all()
+    kills = []
+    for _ in range(runs):
+        pipeline.wait_flowing()
+        time.sleep(rng.uniform(0.05, 0.8))
+        target = rng.choice(("journaler", "matcher", "group"))
+        kills.append(target)
+        if target == "journaler":
+            pipeline.kill("journaler")
+            durable = pipeline.durable()
+            # Restart the journaler alone on the same rings: it must skip what it
+            # committed but had not marked, and journal the rest without a gap.
+            pipeline.start_journaler()
+            time.sleep(rng.uniform(0.1, 0.4))
+            assert all(v >= durable[k] for k, v in pipeline.durable().items())
+            continue
+        if target == "matcher":
+            pipeline.kill("matcher")
+            time.sleep(rng.uniform(0, 0.2))  # the journaler keeps journaling commands meanwhile
+        pipeline.kill_group()
+        durable = pipeline.durable()
+        _check_recovery(pipeline.data, durable)
+        pipeline.start_all()
+    pipeline.wait_flowing()
+    pipeline.stop_cleanly()
+    durable = pipeline.durable()
+    hashes = _check_recovery(pipeline.data, durable)
+    rows = {row["symbol"]: row for row in _cli_verify(pipeline.data)}
+    assert {s: r["state_hash"] for s, r in rows.items()} == hashes
+    # A clean stop leaves no journaled command without its events.
+    assert all(r["pending_events"] == 0 for r in rows.values())
+    assert all(r["verified_commands"] == r["commands"] > 0 for r in rows.values())
+    print("kills:", kills, "journal:", {s: r["commands"] for s, r in rows.items()})
+
+
+def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_events(tmp_path):
+    from ringex.matcher import Matcher
+    from ringex.recovery import recover_book
+    from ringex.wal import Journal, SnapshotStore
+
+    spec = SPECS[0]
+    rng = random.Random(7)
+    live: list[int] = []
+    live_book = Matcher(spec)
+    store = SnapshotStore(tmp_path)
+    seq = ev = 0
+    oid = 1
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs([spec])
+        for i in range(30):
+            cmds, oid = _commands(rng, spec.name, spec, 50, oid, live)
+            events = _copy(live_book.apply(cmds, seq))
+            # The last group journals its commands but only part of their events.
+            kept = events if i < 29 else events[: len(events) // 2]
+            journal.commit([(spec.name, seq, cmds)], [(spec.name, ev, kept)])
+            seq += len(cmds)
+            ev += len(events)
+            if i in (9, 19):
+                store.write(spec.name, seq, ev, live_book.snapshot())
+        # A snapshot ahead of the journal (the matcher ran ahead): must be ignored.
+        journaled_max_oid = oid - 1
+        ahead = Matcher.restore(spec, live_book.snapshot())
+        cmds, oid = _commands(rng, spec.name, spec, 10, oid, live)
+        ahead.apply(cmds, seq)
+        store.write(spec.name, seq + 10, ev + 999, ahead.snapshot())
+        tail = events[len(events) // 2 :]
+
+        recovered = recover_book(journal, spec, store, verify=True)
+        assert recovered.snapshot_seq == 20 * 50
+        assert recovered.replayed == 10 * 50
+        assert recovered.matcher.state_hash() == live_book.state_hash()
+        assert recovered.next_event_seq == ev
+        assert recovered.pending_events.tobytes() == tail.tobytes()
+        full = recover_book(journal, spec, None, verify=True)
+        assert full.snapshot_seq is None and full.replayed == seq
+        assert full.matcher.state_hash() == live_book.state_hash()
+        assert journal.max_order_id() == journaled_max_oid
+
+
+def test_verify_names_the_first_event_that_differs(tmp_path):
+    from ringex.matcher import Matcher
+    from ringex.recovery import VerifyMismatch, verify_symbol
+    from ringex.wal import Journal
+
+    spec = SPECS[0]
+    rng = random.Random(3)
+    book = Matcher(spec)
+    cmds, _ = _commands(rng, spec.name, spec, 200, 1, [])
+    events = _copy(book.apply(cmds, 0))
+    bad = 57
+    events[bad]["ts_ns"] += 1  # a journaled event the replay will not reproduce
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs([spec])
+        journal.commit([(spec.name, 0, cmds)], [(spec.name, 0, events)])
+        with pytest.raises(VerifyMismatch) as info:
+            verify_symbol(journal, spec)
+    assert info.value.symbol == "ACME"
+    assert info.value.event_seq == bad
+    assert info.value.seq == int(events[bad]["seq"])
+    proc = subprocess.run(
+        [PY, "-m", "ringex", "recover", "--verify", "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert f"command seq {int(events[bad]['seq'])}, event {bad}" in proc.stderr.replace("\n", " ")
+
+
+def test_recover_cli_prints_a_summary_per_symbol(tmp_path):
+    from ringex.matcher import Matcher
+    from ringex.wal import Journal
+
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs(SPECS)
+        for spec in SPECS:
+            book = Matcher(spec)
+            cmds, _ = _commands(random.Random(spec.name), spec.name, spec, 300, 1, [])
+            journal.commit([(spec.name, 0, cmds)], [(spec.name, 0, book.apply(cmds, 0))])
+    proc = subprocess.run(
+        [PY, "-m", "ringex", "recover", "--json", "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["symbol"] for r in rows] == ["ACME", "BOLT"]
+    assert all(r["commands"] == r["replayed"] == 300 for r in rows)
+    assert all(r["resting_orders"] > 0 and r["best_bid"] < r["best_ask"] for r in rows)
+    table = subprocess.run(
+        [PY, "-m", "ringex", "recover", "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert table.returncode == 0 and "ACME" in table.stdout and "BOLT" in table.stdout
+
+
+def test_recover_stops_at_a_corrupt_record_and_says_where(tmp_path):
+    import lmdb
+
+    from ringex.matcher import Matcher
+    from ringex.recovery import recover_book
+    from ringex.wal import CorruptRecordError, Journal
+
+    spec = SPECS[0]
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs([spec])
+        cmds, _ = _commands(random.Random(1), spec.name, spec, 100, 1, [])
+        journal.commit([(spec.name, 0, cmds)], [(spec.name, 0, Matcher(spec).apply(cmds, 0))])
+    # Flip one byte of command 42's record behind the journal's back.
+    env = lmdb.open(str(tmp_path / "journal"), max_dbs=8)
+    db = env.open_db(b"cmd:ACME")
+    key = encode_symbol("ACME") + (42).to_bytes(8, "big")
+    with env.begin(write=True, db=db) as txn:
+        value = bytearray(txn.get(key))
+        value[40] ^= 0x01
+        txn.put(key, bytes(value))
+    env.close()
+    with Journal(tmp_path, readonly=True) as journal:
+        with pytest.raises(CorruptRecordError) as info:
+            recover_book(journal, spec)
+    assert (info.value.symbol, info.value.kind, info.value.seq) == ("ACME", "cmd", 42)
+    proc = subprocess.run(
+        [PY, "-m", "ringex", "recover", "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "record 42 fails its checksum" in proc.stderr
+
+
+if __name__ == "__main__":
+    role, rest = sys.argv[1], sys.argv[2:]
+    {"producer": producer_main, "matcher": matcher_main}[role](rest)
