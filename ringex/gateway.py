@@ -20,9 +20,8 @@ the cursors from the loop is poor here: epoll's timeout has 1 ms granularity
 (Python rounds it up), so polling would add up to 1 ms to every ack while an fsync
 commit takes ~0.2 ms; a loop that never sleeps while acks are pending would burn a
 core on a 2-core machine. So one small thread per in-ring blocks in the ring's own
-wait machinery (the producer's sleeper: the journaler's commit posts it, as the
-journaler is a leaf consumer of the in-ring) and, when the cursor moves, writes the
-eventfd the loop watches. A watcher idles in 50 ms naps (the ring's MAX_SLEEP_S).
+wait machinery (``Producer.wait_for_consumer``: the journaler's commit posts the
+producer's semaphore) and, when the cursor moves, writes the eventfd the loop watches. A watcher idles in 50 ms naps (the ring's MAX_SLEEP_S).
 
 Sequences: the ``seq`` in a ``K`` is the command's sequence in its symbol's journal,
 ``base + ring sequence``; ``seq_bases`` gives each symbol's base (the supervisor reads
@@ -107,26 +106,29 @@ class _Conn:
 
 
 class _JournalWatcher(threading.Thread):
-    """Blocks on one in-ring until the journaler's cursor moves, then pokes the loop."""
+    """Blocks on one in-ring until the journaler's cursor moves, then pokes the loop.
+
+    ``Producer.wait_for_consumer`` sleeps on the producer's own semaphore, which every
+    consumer commit may post; the loop thread never sleeps on it (it only uses
+    ``try_claim``), so this thread may.
+    """
 
     def __init__(self, ring: Ring, producer: Producer, wake_fd: int, stop: threading.Event) -> None:
         super().__init__(name=f"journal-watch {ring.name}", daemon=True)
-        words = ring._words
-        index = ring.consumer_index(JOURNAL_CONSUMER)
-        cursor_word = (192 + index * 64) // 8  # ring.py's consumer line layout
-        assert ring.consumer_cursor(JOURNAL_CONSUMER) == words[cursor_word]
-        self._probe = lambda: words[cursor_word]
-        # The producer's sleeper: posted by a leaf consumer's commit. The loop thread
-        # never sleeps on it (it only uses try_claim), so this thread may.
-        self._sleeper = producer._sleeper
-        self._wait = producer._wait
+        self._ring = ring
+        self._producer = producer
         self._wake_fd = wake_fd
         self._stopping = stop  # not ``_stop``: threading.Thread has a method of that name
 
+    def probe(self) -> int:
+        """The journaler's cursor on this ring, read now."""
+        return self._ring.consumer_cursor(JOURNAL_CONSUMER)
+
     def run(self) -> None:
-        seen = self._probe()
+        seen = self.probe()
         while not self._stopping.is_set():
-            now = self._wait.wait_for(seen + 1, self._probe, self._sleeper, time.monotonic() + 0.5)
+            # the timeout only bounds how late a stop is noticed
+            now = self._producer.wait_for_consumer(JOURNAL_CONSUMER, seen + 1, timeout=0.5)
             if now > seen:
                 seen = now
                 os.eventfd_write(self._wake_fd, 1)
@@ -168,7 +170,6 @@ class Gateway:
         self.clock = SystemClock()
         self.rings: list[Ring] = []
         self.producers: list[Producer] = []
-        self._journal_words: list[tuple] = []
         bases = dict(seq_bases or {})
         self.bases = np.array([int(bases.get(s.name, 0)) for s in self.table.specs], dtype=np.int64)
         self._stop = threading.Event()
@@ -183,7 +184,7 @@ class Gateway:
                 producer = ring.producer()
                 self.producers.append(producer)
                 self._watchers.append(_JournalWatcher(ring, producer, self._wake_fd, self._stop))
-            self._journal_probes = [w._probe for w in self._watchers]
+            self._journal_probes = [w.probe for w in self._watchers]
             self.durable = np.zeros(len(self.rings), dtype=np.int64)
             self._refresh_durable()
             self.listener = socket.create_server(
@@ -218,7 +219,7 @@ class Gateway:
 
     def _publish(self, sym: int, commands: np.ndarray) -> int | None:
         producer = self.producers[sym]
-        if len(commands) > producer._capacity:
+        if len(commands) > self.rings[sym].capacity:
             return None
         batch = producer.try_claim(len(commands))
         if batch is None:
