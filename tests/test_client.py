@@ -127,3 +127,20 @@ def test_order_cli_reports_rejects_and_problems_in_words(exchange):
     assert out.returncode == 2 and "RINGEX_ACCOUNT" in out.stderr
     out = order_cli(exchange, "buy", "ACME", "1", "100", "--token", "12345")
     assert out.returncode == 2 and "BAD_CREDENTIALS" in out.stderr
+
+
+def test_the_plain_socket_client_in_the_docs_works(exchange, tmp_path):
+    doc = (ROOT / "docs" / "protocol.md").read_text()
+    block = doc.split("## A client in 20 lines of plain Python")[1].split("```python\n")[1].split("```")[0]
+    script = tmp_path / "client.py"
+    script.write_text(block)
+    out = subprocess.run(
+        [sys.executable, str(script), "127.0.0.1", str(exchange.port), str(ACCOUNT), str(TOKEN)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "login: A"
+    assert lines[1].startswith("K reason 0 order ")
