@@ -119,6 +119,24 @@ def test_claims_wrap_into_two_views_in_sequence_order(ring_name):
         del claim, batch
 
 
+def test_fill_converts_other_dtypes_and_checks_the_length(ring_name):
+    loose = np.dtype([(name, "S8" if name == "symbol" else "<i8") for name in COMMAND.names])  # 96 bytes
+    with Ring.create(ring_name, COMMAND, 4, consumers=["c"]) as ring:
+        producer, consumer = ring.producer(), ring.consumer("c")
+        producer.write(records(range(3)))
+        consumer.commit(consumer.poll().hi)
+        claim = producer.claim(2)  # slots 3 and 0: wraps
+        with pytest.raises(ValueError):
+            claim.fill(records(range(3)))
+        foreign = np.zeros(2, loose)
+        foreign["order_id"] = [30, 40]
+        foreign["symbol"] = b"ACME"
+        claim.fill(foreign)
+        assert ring.slots["order_id"][[3, 0]].tolist() == [30, 40]
+        assert ring.slots["symbol"][[3, 0]].tolist() == [b"ACME", b"ACME"]
+        del claim
+
+
 def test_cursors_start_at_minus_one_and_name_the_last_sequence(ring_name):
     with Ring.create(ring_name, COMMAND, 4, consumers=["c"]) as ring:
         producer, consumer = ring.producer(), ring.consumer("c")
@@ -336,6 +354,12 @@ def test_misuse_of_claim_publish_and_commit_is_refused(ring_name):
             consumer.commit(0)  # not yet seen
         with pytest.raises(ValueError):
             wait_strategy("sleepy")
+
+
+def test_attaching_to_write_needs_the_dtype(ring_name):
+    with Ring.create(ring_name, COMMAND, 4):
+        with pytest.raises(RingConfigError):
+            Ring.attach(ring_name)
 
 
 def test_bad_ring_names_are_refused():
