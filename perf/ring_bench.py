@@ -133,7 +133,9 @@ def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
     full, rest = divmod(total, batch)
     expected = full * (batch * (batch - 1) // 2) + rest * (rest - 1) // 2
     if got != total or checksum != expected:
-        raise AssertionError(f"batch {batch} {wait}: got {got} records, checksum {checksum}, expected {total}, {expected}")
+        raise AssertionError(
+            f"batch {batch} {wait}: got {got} records, checksum {checksum}, expected {total}, {expected}"
+        )
     seconds = (finished - started) / 1e9
     return {
         "topology": "OneToOneThroughput",
@@ -243,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     scale = 10 if args.quick else 1
     report = {"bench": "ring", "machine": machine(), "ring_capacity": CAPACITY, "throughput": [], "latency": []}
     print(f"machine: {report['machine']}")
-    print(f"{'topology':<20} {'wait':<9} {'batch':>5} {'records':>10} {'records/s':>12} {'ns/rec':>8} {'cons. batch':>11}")
+    print(
+        f"{'topology':<20} {'wait':<9} {'batch':>5} {'records':>10} {'records/s':>12} {'ns/rec':>8} {'cons. batch':>11}"
+    )
     for wait in ("blocking", "yielding"):
         for batch, total in RECORDS.items():
             row = one_to_one_throughput(batch, wait, total // scale)
