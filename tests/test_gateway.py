@@ -35,7 +35,7 @@ from ringex.protocol import (
     encode_new_order,
     encode_replace,
 )
-from ringex.records import OrderType, Side, Tif
+from ringex.records import EVENT, OrderType, Side, Tif
 from ringex.ring import Ring
 
 PY = sys.executable
@@ -93,7 +93,8 @@ def _wait_line(proc: subprocess.Popen, want: str, timeout: float = 30.0) -> str:
 class Exchange:
     """In-rings, a control block, accounts, a stand-in journaler and a gateway process."""
 
-    def __init__(self, tmp: Path, **limits) -> None:
+    def __init__(self, tmp: Path, real_journaler: bool = False, **limits) -> None:
+        self.real_journaler = real_journaler
         self.prefix = f"rgxt{os.getpid()}{secrets.token_hex(3)}"
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
@@ -115,11 +116,19 @@ class Exchange:
             self.rings.append(Ring.create(in_ring_name(sym, self.prefix), COMMAND, RING_CAPACITY, ["journaler"]))
         self.control = ControlBlock.create(f"/{self.prefix}-control")
         self.control.set_state(ExchangeState.READY)
-        self.journaler = self._spawn([PY, "-c", STANDIN_JOURNALER, *(r.name for r in self.rings)])
-        _wait_line(self.journaler, "ready")
+        if self.real_journaler:
+            # the real one journals the out-rings too: give it empty ones
+            for sym in SYMBOLS:
+                self.rings.append(Ring.create(f"{self.prefix}.out.{sym}", EVENT, 1024, ["journaler"]))
+            pairs = [f"{sym}:{in_ring_name(sym, self.prefix)}:{self.prefix}.out.{sym}" for sym in SYMBOLS]
+            self.journaler = self._spawn([PY, "-m", "ringex.journaler", "--data", str(self.tmp), *pairs])
+        else:
+            self.journaler = self._spawn([PY, "-c", STANDIN_JOURNALER, *(r.name for r in self.rings)])
+            _wait_line(self.journaler, "ready")
         args = [PY, "-m", "ringex.gateway", "--config", str(self.tmp / "ringex.toml"), "--data", str(self.tmp)]
         args += ["--host", "127.0.0.1", "--port", "0", "--ring-prefix", self.prefix, "--control", self.control.name]
-        args += ["--seq-base", "ACME=1000"]
+        if not self.real_journaler:
+            args += ["--seq-base", "ACME=1000"]
         for key, value in limits.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         self.gateway = self._spawn(args)
@@ -455,3 +464,31 @@ def test_client_heartbeats_keep_a_session_alive(make_exchange):
             time.sleep(0.2)
             c.heartbeat()
         assert c.buy("ACME", 1, 100).msg_type == "K"
+
+
+##########################################################################################
+# with the real journaler
+##########################################################################################
+
+
+def test_every_k_is_already_in_the_lmdb_journal_when_it_arrives(make_exchange):
+    from ringex.wal import Journal
+
+    ex = make_exchange(real_journaler=True)
+    acked = []
+    with ex.client() as c:
+        for i in range(30):
+            sym = SYMBOLS[i % 2]
+            r = c.buy(sym, 1 + i, 100 + 5 * i)
+            assert r.msg_type == "K"
+            acked.append(r)
+            if i % 10 == 9:
+                # read the journal right after the K: it must hold the command already
+                with Journal(ex.tmp, readonly=True) as journal:
+                    for k in acked:
+                        chunks = list(journal.read_commands(k.symbol, k.seq, k.seq + 1))
+                        assert len(chunks) == 1 and chunks[0][0] == k.seq, (k, chunks)
+                        rec = chunks[0][1][0]
+                        assert (rec["order_id"], rec["qty"], rec["price"]) == (k.order_id, k.qty, k.price)
+                        assert rec["account"] == ACCOUNT and rec["client_order_id"] == k.client_order_id
+    assert [r.seq for r in acked if r.symbol == "ACME"] == list(range(15))
