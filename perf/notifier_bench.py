@@ -1,0 +1,170 @@
+"""Notifier fan-out: how long from an event's publication until the last subscriber has it.
+
+```
+ bench process                          notifier process              load processes (2-4)
+  Matcher ─► Producer ─► out-ring ──► "notifier" (gated) ──► TCP ──►  N/k sockets each,
+             "journaler" commit = t0                                  selectors loop, recv time t1
+```
+
+Each trade is a resting sell and a crossing buy matched by the real ``Matcher``; the
+bench writes the events into a real out-ring and commits the "journaler" cursor
+(the moment the notifier may publish: t0). Every subscriber is subscribed to trades
+of the symbol. Per trade, fan-out latency = max over all subscribers of its receive
+time (t1) - t0. Reports p50/p99/p99.9/max of that, the trades every subscriber got,
+and messages delivered per second.
+
+    .venv/bin/python perf/notifier_bench.py                 # 1,000 and 10,000 subscribers
+    .venv/bin/python perf/notifier_bench.py --subs 1000 --rate 1000 --seconds 5
+
+Writes perf/results/notifier.json. The machine has 2 cores shared by the notifier,
+the load processes and this producer, so the figures are a floor for one box, not
+the server alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))
+
+from md_load import MdExchange, NotifierProcess, load_main, raise_nofile, temp_dir  # noqa: E402
+
+from ringex.records import Side  # noqa: E402
+
+SYMBOL = "ACME"
+
+
+def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = ()) -> dict:
+    raise_nofile()
+    ctx = mp.get_context("spawn")
+    ex = MdExchange(symbols=(SYMBOL,), capacity=1 << 16)
+    data = temp_dir()
+    notifier = NotifierProcess(ex, data, extra=["--max-queue-bytes", str(8 << 20), *extra], heartbeat=30)
+    loaders = []
+    try:
+        total = int(rate * seconds)
+        queue = ctx.Queue()
+        per = [subs // procs + (1 if i < subs % procs else 0) for i in range(procs)]
+        for n in per:
+            p = ctx.Process(
+                target=load_main,
+                args=(queue, None, "127.0.0.1", notifier.tcp_port, n, SYMBOL, total, total, seconds + 120),
+            )
+            p.start()
+            loaders.append(p)
+        subscribed = 0
+        t_sub = time.monotonic()
+        while subscribed < subs:
+            kind, *body = queue.get(timeout=300)
+            if kind == "error":
+                raise RuntimeError(body[0])
+            subscribed += body[0]
+        t_sub = time.monotonic() - t_sub
+        # warm the matcher kernels before timing anything
+        publish_ns = np.zeros(total + 2, np.int64)
+        period = 1.0 / rate
+        # batch trades within one ms, as a busy matcher would hand them over
+        per_tick = max(1, int(round(rate / 1000)))
+        tick = period * per_tick
+        seq = 0
+        start = time.perf_counter()
+        next_t = start
+        while seq < total:
+            k = min(per_tick, total - seq)
+            for _ in range(k):
+                ex.new(SYMBOL, Side.SELL, 100, 1, 2)
+                ex.new(SYMBOL, Side.BUY, 100, 1, 1)
+            ex.journal()
+            now = time.time_ns()
+            publish_ns[seq + 1 : seq + k + 1] = now
+            seq += k
+            next_t += tick
+            delay = next_t - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        produce_s = time.perf_counter() - start
+        last = np.zeros(total + 2, np.int64)
+        counts = []
+        for _ in loaders:
+            kind, *body = queue.get(timeout=seconds + 180)
+            if kind == "error":
+                raise RuntimeError(body[0])
+            counts.extend(body[0])
+            last = np.maximum(last, np.asarray(body[1], np.int64))
+        end_ns = int(last.max())
+        counts = np.asarray(counts)
+        got_all = last[1 : total + 1] > 0
+        lat_ms = (last[1 : total + 1][got_all] - publish_ns[1 : total + 1][got_all]) / 1e6
+        delivered = int(counts.sum())
+        span_s = (end_ns - publish_ns[1]) / 1e9
+        result = {
+            "subscribers": subs,
+            "load_processes": procs,
+            "trades": total,
+            "rate_target_per_s": rate,
+            "rate_achieved_per_s": round(total / produce_s, 1),
+            "subscribe_all_s": round(t_sub, 2),
+            "subscribers_with_every_trade": int((counts >= total).sum()),
+            "min_trades_per_subscriber": int(counts.min()),
+            "fanout_latency_ms": {
+                "p50": round(float(np.percentile(lat_ms, 50)), 2),
+                "p99": round(float(np.percentile(lat_ms, 99)), 2),
+                "p99.9": round(float(np.percentile(lat_ms, 99.9)), 2),
+                "max": round(float(lat_ms.max()), 2),
+            },
+            "messages_delivered": delivered,
+            "messages_delivered_per_s": round(delivered / span_s) if span_s > 0 else None,
+        }
+        print(json.dumps(result), flush=True)
+        return result
+    finally:
+        for p in loaders:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        notifier.stop()
+        ex.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subs", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument("--rate", type=float, nargs="*", default=[1000.0], help="trades per second")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--procs", type=int, default=0, help="load processes (default: 2 up to 5k subs, else 4)")
+    parser.add_argument("--out", default=str(HERE / "results" / "notifier.json"))
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--fan-out-threads", type=int, default=None)
+    args = parser.parse_args()
+    results = []
+    for subs in args.subs:
+        for rate in args.rate:
+            procs = args.procs or (2 if subs <= 5000 else 4)
+            extra = [] if args.fan_out_threads is None else ["--fan-out-threads", str(args.fan_out_threads)]
+            results.append(run_case(subs, rate, args.seconds, procs, extra))
+    doc = {
+        "bench": "notifier fan-out: out-ring -> notifier -> N TCP subscribers of trades",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": "10,000 subscribers, 1,000 trades/s: p99 fan-out latency < 100 ms",
+        "results": results,
+    }
+    if not args.no_write:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The sans-IO market data core: requests, line framing, WebSocket frames, depth views
+and streams, checked against the real ``Matcher`` (whose book is the truth)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import wsproto
+import wsproto.events as wse
+
+from ringex.config import SymbolSpec
+from ringex.marketdata import (
+    MAX_LINE_BYTES,
+    ClientError,
+    LineDecoder,
+    Login,
+    MarketData,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    parse_request,
+    ws_text_frame,
+)
+from ringex.matcher import Matcher
+from ringex.md_client import LocalBook, SequenceGap
+from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
+
+SYMBOLS = ("ACME", "BOLT")
+
+# ---- requests ---------------------------------------------------------------------
+
+GOOD = [
+    ('{"op":"ping"}', Ping()),
+    ('{"op":"login","account":7,"token":99}', Login(7, 99)),
+    ('{"op":"subscribe","channel":"trades","symbol":"ACME"}', Subscribe("trades", "ACME")),
+    ('{"op":"subscribe","channel":"depth","symbol":"BOLT","levels":3}', Subscribe("depth", "BOLT", 3)),
+    ('{"op":"subscribe","channel":"orders"}', Subscribe("orders", None)),
+    ('{"op":"subscribe","channel":"orders","symbol":"ACME"}', Subscribe("orders", "ACME")),
+    ('{"op":"unsubscribe","channel":"bbo","symbol":"ACME"}', Unsubscribe("bbo", "ACME")),
+]
+
+BAD = [
+    ("{nope", "malformed JSON"),
+    (b"\xff\xfe", "malformed JSON"),
+    ("[1,2]", "JSON object"),
+    ('{"op":"dance"}', "unknown op"),
+    ('{"channel":"trades"}', "missing op"),
+    ('{"op":"subscribe","channel":"news","symbol":"ACME"}', "unknown channel"),
+    ('{"op":"subscribe","channel":"trades","symbol":"ZZZ"}', "unknown symbol"),
+    ('{"op":"subscribe","channel":"trades"}', "symbol is required"),
+    ('{"op":"subscribe","channel":"depth","symbol":"ACME","levels":0}', "levels"),
+    ('{"op":"subscribe","channel":"depth","symbol":"ACME","levels":true}', "levels"),
+    ('{"op":"login","account":true,"token":1}', "account"),
+    ('{"op":"login","account":1,"token":-1}', "token"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), GOOD)
+def test_valid_requests_parse(raw, expected):
+    assert parse_request(raw, SYMBOLS) == expected
+
+
+@pytest.mark.parametrize(("raw", "reason"), BAD)
+def test_bad_requests_raise_client_error_naming_the_problem(raw, reason):
+    with pytest.raises(ClientError) as info:
+        parse_request(raw, SYMBOLS)
+    assert reason in info.value.reason
+
+
+# ---- line framing -------------------------------------------------------------------
+
+LINES = [b'{"op":"ping"}', b'{"op":"subscribe","channel":"trades","symbol":"ACME"}', b"x" * 300]
+STREAM = b"\n".join(LINES) + b"\r\n" + b'{"op":"pi'
+
+
+def _drain(decoder: LineDecoder) -> list[bytes]:
+    out = []
+    while (line := decoder.next_line()) is not None:
+        out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("how", ["whole", "byte_by_byte"])
+def test_line_decoder_splits_lines_however_the_bytes_arrive_and_keeps_the_tail(how):
+    decoder = LineDecoder()
+    got: list[bytes] = []
+    if how == "whole":
+        decoder.receive_data(STREAM)
+        got += _drain(decoder)
+    else:
+        for i in range(len(STREAM)):
+            decoder.receive_data(STREAM[i : i + 1])
+            got += _drain(decoder)
+    assert got == LINES
+    decoder.receive_data(b'ng"}\n')
+    assert _drain(decoder) == [b'{"op":"ping"}']
+
+
+def test_line_decoder_rejects_a_line_longer_than_the_limit_without_waiting_for_its_end():
+    decoder = LineDecoder()
+    decoder.receive_data(b"a" * (MAX_LINE_BYTES + 1))
+    with pytest.raises(ClientError, match="longer"):
+        decoder.next_line()
+
+
+# ---- websocket frames -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+def test_ws_text_frame_is_read_back_by_a_websocket_client(size):
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    server.receive_data(client.send(wse.Request(host="x", target="/")))
+    assert isinstance(next(server.events()), wse.Request)
+    client.receive_data(server.send(wse.AcceptConnection()))
+    assert isinstance(next(client.events()), wse.AcceptConnection)
+    payload = json.dumps({"pad": "y" * size}).encode()
+    client.receive_data(ws_text_frame(payload))
+    text = "".join(e.data for e in client.events() if isinstance(e, wse.TextMessage))
+    assert text == payload.decode()
+
+
+# ---- depth views and streams against the real matcher ---------------------------------
+
+
+def _commands(rng: random.Random, symbol: str, n: int, live: list[int], next_id: list[int]) -> np.ndarray:
+    cmds = np.zeros(n, COMMAND)
+    for i in range(n):
+        r = rng.random()
+        rec = cmds[i]
+        rec["symbol"] = encode_symbol(symbol)
+        rec["account"] = rng.choice((1, 2, 3))
+        rec["client_order_id"] = rng.randrange(1, 1 << 40)
+        if r < 0.6 or not live:
+            next_id[0] += 1
+            rec["msg_type"] = Op.NEW
+            rec["order_id"] = next_id[0]
+            rec["side"] = rng.choice((Side.BUY, Side.SELL))
+            rec["order_type"] = OrderType.LIMIT
+            rec["tif"] = rng.choice((Tif.GTC, Tif.GTC, Tif.GTC, Tif.IOC))
+            rec["price"] = rng.randint(95, 105)
+            rec["qty"] = rng.randint(1, 20)
+            live.append(next_id[0])
+        elif r < 0.85:
+            rec["msg_type"] = Op.CANCEL
+            rec["order_id"] = rng.choice(live)
+        else:
+            rec["msg_type"] = Op.REPLACE
+            rec["order_id"] = rng.choice(live)
+            rec["price"] = rng.randint(95, 105)
+            rec["qty"] = rng.randint(1, 20)
+        rec["ts_ns"] = 1_000 + i
+    return cmds
+
+
+def _book_of(matcher: Matcher, levels: int) -> dict[str, list[tuple[int, int]]]:
+    depth = matcher.depth(levels)
+    return {side: [(p, q) for p, q, _ in depth[side]] for side in ("bids", "asks")}
+
+
+def _messages(payloads) -> list[dict]:
+    return [json.loads(p) for p in payloads]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_depth_snapshot_plus_updates_equals_the_matchers_book_after_every_batch(seed):
+    rng = random.Random(seed)
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=4096))
+    md = MarketData(SYMBOLS)
+    books = {levels: LocalBook() for levels in (1, 3, 10)}
+    for levels, book in books.items():
+        for msg in _messages(md.subscribe(("s", levels), Subscribe("depth", "ACME", levels), None)):
+            book.on_message(msg)
+    md.subscribe("bbo-watcher", Subscribe("bbo", "ACME"), None)
+    live: list[int] = []
+    next_id = [0]
+    seq = 0
+    for _ in range(60):
+        cmds = _commands(rng, "ACME", rng.randint(1, 12), live, next_id)
+        events = matcher.apply(cmds, seq)
+        seq += len(cmds)
+        out = dict(md.apply(events))
+        for levels, book in books.items():
+            for msg in _messages(out.get(("depth", "ACME", levels), [])):
+                book.on_message(msg)  # raises SequenceGap on a gap
+            assert book.top(levels) == _book_of(matcher, levels)
+        bid, _, ask, _ = md.views["ACME"].bbo()
+        assert (bid, ask) == (matcher.best_bid(), matcher.best_ask())
+    # a late subscriber's snapshot is the book too
+    late = LocalBook()
+    for msg in _messages(md.subscribe("late", Subscribe("depth", "ACME", 5), None)):
+        late.on_message(msg)
+    assert late.top(5) == _book_of(matcher, 5)
+
+
+def test_view_seeded_from_resting_orders_matches_the_book():
+    rng = random.Random(9)
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=4096))
+    matcher.apply(_commands(rng, "ACME", 200, [], [0]), 0)
+    md = MarketData(SYMBOLS)
+    rest = matcher.resting_orders()
+    md.load_book("ACME", zip(rest["order_id"], rest["side"], rest["price"], rest["qty"], strict=True))
+    book = LocalBook()
+    for msg in _messages(md.subscribe("s", Subscribe("depth", "ACME", 10), None)):
+        book.on_message(msg)
+    assert book.top(10) == _book_of(matcher, 10)
+
+
+def _cross(matcher: Matcher) -> np.ndarray:
+    cmds = np.zeros(2, COMMAND)
+    cmds["msg_type"] = Op.NEW
+    cmds["symbol"] = encode_symbol("ACME")
+    cmds["order_type"] = OrderType.LIMIT
+    cmds["tif"] = Tif.GTC
+    cmds["side"] = (Side.SELL, Side.BUY)
+    cmds["account"] = (20, 10)
+    cmds["order_id"] = (1, 2)
+    cmds["client_order_id"] = (555, 777)
+    cmds["price"] = 100
+    cmds["qty"] = (10, 4)
+    return matcher.apply(cmds, 0)
+
+
+def test_a_trade_goes_to_each_owner_with_their_own_ids_and_to_nobody_else():
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=64))
+    md = MarketData(SYMBOLS)
+    for account in (10, 20, 30):
+        md.subscribe(account, Subscribe("orders", None), account)
+    md.subscribe("tape", Subscribe("trades", "ACME"), None)
+    out = dict(md.apply(_cross(matcher)))
+    (trade,) = _messages(out[("trades", "ACME")])
+    assert (trade["seq"], trade["price"], trade["qty"]) == (1, 100, 4)
+    assert (trade["maker_order_id"], trade["taker_order_id"]) == (1, 2)
+    taker = [m for m in _messages(out[("orders", 10, None)]) if m["type"] == "fill"]
+    maker = [m for m in _messages(out[("orders", 20, None)]) if m["type"] == "fill"]
+    assert [(m["order_id"], m["client_order_id"], m["remaining"], m["liquidity"]) for m in taker] == [
+        (2, 777, 0, "taker")
+    ]
+    assert [(m["order_id"], m["client_order_id"], m["remaining"], m["liquidity"]) for m in maker] == [
+        (1, 555, 6, "maker")
+    ]
+    assert ("orders", 30, None) not in out
+    for stream, payloads in out.items():
+        seqs = [m["seq"] for m in _messages(payloads)]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
+
+
+def test_orders_channel_requires_a_login():
+    md = MarketData(SYMBOLS)
+    with pytest.raises(ClientError, match="login"):
+        md.subscribe("s", Subscribe("orders", None), None)
+
+
+def test_subscribed_ack_carries_the_last_seq_so_the_next_message_is_one_more():
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=64))
+    md = MarketData(SYMBOLS)
+    md.apply(_cross(matcher))  # trade seq 1 published with nobody listening
+    (ack,) = _messages(md.subscribe("s", Subscribe("trades", "ACME"), None))
+    assert ack == {"type": "subscribed", "channel": "trades", "symbol": "ACME", "seq": 1}
+
+
+def test_local_book_raises_on_a_gap():
+    book = LocalBook()
+    book.on_message({"type": "depth_snapshot", "symbol": "ACME", "seq": 4, "bids": [[99, 1]], "asks": []})
+    book.on_message({"type": "depth_update", "symbol": "ACME", "seq": 5, "bids": [[99, 0]], "asks": [[101, 2]]})
+    assert book.top() == {"bids": [], "asks": [(101, 2)]}
+    with pytest.raises(SequenceGap):
+        book.on_message({"type": "depth_update", "symbol": "ACME", "seq": 7, "bids": [], "asks": []})

@@ -1,0 +1,347 @@
+"""The notifier as a running process, fed by real out-rings.
+
+Each test creates real shared-memory out-rings (consumers "journaler" and
+"notifier", the notifier gated on the journaler), runs ``python -m ringex.notifier``
+on them, matches orders with the real ``Matcher`` and writes its events into the
+ring, then commits the "journaler" cursor as the journaler would after its LMDB
+commit. Clients connect over real loopback TCP and WebSocket (``tests/md_load.py``
+has the harness).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import socket
+import time
+
+import numpy as np
+import pytest
+from md_load import MdExchange, NotifierProcess, load_main, raise_nofile
+
+from ringex.accounts import AccountStore
+from ringex.md_client import ConnectionClosed, LocalBook, MdClient
+from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
+
+pytestmark = pytest.mark.timeout(300)
+
+TAKER, MAKER, THIRD = 1001, 1002, 1003
+
+
+@pytest.fixture
+def exchange():
+    ex = MdExchange(symbols=("ACME", "BOLT"), capacity=1 << 16)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+@pytest.fixture
+def accounts(tmp_path):
+    store = AccountStore.open(tmp_path)
+    return {acct: store.add(acct) for acct in (TAKER, MAKER, THIRD)}
+
+
+def start(exchange, tmp_path, *extra, heartbeat=5.0) -> NotifierProcess:
+    return NotifierProcess(exchange, tmp_path, extra=list(extra), heartbeat=heartbeat)
+
+
+@pytest.fixture
+def notifier(exchange, tmp_path, accounts):
+    proc = start(exchange, tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def client(notifier, *, websocket=False) -> MdClient:
+    return MdClient("127.0.0.1", notifier.ws_port if websocket else notifier.tcp_port, websocket=websocket)
+
+
+def logged_in(notifier, account, token, **kw) -> MdClient:
+    c = client(notifier, **kw)
+    c.login(account, token)
+    assert c.recv()["type"] == "logged_in"
+    c.subscribe("orders")
+    assert c.recv()["type"] == "subscribed"
+    return c
+
+
+def assert_no_gaps(messages):
+    last: dict[tuple, int] = {}
+    for m in messages:
+        if m.get("seq") is None or m["type"] in ("subscribed", "unsubscribed"):
+            if m["type"] == "subscribed":
+                last[(m["channel"], m["symbol"], m.get("levels"))] = m["seq"]
+            continue
+        key = (m["channel"], m["symbol"] if m["channel"] != "orders" else None, m.get("levels"))
+        if m["type"] in ("bbo", "depth_snapshot") and m["seq"] == last.get(key):
+            continue  # a snapshot repeats the seq of the ack before it
+        assert m["seq"] == last[key] + 1, (key, last[key], m)
+        last[key] = m["seq"]
+
+
+def test_crossing_orders_yield_one_trade_and_a_fill_for_each_owner_and_nothing_for_a_third(
+    exchange, notifier, accounts
+):
+    tape = client(notifier)
+    tape.subscribe("trades", "ACME")
+    assert tape.recv()["type"] == "subscribed"
+    taker, maker, third = (logged_in(notifier, a, accounts[a]) for a in (TAKER, MAKER, THIRD))
+    maker_oid, maker_coid, _ = exchange.new("ACME", Side.SELL, 100, 10, MAKER)
+    taker_oid, taker_coid, _ = exchange.new("ACME", Side.BUY, 100, 4, TAKER)
+    exchange.journal()
+
+    (trade,) = [m for m in tape.drain() if m["type"] == "trade"]
+    assert trade["price"] == 100 and trade["qty"] == 4 and trade["seq"] == 1
+    assert (trade["maker_order_id"], trade["taker_order_id"]) == (maker_oid, taker_oid)
+    assert trade["ts_ns"] > 0 and trade["trade_id"] > 0
+
+    taker_msgs = taker.drain()
+    maker_msgs = maker.drain()
+    (taker_fill,) = [m for m in taker_msgs if m["type"] == "fill"]
+    (maker_fill,) = [m for m in maker_msgs if m["type"] == "fill"]
+    assert (taker_fill["order_id"], taker_fill["client_order_id"], taker_fill["remaining"]) == (
+        taker_oid,
+        taker_coid,
+        0,
+    )
+    assert (maker_fill["order_id"], maker_fill["client_order_id"], maker_fill["remaining"]) == (
+        maker_oid,
+        maker_coid,
+        6,
+    )
+    assert [m["type"] for m in maker_msgs] == ["accepted", "fill"]
+    assert all(m["account"] == TAKER for m in taker_msgs)
+    assert all(m["account"] == MAKER for m in maker_msgs)
+    assert third.drain() == []
+
+    # cancel and replace reach the owner with the order's ids; a stranger's cancel is rejected
+    exchange.replace("ACME", maker_oid, 101, 5, MAKER)
+    exchange.cancel("ACME", maker_oid, THIRD)
+    exchange.cancel("ACME", maker_oid, MAKER)
+    exchange.journal()
+    assert [m["type"] for m in maker.drain()] == ["replaced", "cancelled"]
+    (rejected,) = third.drain()
+    assert rejected["type"] == "rejected" and rejected["reason"] == "not_owner"
+    assert rejected["order_id"] == maker_oid
+
+
+def _random_commands(rng, symbol, n, live, ids):
+    cmds = np.zeros(n, COMMAND)
+    for i in range(n):
+        rec = cmds[i]
+        rec["symbol"] = encode_symbol(symbol)
+        rec["account"] = rng.choice((TAKER, MAKER, THIRD))
+        rec["client_order_id"] = rng.randrange(1, 1 << 30)
+        r = rng.random()
+        if r < 0.6 or not live:
+            ids[0] += 1
+            rec["msg_type"] = Op.NEW
+            rec["order_id"] = ids[0]
+            rec["side"] = rng.choice((Side.BUY, Side.SELL))
+            rec["order_type"] = OrderType.LIMIT
+            rec["tif"] = Tif.GTC
+            rec["price"] = rng.randint(90, 110)
+            rec["qty"] = rng.randint(1, 50)
+            live.append(ids[0])
+        elif r < 0.85:
+            rec["msg_type"] = Op.CANCEL
+            rec["order_id"] = rng.choice(live)
+        else:
+            rec["msg_type"] = Op.REPLACE
+            rec["order_id"] = rng.choice(live)
+            rec["price"] = rng.randint(90, 110)
+            rec["qty"] = rng.randint(1, 50)
+        rec["ts_ns"] = time.time_ns()
+    return cmds
+
+
+def test_depth_snapshot_plus_updates_equals_the_book_after_a_random_stream_without_seq_gaps(exchange, notifier):
+    rng = random.Random(1234)
+    live: list[int] = []
+    ids = [10_000]
+    early = client(notifier)
+    early.subscribe("depth", "ACME", levels=5)
+    early.subscribe("trades", "ACME")
+    early.subscribe("bbo", "ACME")
+    received = []
+    late = None
+    for step in range(40):
+        exchange.submit("ACME", _random_commands(rng, "ACME", rng.randint(1, 30), live, ids))
+        exchange.journal()
+        if step == 20:
+            late = client(notifier, websocket=True)
+            late.subscribe("depth", "ACME", levels=20)
+        if step % 10 == 0:
+            received += early.drain(0.05)
+    received += early.drain()
+    late_msgs = late.drain()
+    matcher = exchange.matchers["ACME"]
+    for msgs, levels in ((received, 5), (late_msgs, 20)):
+        book = LocalBook()
+        for m in msgs:
+            book.on_message(m)
+        want = matcher.depth(levels)
+        assert book.top(levels) == {s: [(p, q) for p, q, _ in want[s]] for s in ("bids", "asks")}
+        assert_no_gaps(msgs)
+    bbo = [m for m in received if m["type"] == "bbo"][-1]
+    assert (bbo["bid_price"], bbo["ask_price"]) == (matcher.best_bid(), matcher.best_ask())
+    trades = [m for m in received if m["type"] == "trade"]
+    assert trades and [t["seq"] for t in trades] == list(range(1, len(trades) + 1))
+    assert [t["trade_id"] for t in trades] == sorted(t["trade_id"] for t in trades)
+
+
+def test_events_beyond_the_journalers_cursor_are_not_published(exchange, notifier):
+    tape = client(notifier)
+    tape.subscribe("trades", "BOLT")
+    assert tape.recv()["type"] == "subscribed"
+    exchange.new("BOLT", Side.SELL, 100, 1, MAKER)
+    exchange.new("BOLT", Side.BUY, 100, 1, TAKER)
+    durable = exchange.published("BOLT")
+    exchange.new("BOLT", Side.SELL, 100, 1, MAKER)
+    exchange.new("BOLT", Side.BUY, 100, 1, TAKER)
+    exchange.journal("BOLT", upto=durable)
+    assert [m["seq"] for m in tape.drain(0.5)] == [1]
+    exchange.journal("BOLT")
+    assert [m["seq"] for m in tape.drain(0.5)] == [2]
+
+
+def test_websocket_and_tcp_give_the_same_messages(exchange, notifier, accounts):
+    tcp = logged_in(notifier, MAKER, accounts[MAKER])
+    ws = logged_in(notifier, MAKER, accounts[MAKER], websocket=True)
+    for c in (tcp, ws):
+        c.subscribe("trades", "ACME")
+        c.subscribe("depth", "ACME", levels=3)
+        c.subscribe("bbo", "ACME")
+        c.ping()
+    exchange.new("ACME", Side.SELL, 101, 5, MAKER)
+    exchange.new("ACME", Side.SELL, 102, 5, MAKER)
+    exchange.new("ACME", Side.BUY, 102, 7, TAKER)
+    exchange.journal()
+    got_tcp, got_ws = tcp.drain(), ws.drain()
+    strip = [{k: v for k, v in m.items() if k != "ts_ns" or m["type"] != "pong"} for m in got_tcp]
+    assert strip == [{k: v for k, v in m.items() if k != "ts_ns" or m["type"] != "pong"} for m in got_ws]
+    assert {m["type"] for m in got_tcp} >= {"trade", "fill", "depth_update", "bbo", "pong", "depth_snapshot"}
+
+
+def test_malformed_json_and_unknown_ops_get_errors_and_a_session_that_keeps_sending_them_is_closed(notifier):
+    for websocket in (False, True):
+        c = client(notifier, websocket=websocket)
+        c.send(b"{not json")
+        assert c.recv() == {"type": "error", "channel": None, "symbol": None, "seq": None, "reason": "malformed JSON"}
+        c.send({"op": "teleport"})
+        assert "unknown op" in c.recv()["reason"]
+        c.subscribe("trades", "NOPE")
+        assert "unknown symbol" in c.recv()["reason"]
+        c.subscribe("orders")
+        assert "login" in c.recv()["reason"]
+        c.ping()
+        assert c.recv()["type"] == "pong"  # still served after errors
+        c.send(b"]")
+        last = c.recv()
+        assert last["type"] == "error" and "too many errors" in last["reason"]
+        with pytest.raises(ConnectionClosed):
+            c.recv(5)
+
+
+def test_bad_credentials_close_the_session(notifier, accounts):
+    c = client(notifier)
+    c.login(TAKER, accounts[TAKER] ^ 1)
+    msg = c.recv()
+    assert msg["type"] == "error" and msg["reason"] == "bad credentials"
+    with pytest.raises(ConnectionClosed):
+        c.recv(5)
+
+
+def test_idle_sessions_get_heartbeats(exchange, tmp_path, accounts):
+    proc = start(exchange, tmp_path, heartbeat=0.3)
+    try:
+        c = client(proc)
+        beats = [c.recv(3) for _ in range(3)]
+        assert [b["type"] for b in beats] == ["heartbeat"] * 3
+    finally:
+        proc.stop()
+
+
+def test_a_stalled_subscriber_is_disconnected_while_the_others_receive_everything(exchange, tmp_path, accounts):
+    proc = start(exchange, tmp_path, "--max-queue-bytes", "65536")
+    try:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", proc.tcp_port))
+        stalled.sendall(b'{"op":"subscribe","channel":"trades","symbol":"ACME"}\n')
+        readers = [client(proc) for _ in range(3)]
+        for r in readers:
+            r.subscribe("trades", "ACME")
+            assert r.recv()["type"] == "subscribed"
+        total = 0
+        got = [0] * len(readers)
+        for _ in range(12):
+            exchange.cross_burst("ACME", 2000)
+            exchange.journal()
+            total += 2000
+            for i, r in enumerate(readers):  # keep up, as a healthy subscriber does
+                while got[i] < total:
+                    m = r.recv(20)
+                    if m["type"] == "trade":
+                        assert m["seq"] == got[i] + 1
+                        got[i] += 1
+        assert got == [total] * len(readers)
+        # now read what the stalled one was sent: a prefix of the trades, then the reason
+        stalled.settimeout(20)
+        data = b""
+        while chunk := stalled.recv(1 << 20):
+            data += chunk
+        lines = [json.loads(line) for line in data.splitlines()]
+        trades = [m for m in lines if m["type"] == "trade"]
+        assert len(trades) < total
+        assert [t["seq"] for t in trades] == list(range(1, len(trades) + 1))
+        assert lines[-1]["type"] == "error" and "slow consumer" in lines[-1]["reason"]
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, tmp_path, accounts):
+    quick = os.environ.get("RINGEX_QUICK") == "1"
+    subs = 1000 if quick else 10_000
+    procs = 2 if quick else 4
+    trades = 50
+    raise_nofile()
+    proc = start(exchange, tmp_path, heartbeat=60)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    loaders = [
+        ctx.Process(
+            target=load_main, args=(queue, None, "127.0.0.1", proc.tcp_port, subs // procs, "ACME", trades, trades, 240)
+        )
+        for _ in range(procs)
+    ]
+    try:
+        for p in loaders:
+            p.start()
+        ready = 0
+        while ready < subs:
+            kind, *body = queue.get(timeout=240)
+            assert kind != "error", body[0]
+            ready += body[0]
+        exchange.cross_burst("ACME", trades)
+        exchange.journal()
+        counts = []
+        for _ in loaders:
+            kind, *body = queue.get(timeout=240)
+            assert kind != "error", body[0]
+            counts += body[0]
+        assert len(counts) == subs
+        assert min(counts) == trades and max(counts) == trades
+    finally:
+        for p in loaders:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        proc.stop()
