@@ -47,6 +47,8 @@ import sys
 import threading
 import time
 
+import posix_ipc
+
 from ringex.records import COMMAND, EVENT
 from ringex.ring import Consumer, Ring
 from ringex.wal import Journal, JournalError, JournalWriteError
@@ -202,7 +204,10 @@ class Journaler:
         # the same symbol's out-ring; otherwise the first in-ring.
         feed = self._expect or (self.in_feeds[0] if self.in_feeds else self.out_feeds[0])
         self._expect = None
-        feed.consumer.wait_for(feed.consumer.cursor + 1, IDLE_WAIT_S)
+        try:
+            feed.consumer.wait_for(feed.consumer.cursor + 1, IDLE_WAIT_S)
+        except posix_ipc.SignalError:
+            pass  # SIGTERM while asleep: the loop checks the stop flag next
 
     def run(self) -> None:
         """Loop until ``stop()``; raises ``JournalerHalted`` after halting the exchange."""

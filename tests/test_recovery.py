@@ -109,6 +109,8 @@ def producer_main(argv: list[str]) -> None:
 
 def matcher_main(argv: list[str]) -> None:
     """matcher DATA SNAPSHOT_INTERVAL SYM:IN:OUT ...: recover, then match until killed."""
+    import posix_ipc
+
     from ringex.recovery import recover_book
     from ringex.ring import Ring, RingTimeout
     from ringex.wal import Journal, SnapshotStore
@@ -165,7 +167,10 @@ def matcher_main(argv: list[str]) -> None:
                 store.write(shard["symbol"], m.last_seq + 1, shard["next_event"], m.snapshot())
                 shard["since_snapshot"] = 0
         if not busy:
-            shards[0]["consumer"].wait_for(shards[0]["consumer"].cursor + 1, 0.001)
+            try:
+                shards[0]["consumer"].wait_for(shards[0]["consumer"].cursor + 1, 0.001)
+            except posix_ipc.SignalError:
+                pass  # SIGTERM while asleep
 
 
 # ---------------------------------------------------------------------------------------
