@@ -66,6 +66,7 @@ log = logging.getLogger("ringex.wal")
 
 FORMAT = b"ringex-journal-1"
 _RING_BASE = struct.Struct("<qq")
+_OP_NEW = int(Op.NEW)  # an IntEnum member costs an attribute lookup per use on the commit path
 
 JOURNAL_KEY = np.dtype([("symbol", "S8"), ("seq", ">u8")])
 """A record's key: big-endian so LMDB's bytewise order is sequence order."""
@@ -422,8 +423,8 @@ class Journal:
                 puts.append((name, keys, _values(keys, records, value_dtype)))
                 if kind == "cmd":
                     n_cmd += len(records)
-                    typed = records.view(COMMAND) if records.dtype != COMMAND else records
-                    new = typed["order_id"][typed["msg_type"] == Op.NEW]
+                    typed = records.view(COMMAND)
+                    new = typed["order_id"][typed["msg_type"] == _OP_NEW]
                     if len(new):
                         max_oid = max(max_oid, int(new.max()))
                 else:
