@@ -684,19 +684,20 @@ class RingEventSource:
     for a worker thread.
     """
 
-    def __init__(self, ring: Ring, consumer: str = OUT_RING_CONSUMER, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, ring: Ring, symbol: str, consumer: str = OUT_RING_CONSUMER, max_batch: int = MAX_BATCH) -> None:
         if JOURNAL_CONSUMER not in ring.gating.get(consumer, ()):
             # Not fatal (a test or a tool may read an ungated ring), but it breaks the
             # promise that only durable events are published, so say it loudly.
             log.warning("ring %s: consumer %r is not gated on %r", ring.name, consumer, JOURNAL_CONSUMER)
         self.ring = ring
         self.name = ring.name
+        self.symbol = symbol
         self.consumer = ring.consumer(consumer)
         self.max_batch = max_batch
 
     @classmethod
-    def attach(cls, name: str, consumer: str = OUT_RING_CONSUMER) -> RingEventSource:
-        return cls(Ring.attach(name, EVENT), consumer)
+    def attach(cls, name: str, symbol: str, consumer: str = OUT_RING_CONSUMER) -> RingEventSource:
+        return cls(Ring.attach(name, EVENT), symbol, consumer)
 
     def read_nowait(self) -> list[tuple] | None:
         batch = self.consumer.poll(self.max_batch)
@@ -721,12 +722,49 @@ def ring_sources(config: Config, prefix: str = DEFAULT_RING_PREFIX) -> list[Ring
     sources: list[RingEventSource] = []
     try:
         for spec in config.symbols:
-            sources.append(RingEventSource.attach(out_ring_name(spec.name, prefix)))
+            sources.append(RingEventSource.attach(out_ring_name(spec.name, prefix), spec.name))
     except BaseException:
         for source in sources:
             source.close()
         raise
     return sources
+
+
+def replay_journal(md: MarketData, data_dir: str | os.PathLike[str], sources: Iterable[RingEventSource]) -> int:
+    """Rebuild the depth views from the journal: every event of each symbol before the
+    first one the notifier will read from its out-ring. Returns the events replayed.
+
+    The journaler records, per ring, ``base`` = the journal sequence of ring sequence 0
+    (``Journal.ring_base``), so the notifier's next ring sequence ``cursor + 1`` is
+    journal event ``base + cursor + 1``. A ring the journaler has not attached to yet
+    gets the base the journaler will give it: the journal's next event sequence minus
+    what the journaler has already taken from the ring. No journal: nothing to replay.
+    Replay costs a few µs per event (the whole history; a snapshot of the views would
+    bound it, and is not built yet).
+    """
+    from ringex.wal import Journal, journal_path  # noqa: PLC0415
+
+    if not (journal_path(data_dir) / "data.mdb").exists():
+        return 0
+    journal = Journal(data_dir, readonly=True)
+    replayed = 0
+    try:
+        for source in sources:
+            ring = source.ring
+            created = int(ring.header["created_ns"])
+            known = journal.ring_base("evt", source.symbol)
+            if known is not None and known[0] == created:
+                base = known[1]
+            else:
+                journaled = ring.statistics().consumers[ring.consumer_index(JOURNAL_CONSUMER)].cursor
+                base = journal.next_event_seq(source.symbol) - (journaled + 1)
+            upto = base + source.consumer.cursor + 1
+            for _, events in journal.read_events(source.symbol, 0, upto):
+                md.apply(events)
+                replayed += len(events)
+    finally:
+        journal.close()
+    return replayed
 
 
 async def serve(
@@ -749,7 +787,9 @@ async def serve(
     - ``verify(account, token) -> bool``: checks logins for the orders channel; by
       default the data directory's ``AccountStore``.
     - ``books``: each symbol's resting orders at the point the rings are read from
-      (``(order_id, side, price, open_qty)``), from recovery; default empty books.
+      (``(order_id, side, price, open_qty)``). By default, when the notifier attaches
+      the out-rings itself, the views are rebuilt from the journal in
+      ``config.data_dir`` (``replay_journal``); with no journal they start empty.
     - ``on_ready(ports)``: called once the listeners are bound and the pumps run, with
       ``{"tcp": port, "ws": port}``.
     - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``.
@@ -775,6 +815,9 @@ async def serve(
         fan_out_threads=fan_out_threads,
     )
     try:
+        if owned and books is None:
+            replayed = replay_journal(notifier.md, config.data_dir, owned)
+            log.info("depth views rebuilt from %d journaled events", replayed)
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(notifier.run)
             if on_ready is not None:

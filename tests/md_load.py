@@ -80,10 +80,13 @@ def command(
 class MdExchange:
     """Real out-rings fed by real matchers; the test is producer and journaler."""
 
-    def __init__(self, symbols=("ACME", "BOLT"), capacity: int = 1 << 14) -> None:
+    def __init__(self, symbols=("ACME", "BOLT"), capacity: int = 1 << 14, *, in_rings: bool = False) -> None:
         self.prefix = f"rxmd{os.getpid()}x{secrets.token_hex(3)}"
         self.symbols = tuple(symbols)
         self.rings: dict[str, Ring] = {}
+        self.in_rings: dict[str, Ring] = {}
+        self.in_producers = {}
+        self.in_matchers = {}
         self.producers = {}
         self.journalers = {}
         self.matchers = {s: Matcher(SymbolSpec(s, **SPEC)) for s in self.symbols}
@@ -102,6 +105,12 @@ class MdExchange:
                 self.rings[s] = ring
                 self.producers[s] = ring.producer()
                 self.journalers[s] = ring.consumer("journaler")
+                if in_rings:
+                    # with in-rings, the real journaler process is the "journaler"
+                    in_ring = Ring.create(self.in_ring_name(s), COMMAND, capacity, consumers=["journaler", "matcher"])
+                    self.in_rings[s] = in_ring
+                    self.in_producers[s] = in_ring.producer()
+                    self.in_matchers[s] = in_ring.consumer("matcher")
         except BaseException:
             self.close()
             raise
@@ -114,16 +123,40 @@ class MdExchange:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def in_ring_name(self, symbol: str) -> str:
+        return f"{self.prefix}.in.{symbol}"
+
+    def journaler_args(self, data_dir: Path) -> list[str]:
+        """The command line of the real journaler over these rings."""
+        specs = [f"{s}:{self.in_ring_name(s)}:{out_ring_name(s, self.prefix)}" for s in self.symbols]
+        return [PYTHON, "-m", "ringex.journaler", "--data", str(data_dir), "--durability", "async", *specs]
+
+    def wait_journaled(self, timeout: float = 30.0) -> None:
+        """Wait until the real journaler has committed everything published."""
+        deadline = time.monotonic() + timeout
+        for s, ring in self.rings.items():
+            j = ring.consumer_index("journaler")
+            while ring.statistics().consumers[j].cursor < self.producers[s].cursor:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"journaler did not catch up on {s}")
+                time.sleep(0.01)
+
     def close(self) -> None:
-        for s, ring in list(self.rings.items()):
-            ring.unlink()
-            ring.close()
-            del self.rings[s]
+        for group in (self.rings, self.in_rings):
+            for s, ring in list(group.items()):
+                ring.unlink()
+                ring.close()
+                del group[s]
 
     # -- producing --------------------------------------------------------------------
 
     def submit(self, symbol: str, commands: np.ndarray, *, publish: bool = True) -> np.ndarray:
         """Match ``commands`` and write the events into the out-ring; returns a copy."""
+        if symbol in self.in_producers:
+            # as the gateway then the matcher would: the command enters the in-ring first
+            self.in_producers[symbol].write(commands)
+            batch = self.in_matchers[symbol].poll()
+            self.in_matchers[symbol].commit(batch.hi)
         events = self.matchers[symbol].apply(commands, self.seq[symbol]).copy()
         self.seq[symbol] += len(commands)
         if publish and len(events):

@@ -345,3 +345,82 @@ def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, t
             if p.is_alive():
                 p.kill()
         proc.stop()
+
+
+def test_watch_shows_trades_and_the_top_of_the_book_and_an_accounts_orders(exchange, notifier, accounts):
+    import subprocess
+    import sys
+
+    exchange.new("ACME", Side.SELL, 105, 9, MAKER)
+    exchange.new("ACME", Side.BUY, 99, 4, TAKER)
+    exchange.new("ACME", Side.BUY, 105, 2, TAKER)
+    exchange.journal()
+    base = [sys.executable, "-m", "ringex", "watch", "--port", str(notifier.tcp_port), "--duration", "2"]
+    env = {**os.environ, "COLUMNS": "120", "RINGEX_ACCOUNT": str(TAKER), "RINGEX_TOKEN": str(accounts[TAKER])}
+    book = subprocess.run([*base, "ACME"], capture_output=True, text=True, timeout=60, env=env)
+    assert book.returncode == 0, book.stderr
+    assert "ACME top 5" in book.stdout
+    assert "105" in book.stdout and "99" in book.stdout  # the resting levels
+    orders = subprocess.Popen([*base, "--orders"], stdout=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)
+    exchange.new("ACME", Side.BUY, 105, 1, TAKER)
+    exchange.journal()
+    out, _ = orders.communicate(timeout=60)
+    assert orders.returncode == 0
+    assert "my orders" in out and "fill" in out
+
+
+def _depth_of(notifier, symbol, levels):
+    c = client(notifier)
+    c.subscribe("depth", symbol, levels=levels)
+    book = LocalBook()
+    for m in c.recv_until(lambda m: m["type"] == "depth_snapshot"):
+        book.on_message(m)
+    c.close()
+    return book.top(levels)
+
+
+def _matcher_top(exchange, symbol, levels):
+    want = exchange.matchers[symbol].depth(levels)
+    return {s: [(p, q) for p, q, _ in want[s]] for s in ("bids", "asks")}
+
+
+def test_with_the_real_journaler_a_restarted_notifier_rebuilds_the_book_from_the_journal(tmp_path, accounts):
+    import subprocess
+
+    ex = MdExchange(symbols=("ACME", "BOLT"), capacity=1 << 14, in_rings=True)
+    journaler = subprocess.Popen(ex.journaler_args(tmp_path))
+    first = second = None
+    try:
+        first = start(ex, tmp_path)
+        tape = client(first)
+        tape.subscribe("trades", "ACME")
+        assert tape.recv()["type"] == "subscribed"
+        rng = random.Random(77)
+        live: list[int] = []
+        ids = [50_000]
+        for _ in range(15):
+            ex.submit("ACME", _random_commands(rng, "ACME", 20, live, ids))
+        ex.wait_journaled()
+        trades = [m for m in tape.drain() if m["type"] == "trade"]
+        assert trades and [t["seq"] for t in trades] == list(range(1, len(trades) + 1))
+        assert _depth_of(first, "ACME", 10) == _matcher_top(ex, "ACME", 10)
+        first.stop()
+        # events published while no notifier runs, then a new notifier on the same rings
+        for _ in range(10):
+            ex.submit("ACME", _random_commands(rng, "ACME", 20, live, ids))
+        ex.wait_journaled()
+        second = start(ex, tmp_path)
+        assert _depth_of(second, "ACME", 10) == _matcher_top(ex, "ACME", 10)
+        # and it keeps the view in step with new events
+        ex.submit("ACME", _random_commands(rng, "ACME", 40, live, ids))
+        ex.wait_journaled()
+        time.sleep(0.3)
+        assert _depth_of(second, "ACME", 10) == _matcher_top(ex, "ACME", 10)
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.stop()
+        journaler.terminate()
+        journaler.wait(30)
+        ex.close()
