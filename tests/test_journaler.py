@@ -254,3 +254,94 @@ def test_the_journaler_process_drains_and_stops_on_sigterm(tmp_path, rings):
         proc.kill()
     with Journal(tmp_path, readonly=True) as journal:
         assert journal.next_seq("ACME") == 50 and journal.next_event_seq("ACME") == 60
+
+
+GATEWAY_CONFIG = """
+[symbols.ACME]
+price_min = 1
+price_max = 1000
+"""
+
+
+def test_a_full_disk_turns_new_orders_into_not_ready_and_loses_no_acked_order(tmp_path):
+    """Real gateway, real journaler, real full filesystem: every K'd order is in the
+    journal, and once the journaler halts the gateway answers NOT_READY."""
+    from ringex.accounts import AccountStore
+    from ringex.client import OrderClient, SessionClosed
+    from ringex.gateway import in_ring_name
+
+    disk = Path(f"/tmp/ringex-tmpfs-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        disk.rmdir()
+        pytest.skip("cannot mount a tmpfs here (the map-cap test covers the halt path)")
+    prefix = f"rxjg{os.getpid()}{uuid.uuid4().hex[:6]}"
+    rings, procs = [], []
+    control = ControlBlock.create(f"/{prefix}-control")
+    try:
+        (tmp_path / "ringex.toml").write_text(GATEWAY_CONFIG)
+        AccountStore.open(tmp_path).add(7, 77)
+        rings.append(Ring.create(in_ring_name("ACME", prefix), COMMAND, 4096, ["journaler"]))
+        rings.append(Ring.create(f"{prefix}.out.ACME", EVENT, 64, ["journaler"]))
+        control.register("journaler")
+        control.set_state(ExchangeState.READY)
+        journaler = subprocess.Popen(
+            [PY, "-m", "ringex.journaler", "--data", str(disk / "data"), "--control", control.name]
+            + [f"ACME:{rings[0].name}:{rings[1].name}"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(journaler)
+        gateway = subprocess.Popen(
+            [PY, "-m", "ringex.gateway", "--config", str(tmp_path / "ringex.toml"), "--data", str(tmp_path)]
+            + ["--host", "127.0.0.1", "--port", "0", "--ring-prefix", prefix, "--control", control.name],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(gateway)
+        line = gateway.stdout.readline()
+        assert "listening on" in line, gateway.stderr.read()
+        acked: dict[int, int] = {}  # journal seq -> order id
+        port = int(line.rsplit(":", 1)[1])
+        with OrderClient.connect("127.0.0.1", port, timeout=5) as client:
+            assert client.login(7, 77).ok
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    reply = client.buy("ACME", 1, 10)
+                except TimeoutError:
+                    break  # published before the halt, never durable: never acked
+                except SessionClosed:
+                    gateway.kill()
+                    raise AssertionError("gateway closed the session:\n" + gateway.stderr.read()) from None
+                if not reply.ok:
+                    break
+                acked[reply.seq] = reply.order_id
+        assert journaler.wait(10) == EXIT_HALTED
+        with OrderClient.connect("127.0.0.1", port, timeout=5) as client:
+            assert client.login(7, 77).ok
+            for _ in range(3):
+                refusal = client.buy("ACME", 1, 10)
+                assert not refusal.ok and refusal.reason_name == "NOT_READY", refusal
+        assert journaler.wait(10) == EXIT_HALTED
+        assert "journal write failed, exchange halted" in journaler.stderr.read()
+        assert control.state == ExchangeState.HALTED
+        assert len(acked) > 1000
+        with Journal(disk / "data", readonly=True) as journal:
+            got = np.concatenate([c for _, c in journal.read_commands("ACME")])
+        assert max(acked) < len(got)
+        assert all(int(got[seq]["order_id"]) == oid for seq, oid in acked.items())
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for ring in rings:
+            ring.unlink()
+            ring.close()
+        control.unlink()
+        control.close()
+        subprocess.run(["umount", "-l", str(disk)])
+        disk.rmdir()
