@@ -64,7 +64,11 @@ def _event_dict(event_seq: int, record: np.void) -> dict:
                 body[name] = chr(int(value)) if int(value) else ""
             else:
                 body[name] = int(value)
-    return {"type": "event", "event_seq": event_seq, **body}
+    # The journal's own fields win: "type" says command or event, "seq" is always the
+    # causing command's journal sequence; a "type" from event_to_dict moves to "event".
+    if "type" in body:
+        body["event"] = body.pop("type")
+    return {**body, "type": "event", "event_seq": event_seq, "seq": int(record["seq"])}
 
 
 def _first_event_of(journal: Journal, symbol: str, seq: int) -> int:

@@ -542,6 +542,46 @@ def test_recover_stops_at_a_corrupt_record_and_says_where(tmp_path):
     assert proc.returncode == 1 and "record 42 fails its checksum" in proc.stderr
 
 
+def test_journal_dump_and_tail_print_commands_each_followed_by_its_events(tmp_path):
+    from ringex.matcher import Matcher
+    from ringex.wal import Journal
+
+    spec = SPECS[0]
+    book = Matcher(spec)
+    cmds, _ = _commands(random.Random(5), spec.name, spec, 400, 1, [])
+    events = _copy(book.apply(cmds, 0))
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs([spec])
+        journal.commit([(spec.name, 0, cmds)], [(spec.name, 0, events)])
+
+    def cli(*args):
+        proc = subprocess.run(
+            [PY, "-m", "ringex", "journal", *args, "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+        )
+        return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+
+    code, lines, err = cli("dump", "ACME", "--from", "100", "--to", "110")
+    assert code == 0, err
+    assert [r["seq"] for r in lines if r["type"] == "command"] == list(range(100, 110))
+    want = [(i, int(e["seq"])) for i, e in enumerate(events) if 100 <= int(e["seq"]) < 110]
+    assert [(r["event_seq"], r["seq"]) for r in lines if r["type"] == "event"] == want
+    current = None
+    for r in lines:  # each event comes after its command and before the next one
+        if r["type"] == "command":
+            current = r["seq"]
+        else:
+            assert r["seq"] == current
+    assert lines[0] == {**lines[0], "type": "command", "seq": 100, "order_id": int(cmds[100]["order_id"])}
+
+    code, lines, err = cli("tail", "ACME", "-n", "5")
+    assert code == 0, err
+    assert [r["seq"] for r in lines if r["type"] == "command"] == [395, 396, 397, 398, 399]
+    assert lines[-1]["type"] == "event" and lines[-1]["event_seq"] == len(events) - 1
+
+    code, lines, err = cli("tail", "NOPE")
+    assert code == 2 and "NOPE is not in the journal" in err
+
+
 if __name__ == "__main__":
     role, rest = sys.argv[1], sys.argv[2:]
     {"producer": producer_main, "matcher": matcher_main}[role](rest)
