@@ -104,7 +104,8 @@ class Matcher:
             # Not enough room for the next command's worst case: grow and carry on.
             need = written + self.order_count() + jit.EVENT_SLACK + 2 * (len(words) - done)
             grown = np.zeros(max(2 * len(self._events), need), EVENT)
-            grown[:written] = self._events[:written]
+            # copied as words: a structured-array copy would skip the padding bytes
+            grown.view(np.int64)[: written * jit.EVENT_WORDS] = self._events.view(np.int64)[: written * jit.EVENT_WORDS]
             self._events = grown
 
     def apply_into(self, commands: np.ndarray, first_seq: int, events: np.ndarray) -> tuple[int, int]:
