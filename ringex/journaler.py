@@ -70,6 +70,11 @@ IDLE_WAIT_S = 0.001
 MAX_PER_RING = 65536
 
 
+# Rounds between sweeps for dead readers' LMDB slots (a sweep reads the lock table,
+# microseconds): often enough that a killed reader pins old pages only briefly.
+READER_CHECK_ROUNDS = 10_000
+
+
 class JournalerHalted(RuntimeError):
     """A commit failed; the exchange is halted."""
 
@@ -214,6 +219,7 @@ class Journaler:
         if self.control is not None:
             self.control.set_ready(ROLE, True)
         beat_at = 0.0
+        check_readers_at = READER_CHECK_ROUNDS
         while not self._stop.is_set():
             if not self.round():
                 self._idle_wait()
@@ -222,6 +228,9 @@ class Journaler:
                 if now >= beat_at:
                     self.control.beat(ROLE)
                     beat_at = now + 0.1
+            if self.rounds >= check_readers_at:
+                self.journal.clear_stale_readers()
+                check_readers_at = self.rounds + READER_CHECK_ROUNDS
         # A last round so a clean stop leaves nothing published but unjournaled.
         self.round()
 

@@ -248,6 +248,13 @@ class Journal:
                 elif found != FORMAT:
                     raise JournalError(f"{self.path}: journal format {found!r}, this version reads {FORMAT!r}")
         self._max_order_id = self._read_max_order_id()
+        if not readonly:
+            self.clear_stale_readers()
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots of dead processes (a ``journal dump`` killed mid-read): a
+        stale slot pins the pages of its old snapshot, so the file would only grow."""
+        return self.env.reader_check()
 
     # -- plumbing --------------------------------------------------------------
 
