@@ -56,7 +56,7 @@ from ringex.config import Config, load_config
 from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
-from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock
+from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
 
@@ -488,6 +488,7 @@ def serve(
     """
     if accounts is None:
         accounts = AccountStore.open(config.data_dir)
+    warm_up()  # compile or load the jitted checks before the first client waits on them
     if ready is None and control is not None:
         ready = lambda: control.accepting  # noqa: E731
     gateway = Gateway(

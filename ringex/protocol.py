@@ -22,6 +22,7 @@ import enum
 import struct
 from typing import Final
 
+import numba
 import numpy as np
 
 from ringex.records import COMMAND, SYMBOL_LEN, OrderType, Side, Tif, encode_symbol
@@ -38,6 +39,9 @@ __all__ = [
     "FrameDecoder",
     "SymbolTable",
     "validate",
+    "validate_reference",
+    "frame_reason",
+    "frame_words",
     "encode_login",
     "encode_new_order",
     "encode_cancel",
@@ -202,6 +206,13 @@ class SymbolTable:
         self.price_min = np.array([s.price_min for s in specs], dtype=np.int64)
         self.price_max = np.array([s.price_max for s in specs], dtype=np.int64)
         self.max_qty = np.array([s.max_qty for s in specs], dtype=np.int64)
+        # For the jitted checks: the 8 symbol bytes as one little-endian u64 key, sorted
+        # for a binary search, with the table index of each key; the limits as rows.
+        keys = self.names.view("<u8")
+        order = np.argsort(keys, kind="stable")
+        self.keys = np.ascontiguousarray(keys[order])
+        self.key_index = order.astype(np.int64)
+        self.bounds = np.ascontiguousarray(np.stack([self.tick, self.price_min, self.price_max, self.max_qty]))
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -229,10 +240,120 @@ def is_request(frames: np.ndarray) -> np.ndarray:
     return np.isin(frames["msg_type"], _REQUESTS)
 
 
-def validate(
+# msg_type and code letters as plain ints: enum attribute lookups cost microseconds
+_L, _N, _C, _R, _H = (int(m) for m in (MsgType.LOGIN, MsgType.NEW, MsgType.CANCEL, MsgType.REPLACE, MsgType.HEARTBEAT))
+_BUY, _SELL = int(Side.BUY), int(Side.SELL)
+_LIMIT, _MARKET = int(OrderType.LIMIT), int(OrderType.MARKET)
+_GTC, _IOC, _FOK, _POST = int(Tif.GTC), int(Tif.IOC), int(Tif.FOK), int(Tif.POST_ONLY)
+
+
+@numba.njit(cache=True)
+def symbol_slot(keys: np.ndarray, key_index: np.ndarray, key: np.uint64) -> int:
+    """Table index of the symbol whose 8 bytes read as the u64 ``key``, -1 if unlisted.
+    ``keys``: sorted u64[n]; ``key_index``: i64[n], the table index of each key."""
+    lo, hi = 0, len(keys)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < len(keys) and keys[lo] == key:
+        return key_index[lo]
+    return -1
+
+
+@numba.njit(cache=True)
+def frame_reason(wu: np.ndarray, wi: np.ndarray, r: int, logged_in: bool, keys, key_index, bounds) -> tuple[int, int]:
+    """(reason, symbol table index or -1) of frame ``r``; the precedence of ``validate``.
+
+    ``wu``/``wi``: the frames as u64[n, 8] and i64[n, 8] views (word 0 holds msg_type,
+    side, order_type, tif in its low bytes; word 1 the symbol; 3 order_id; 4 price;
+    5 qty). ``bounds``: i64[4, n_symbols] rows tick, price_min, price_max, max_qty.
+    """
+    w0 = wu[r, 0]
+    mt = w0 & 0xFF
+    new = mt == _N
+    cancel = mt == _C
+    replace = mt == _R
+    if not (new or cancel or replace):
+        if mt == _L or mt == _H:
+            return 0, -1
+        return 8, -1  # UNKNOWN_MESSAGE
+    if not logged_in:
+        return 1, -1  # NOT_LOGGED_IN
+    sym = symbol_slot(keys, key_index, wu[r, 1])
+    if sym < 0:
+        return 3, -1  # UNKNOWN_SYMBOL
+    if new:
+        side = (w0 >> 8) & 0xFF
+        if side != _BUY and side != _SELL:
+            return 4, sym  # BAD_SIDE
+        otype = (w0 >> 16) & 0xFF
+        tif = (w0 >> 24) & 0xFF
+        if otype == _LIMIT:
+            ok = tif == _GTC or tif == _IOC or tif == _FOK or tif == _POST
+        elif otype == _MARKET:
+            ok = tif == _IOC or tif == _FOK
+        else:
+            ok = False
+        if not ok:
+            return 5, sym  # BAD_ORDER_TYPE
+    elif wu[r, 3] == 0:
+        return 12, sym  # BAD_ORDER_ID
+    if cancel:
+        return 0, sym
+    qty = wi[r, 5]
+    if qty <= 0 or qty > bounds[3, sym]:
+        return 6, sym  # BAD_QTY
+    price = wi[r, 4]
+    if new and ((w0 >> 16) & 0xFF) == _MARKET:
+        if price != 0:
+            return 7, sym  # BAD_PRICE: a market order carries no price
+    elif price <= 0 or price < bounds[1, sym] or price > bounds[2, sym] or (price - bounds[1, sym]) % bounds[0, sym]:
+        return 7, sym  # BAD_PRICE
+    return 0, sym
+
+
+@numba.njit(cache=True)
+def _validate_all(wu, wi, logged_in, keys, key_index, bounds, reasons, symbol_index):
+    for r in range(wu.shape[0]):
+        reasons[r], symbol_index[r] = frame_reason(wu, wi, r, logged_in, keys, key_index, bounds)
+
+
+def frame_words(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frames as u64[n, 8] and i64[n, 8] views of the same memory."""
+    raw = np.ascontiguousarray(frames).view(np.uint64).reshape(-1, 8)
+    return raw, raw.view(np.int64)
+
+
+def validate(frames: np.ndarray, table: SymbolTable, logged_in: bool) -> np.ndarray:
+    """The reject reason of each frame (``Reason.OK`` = 0 where it passes), as ``u2``.
+
+    Checks, first failure wins: the message type is known; the session is logged in
+    (for requests); the symbol is listed; for ``N`` the side, the order type/tif
+    combination (limit with G/I/F/P, market with I/F); for ``C`` and ``R`` a non-zero
+    order id; for ``N`` and ``R`` the quantity (1..max_qty) and the price (a limit
+    price in the band on a tick, a market price 0).
+
+    Logins and heartbeats pass (their handling is the session's business); rate,
+    in-flight and readiness limits are not checked here either. One jitted pass over
+    the frames (``frame_reason``); ``validate_reference`` is the numpy equivalent.
+    """
+    reasons = np.zeros(len(frames), dtype=np.uint16)
+    if len(frames):
+        wu, wi = frame_words(frames)
+        _validate_all(
+            wu, wi, logged_in, table.keys, table.key_index, table.bounds, reasons, np.empty(len(frames), np.int64)
+        )
+    return reasons
+
+
+def validate_reference(
     frames: np.ndarray, table: SymbolTable, logged_in: bool, symbol_index: np.ndarray | None = None
 ) -> np.ndarray:
-    """The reject reason of each frame (``Reason.OK`` = 0 where it passes), as ``u2``.
+    """``validate`` written with numpy whole-array operations: the reference the
+    jitted ``validate`` is tested against (same reasons, same precedence).
 
     Checks, first failure wins: the message type is known; the session is logged in
     (for requests); the symbol is listed; for ``N`` the side, the order type/tif

@@ -31,20 +31,19 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import numba
 import numpy as np
 
 from ringex.protocol import (
     COMMAND,
     NEED_DATA,
-    REPLY,
     FrameDecoder,
-    MsgType,
     Reason,
     ReplyType,
     SymbolTable,
-    build_replies,
     encode_reply,
-    validate,
+    frame_reason,
+    frame_words,
 )
 
 __all__ = ["Limits", "Clock", "SystemClock", "TokenBucket", "OrderIdCounter", "SessionState", "Session", "Publish"]
@@ -96,12 +95,19 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last = now
 
-    def take(self, n: int, now: float) -> int:
-        """Take up to ``n`` whole tokens; returns how many were granted."""
+    def available(self, now: float) -> int:
+        """Whole tokens available at ``now`` (refills first)."""
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        granted = min(n, int(self._tokens))
-        self._tokens -= granted
+        return int(self._tokens)
+
+    def consume(self, n: int) -> None:
+        self._tokens -= n
+
+    def take(self, n: int, now: float) -> int:
+        """Take up to ``n`` whole tokens; returns how many were granted."""
+        granted = min(n, self.available(now))
+        self.consume(granted)
         return granted
 
 
@@ -136,8 +142,145 @@ Publish = Callable[[int, np.ndarray], "int | None"]
 symbol's in-ring has no room for all of them. Commands of one call get consecutive
 sequences."""
 
-_NO_SYMBOL = -1
-_EMPTY_REPLIES = np.zeros(0, dtype=REPLY)
+##########################################################################################
+# The batch kernel
+##########################################################################################
+
+# _session_batch params (i64), by position
+P_LOGGED_IN, P_TOKENS, P_ROOM, P_READY, P_GARBAGE_LEFT, P_SESSION, P_ACCOUNT, P_TS, P_NEXT_ID = range(9)
+# _session_batch results (i64), by position
+R_END, R_STOP, R_REPLIES, R_VALID, R_TOKENS_USED, R_IDS_USED, R_GARBAGE = range(7)
+STOP_END, STOP_LOGIN, STOP_GARBAGE = 0, 1, 2
+
+_ACK, _REJECT = int(ReplyType.ACK), int(ReplyType.REJECT)
+_L, _N, _C, _R, _H = (ord(c) for c in "LNCRH")
+_THROTTLED, _NOT_READY, _ALREADY_LOGGED_IN, _UNKNOWN_MESSAGE = 9, 10, 11, 8
+
+
+@numba.njit(cache=True)
+def _session_batch(
+    wu, wi, start, keys, key_index, bounds, params, replies, reply_symbol, valid_rows, valid_frames, results
+):
+    """Check, throttle and stamp frames ``start..`` of one ``recv`` and write their replies.
+
+    ``wu``/``wi``: the frames as u64/i64[n, 8] views (stamped in place: session in the
+    high half of word 0, new order id in word 3, account in 6, receive time in 7).
+    ``params``: i64[9], see ``P_*``. Outputs: ``replies`` u64[n, 8] (REPLY frames, seq
+    left 0), ``reply_symbol`` i64[n] (symbol index of a valid request, -1 for a reply
+    that is ready now), ``valid_rows`` and ``valid_frames`` i64[n] (reply row and
+    frame row of each valid request),
+    ``results`` i64[7], see ``R_*``. Stops before a login while logged out
+    (``STOP_LOGIN``: the caller verifies it) and before the unknown frame that
+    exceeds the garbage budget (``STOP_GARBAGE``). Heartbeats get no reply.
+    """
+    logged_in = params[P_LOGGED_IN] != 0
+    tokens = params[P_TOKENS]
+    room = params[P_ROOM]
+    ready = params[P_READY] != 0
+    garbage_left = params[P_GARBAGE_LEFT]
+    stamp = np.uint64(params[P_SESSION]) << np.uint64(32)
+    account = np.uint64(params[P_ACCOUNT])
+    ts = np.uint64(params[P_TS])
+    next_id = np.uint64(params[P_NEXT_ID])
+    k = 0
+    nv = 0
+    used = 0
+    ids = 0
+    garbage = 0
+    stop = STOP_END
+    r = start
+    n = wu.shape[0]
+    while r < n:
+        w0 = wu[r, 0]
+        mt = w0 & 0xFF
+        if mt == _H:
+            r += 1
+            continue
+        if mt == _L and not logged_in:
+            stop = STOP_LOGIN
+            break
+        reason, sym = frame_reason(wu, wi, r, logged_in, keys, key_index, bounds)
+        if reason == _UNKNOWN_MESSAGE:
+            if garbage >= garbage_left:
+                stop = STOP_GARBAGE
+                break
+            garbage += 1
+        request = mt == _N or mt == _C or mt == _R
+        if mt == _L:
+            reason = _ALREADY_LOGGED_IN
+        elif request and logged_in:
+            # every request costs a token, valid or not: the rate limit protects the gateway
+            if used >= tokens:
+                reason = _THROTTLED
+            else:
+                used += 1
+                if not ready:
+                    reason = _NOT_READY
+                elif reason == 0 and nv >= room:
+                    reason = _THROTTLED
+        valid = request and reason == 0
+        if valid:
+            wu[r, 0] = (w0 & np.uint64(0xFFFFFFFF)) | stamp
+            if mt == _N:
+                wu[r, 3] = next_id + np.uint64(ids)
+                ids += 1
+            wu[r, 6] = account
+            wu[r, 7] = ts
+            valid_rows[nv] = k
+            valid_frames[nv] = r
+            nv += 1
+            reply_symbol[k] = sym
+        else:
+            reply_symbol[k] = -1
+        kind = _ACK if valid else _REJECT
+        replies[k, 0] = np.uint64(kind) | (w0 & np.uint64(0xFF00)) | (np.uint64(reason) << np.uint64(16))
+        replies[k, 1] = wu[r, 1]
+        replies[k, 2] = wu[r, 2]
+        replies[k, 3] = wu[r, 3]
+        replies[k, 4] = wu[r, 4]
+        replies[k, 5] = wu[r, 5]
+        replies[k, 6] = 0
+        replies[k, 7] = ts
+        k += 1
+        r += 1
+    results[R_END] = r
+    results[R_STOP] = stop
+    results[R_REPLIES] = k
+    results[R_VALID] = nv
+    results[R_TOKENS_USED] = used
+    results[R_IDS_USED] = ids
+    results[R_GARBAGE] = garbage
+
+
+@numba.njit(cache=True)
+def _sendable(reply_symbol, seqs, pos, durable):
+    """(first row from ``pos`` that must still wait, number of K rows before it): a K
+    waits until ``seqs[i] < durable[reply_symbol[i]]``."""
+    acks = 0
+    for i in range(pos, len(reply_symbol)):
+        sym = reply_symbol[i]
+        if sym >= 0:
+            if seqs[i] >= durable[sym]:
+                return i, acks
+            acks += 1
+    return len(reply_symbol), acks
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels before serving."""
+    from ringex.config import SymbolSpec
+    from ringex.protocol import encode_login, encode_new_order
+
+    s = Session(1, SymbolTable([SymbolSpec("WARM")]), lambda a, t: True, OrderIdCounter(1))
+    s.receive_data(encode_login(1, 1) + encode_new_order("WARM", ord("B"), 1, 1), True, lambda sym, c: 0)
+    s.data_to_send(np.ones(1, dtype=np.int64))
+
+
+def _reply_rows(frame: bytes) -> np.ndarray:
+    return np.frombuffer(frame, dtype=np.uint64).reshape(1, 8).copy()
+
+
+_READY_NOW = np.full(1, -1, dtype=np.int64)
 
 
 class Session:
@@ -174,9 +317,12 @@ class Session:
         self._last_received = now
         self._last_sent = now
         self._garbage = 0
-        self._garbage_exceeded = False
-        # reply queue: [replies, symbol index per row (-1 = ready now), seq per row, next row]
+        # reply queue entries: [REPLY rows as u64[n, 8], symbol index per row (-1: ready
+        # now, else a K waiting for its seq, word 6, to be durable), next row to send]
         self._queue: collections.deque[list] = collections.deque()
+        self._params = np.zeros(9, dtype=np.int64)
+        self._params[P_SESSION] = session_id
+        self._results = np.zeros(7, dtype=np.int64)
         self._urgent = bytearray()  # heartbeats: not replies, so they need not wait in order
         self.pending_acks = 0
         self.requests = 0
@@ -190,41 +336,100 @@ class Session:
         if not data:
             self.state = SessionState.CLOSED
             return
-        self._last_received = self.clock.monotonic()
+        now = self.clock.monotonic()
+        self._last_received = now
         self._decoder.receive_data(data)
         frames = self._decoder.next_frames()
         if frames is NEED_DATA:
             return
         ts_ns = self.clock.time_ns()
-        frames = self._cut_at_garbage_limit(frames)
-        if self.state is SessionState.AWAITING_LOGIN:
-            logins = np.flatnonzero(frames["msg_type"] == MsgType.LOGIN)
-            if len(logins) == 0:
-                self._batch(frames, ts_ns, ready, publish)
+        wu, wi = frame_words(frames)
+        n = len(frames)
+        params = self._params
+        results = self._results
+        table = self.table
+        start = 0
+        while start < n:
+            logged_in = self.state is SessionState.LOGGED_IN
+            params[P_LOGGED_IN] = logged_in
+            params[P_TOKENS] = self._bucket.available(now) if logged_in else 0
+            params[P_ROOM] = self.limits.max_in_flight - self.pending_acks
+            params[P_READY] = ready
+            params[P_GARBAGE_LEFT] = self.limits.max_garbage - self._garbage
+            params[P_TS] = ts_ns
+            params[P_NEXT_ID] = self.order_ids.next_id
+            rows = n - start
+            replies = np.empty((rows, 8), dtype=np.uint64)
+            reply_symbol = np.empty(rows, dtype=np.int64)
+            valid_rows = np.empty(rows, dtype=np.int64)
+            valid_frames = np.empty(rows, dtype=np.int64)
+            _session_batch(
+                wu,
+                wi,
+                start,
+                table.keys,
+                table.key_index,
+                table.bounds,
+                params,
+                replies,
+                reply_symbol,
+                valid_rows,
+                valid_frames,
+                results,
+            )
+            end, stop, k, nv, used, ids, garbage = results.tolist()
+            self._bucket.consume(used)
+            self.order_ids.take(ids)
+            self._garbage += garbage
+            self.requests += used
+            if k:
+                self._publish(frames, replies[:k], reply_symbol[:k], valid_rows[:nv], valid_frames[:nv], publish)
+            if stop == STOP_LOGIN:
+                self._login(frames[end], ts_ns)
+                if self.state is not SessionState.LOGGED_IN:
+                    return
+                start = end + 1
+            elif stop == STOP_GARBAGE:
+                # answered up to the budget; the rest of this stream is noise
+                self._close_with_error(Reason.UNKNOWN_MESSAGE, ts_ns)
+                return
             else:
-                first = int(logins[0])
-                self._batch(frames[:first], ts_ns, ready, publish)
-                self._login(frames[first], ts_ns)
-                if self.state is SessionState.LOGGED_IN:
-                    self._batch(frames[first + 1 :], ts_ns, ready, publish)
-        else:
-            self._batch(frames, ts_ns, ready, publish)
-        if self._garbage_exceeded and self.state not in (SessionState.CLOSING, SessionState.CLOSED):
-            self._close_with_error(Reason.UNKNOWN_MESSAGE, ts_ns)
+                return
 
-    def _cut_at_garbage_limit(self, frames: np.ndarray) -> np.ndarray:
-        known = np.isin(frames["msg_type"], _KNOWN_TYPES)
-        if known.all():
-            return frames
-        seen = self._garbage + np.cumsum(~known)
-        over = np.flatnonzero(seen > self.limits.max_garbage)
-        if len(over) == 0:
-            self._garbage = int(seen[-1])
-            return frames
-        # answer up to the limit, then close: the rest of this stream is noise
-        self._garbage = self.limits.max_garbage
-        self._garbage_exceeded = True
-        return frames[: int(over[0])]
+    def _publish(
+        self,
+        frames: np.ndarray,
+        replies: np.ndarray,
+        reply_symbol: np.ndarray,
+        valid_rows: np.ndarray,
+        frame_rows: np.ndarray,
+        publish: Publish,
+    ) -> None:
+        nv = len(valid_rows)
+        if nv:
+            symbols = reply_symbol[valid_rows]
+            first_symbol = symbols[0]
+            if nv == 1 or (symbols == first_symbol).all():
+                groups = [(int(first_symbol), valid_rows, frame_rows)]
+            else:
+                groups = [
+                    (int(sym), valid_rows[symbols == sym], frame_rows[symbols == sym]) for sym in np.unique(symbols)
+                ]
+            seq_column = replies[:, 6]
+            for sym, rows, frows in groups:
+                if frows[-1] - frows[0] + 1 == len(frows):
+                    commands = frames[frows[0] : frows[-1] + 1]  # contiguous: a view, no copy
+                else:
+                    commands = frames[frows]
+                first_seq = publish(sym, commands)
+                if first_seq is None:
+                    # the ring is full: the gateway must not wait, so these are throttled
+                    replies[rows, 0] = (replies[rows, 0] & np.uint64(0xFF00)) | np.uint64(_REJECT | _THROTTLED << 16)
+                    reply_symbol[rows] = -1
+                    continue
+                seq_column[rows] = np.arange(first_seq, first_seq + len(rows), dtype=np.uint64)
+                self.pending_acks += len(rows)
+        self._queue.append([replies, reply_symbol, 0])
 
     def _login(self, frame, ts_ns: int) -> None:
         account, token = int(frame["account"]), int(frame["ts_ns"])  # ts_ns is the token field
@@ -232,6 +437,7 @@ class Session:
         if self.verify(account, token):
             self.state = SessionState.LOGGED_IN
             self.account = account
+            self._params[P_ACCOUNT] = account
             reply = encode_reply(ReplyType.LOGIN_ACCEPTED, session=self.session_id, client_order_id=cid, ts_ns=ts_ns)
         else:
             self.state = SessionState.CLOSING
@@ -239,80 +445,14 @@ class Session:
             reply = encode_reply(
                 ReplyType.LOGIN_REJECTED, reason=Reason.BAD_CREDENTIALS, client_order_id=cid, ts_ns=ts_ns
             )
-        self._enqueue_ready(np.frombuffer(reply, dtype=REPLY).copy())
-
-    def _batch(self, frames: np.ndarray, ts_ns: int, ready: bool, publish: Publish) -> None:
-        if len(frames) == 0:
-            return
-        mt = frames["msg_type"]
-        logged_in = self.state is SessionState.LOGGED_IN
-        symbol_index = self.table.index_of(frames["symbol"])
-        reasons = validate(frames, self.table, logged_in, symbol_index)
-        request = (mt == MsgType.NEW) | (mt == MsgType.CANCEL) | (mt == MsgType.REPLACE)
-        replied = mt != MsgType.HEARTBEAT
-        if logged_in:
-            reasons[mt == MsgType.LOGIN] = Reason.ALREADY_LOGGED_IN
-            n_requests = int(request.sum())
-            self.requests += n_requests
-            if n_requests:
-                granted = self._bucket.take(n_requests, self.clock.monotonic())
-                over_rate = request & (np.cumsum(request) > granted)
-                reasons[over_rate] = Reason.THROTTLED
-                if not ready:
-                    reasons[request & ~over_rate] = Reason.NOT_READY
-                valid = request & (reasons == 0)
-                room = self.limits.max_in_flight - self.pending_acks
-                over_flight = valid & (np.cumsum(valid) > room)
-                reasons[over_flight] = Reason.THROTTLED
-        valid = request & (reasons == 0)
-
-        # stamp what the client may not choose, on the frames themselves (our copy)
-        n_valid = int(valid.sum())
-        if n_valid:
-            frames["session"][valid] = self.session_id
-            frames["account"][valid] = self.account
-            frames["ts_ns"][valid] = ts_ns
-            new = valid & (mt == MsgType.NEW)
-            n_new = int(new.sum())
-            if n_new:
-                first_id = self.order_ids.take(n_new)
-                frames["order_id"][new] = np.arange(first_id, first_id + n_new, dtype=np.uint64)
-        rows = np.flatnonzero(replied)
-        replies = build_replies(frames[rows], reasons[rows], ts_ns)
-        row_symbol = np.full(len(rows), _NO_SYMBOL, dtype=np.int64)
-        row_seq = np.zeros(len(rows), dtype=np.int64)
-        if n_valid:
-            # position of each valid frame among the replied rows
-            valid_rows = np.flatnonzero(valid[rows])
-            valid_symbols = symbol_index[rows[valid_rows]]
-            for sym in np.unique(valid_symbols):
-                these = valid_rows[valid_symbols == sym]
-                first_seq = publish(int(sym), frames[rows[these]])
-                if first_seq is None:
-                    replies["msg_type"][these] = ReplyType.REJECT
-                    replies["reason"][these] = Reason.THROTTLED
-                    continue
-                seqs = first_seq + np.arange(len(these), dtype=np.int64)
-                row_symbol[these] = sym
-                row_seq[these] = seqs
-                replies["seq"][these] = seqs
-                self.pending_acks += len(these)
-        if len(rows):
-            self._queue.append([replies, row_symbol, row_seq, 0])
+        self._queue.append([_reply_rows(reply), _READY_NOW, 0])
 
     # -- output ------------------------------------------------------------------
-
-    def _enqueue_ready(self, replies: np.ndarray) -> None:
-        self._queue.append(
-            [replies, np.full(len(replies), _NO_SYMBOL, dtype=np.int64), np.zeros(len(replies), np.int64), 0]
-        )
 
     def _close_with_error(self, reason: Reason, ts_ns: int) -> None:
         self.state = SessionState.CLOSING
         self.close_reason = reason
-        self._enqueue_ready(
-            np.frombuffer(encode_reply(ReplyType.ERROR, reason=reason, ts_ns=ts_ns), dtype=REPLY).copy()
-        )
+        self._queue.append([_reply_rows(encode_reply(ReplyType.ERROR, reason=reason, ts_ns=ts_ns)), _READY_NOW, 0])
 
     def data_to_send(self, durable: np.ndarray) -> bytes:
         """Every reply that may go out now, in request order, plus any heartbeat.
@@ -326,15 +466,13 @@ class Session:
         queue = self._queue
         while queue:
             entry = queue[0]
-            replies, symbols, seqs, pos = entry
-            sym = symbols[pos:]
-            ok = (sym == _NO_SYMBOL) | (seqs[pos:] < durable[np.maximum(sym, 0)])
-            stop = len(sym) if ok.all() else int(np.argmin(ok))
-            if stop:
-                out += replies[pos : pos + stop].tobytes()
-                self.pending_acks -= int(np.count_nonzero(sym[:stop] != _NO_SYMBOL))
-            if pos + stop < len(replies):
-                entry[3] = pos + stop
+            replies, reply_symbol, pos = entry
+            stop, acks = _sendable(reply_symbol, replies[:, 6].view(np.int64), pos, durable)
+            if stop > pos:
+                out += replies[pos:stop].tobytes()
+                self.pending_acks -= acks
+            if stop < len(replies):
+                entry[2] = stop
                 break
             queue.popleft()
         if out:
@@ -349,7 +487,7 @@ class Session:
         return self.pending_acks > 0
 
     def pending_replies(self) -> int:
-        return sum(len(e[0]) - e[3] for e in self._queue)
+        return sum(len(e[0]) - e[2] for e in self._queue)
 
     # -- timers ------------------------------------------------------------------
 
@@ -365,6 +503,3 @@ class Session:
             self._close_with_error(Reason.IDLE_TIMEOUT, self.clock.time_ns())
         elif now - self._last_sent >= limits.heartbeat_interval_s and not self._urgent:
             self._urgent += encode_reply(ReplyType.HEARTBEAT, ts_ns=self.clock.time_ns())
-
-
-_KNOWN_TYPES = np.array(list(MsgType), dtype=np.uint8)

@@ -93,8 +93,9 @@ def _wait_line(proc: subprocess.Popen, want: str, timeout: float = 30.0) -> str:
 class Exchange:
     """In-rings, a control block, accounts, a stand-in journaler and a gateway process."""
 
-    def __init__(self, tmp: Path, real_journaler: bool = False, **limits) -> None:
+    def __init__(self, tmp: Path, real_journaler: bool = False, durability: str = "fsync", **limits) -> None:
         self.real_journaler = real_journaler
+        self.durability = durability
         self.prefix = f"rgxt{os.getpid()}{secrets.token_hex(3)}"
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
@@ -121,7 +122,9 @@ class Exchange:
             for sym in SYMBOLS:
                 self.rings.append(Ring.create(f"{self.prefix}.out.{sym}", EVENT, 1024, ["journaler"]))
             pairs = [f"{sym}:{in_ring_name(sym, self.prefix)}:{self.prefix}.out.{sym}" for sym in SYMBOLS]
-            self.journaler = self._spawn([PY, "-m", "ringex.journaler", "--data", str(self.tmp), *pairs])
+            self.journaler = self._spawn(
+                [PY, "-m", "ringex.journaler", "--data", str(self.tmp), "--durability", self.durability, *pairs]
+            )
         else:
             self.journaler = self._spawn([PY, "-c", STANDIN_JOURNALER, *(r.name for r in self.rings)])
             _wait_line(self.journaler, "ready")

@@ -24,6 +24,7 @@ from ringex.protocol import (
     encode_replace,
     encode_reply,
     validate,
+    validate_reference,
 )
 from ringex.records import OrderType, Side, Tif
 
@@ -223,3 +224,20 @@ def test_random_bytes_never_raise():
             reasons = validate(frames, TABLE, logged_in=bool(rng.integers(2)))
             assert reasons.shape == frames.shape
             assert set(np.unique(reasons)) <= {int(r) for r in Reason}
+
+
+@pytest.mark.parametrize("logged_in", [True, False])
+def test_jitted_validate_matches_the_numpy_reference_on_random_frames(logged_in):
+    rng = np.random.default_rng(11)
+    n = 20_000
+    frames = np.zeros(n, dtype=COMMAND)
+    frames["msg_type"] = rng.choice(np.frombuffer(b"LNCRHZ\0", np.uint8), n)
+    frames["side"] = rng.choice(np.frombuffer(b"BSX\0", np.uint8), n)
+    frames["order_type"] = rng.choice(np.frombuffer(b"LMQ\0", np.uint8), n)
+    frames["tif"] = rng.choice(np.frombuffer(b"GIFPZ\0", np.uint8), n)
+    frames["symbol"] = rng.choice(np.array([b"ACME", b"BOLT", b"NOPE", b""], dtype="S8"), n)
+    frames["order_id"] = rng.choice([0, 1, 2**63], n)
+    frames["price"] = rng.choice([-5, 0, 95, 100, 101, 105, 1000, 1005, 2**62], n)
+    frames["qty"] = rng.choice([-1, 0, 1, 500, 501, 2**62], n)
+    assert np.array_equal(validate(frames, TABLE, logged_in), validate_reference(frames, TABLE, logged_in))
+    assert set(validate(frames, TABLE, logged_in).tolist()) == ({0, 3, 4, 5, 6, 7, 8, 12} if logged_in else {0, 1, 8})

@@ -64,10 +64,10 @@ NOTHING_DURABLE = np.zeros(2, dtype=np.int64)
 
 
 def make(
-    limits: Limits = Limits(), clock: FakeClock | None = None, first_id: int = 500
+    limits: Limits | None = None, clock: FakeClock | None = None, first_id: int = 500
 ) -> tuple[Session, FakeClock, ListRings]:
     clock = clock or FakeClock()
-    s = Session(7, TABLE, lambda a, t: (a, t) == (ACCOUNT, TOKEN), OrderIdCounter(first_id), limits, clock)
+    s = Session(7, TABLE, lambda a, t: (a, t) == (ACCOUNT, TOKEN), OrderIdCounter(first_id), limits or Limits(), clock)
     return s, clock, ListRings()
 
 
@@ -254,3 +254,24 @@ def test_eof_closes():
 @pytest.mark.parametrize("n,granted", [(0, 0), (3, 3), (10, 5)])
 def test_token_bucket(n, granted):
     assert TokenBucket(100, 5, 0.0).take(n, 0.0) == granted
+
+
+def test_heartbeats_and_rejects_interleaved_with_valid_orders_keep_rows_aligned():
+    s, _, rings = logged_in()
+    data = encode_heartbeat() + encode_new_order("ACME", Side.BUY, 1, 1, client_order_id=1)
+    data += encode_new_order("ACME", Side.BUY, 0, 1, client_order_id=2) + encode_heartbeat()
+    data += encode_new_order("BOLT", Side.SELL, 2, 3, client_order_id=3) + encode_new_order(
+        "ACME", Side.SELL, 4, 5, client_order_id=4
+    )
+    s.receive_data(data, True, rings.publish)
+    r = replies(s.data_to_send(rings.all_durable()))
+    assert bytes(r["msg_type"]) == b"KXKK"
+    assert list(r["client_order_id"]) == [1, 2, 3, 4]
+    acme = rings.commands(ACME)
+    assert list(acme["client_order_id"]) == [1, 4] and list(acme["qty"]) == [1, 4]
+    assert list(r["seq"]) == [0, 0, 0, 1]
+    assert list(r["order_id"][[0, 2, 3]]) == [
+        acme["order_id"][0],
+        rings.commands(BOLT)["order_id"][0],
+        acme["order_id"][1],
+    ]

@@ -1,0 +1,203 @@
+"""Order entry latency and throughput through a gateway process, to the durable ack.
+
+Also the round trip of an order rejected at once (``X``, the journal not involved):
+the gateway's own path.
+
+OneClientToGatewayToJournal, ping-pong: one order in flight, time from ``send`` to
+its ``K`` (which the gateway sends only once the journaler's cursor has passed it).
+
+```
+ bench process                gateway process                      journaler process
+  t0 ─► send N ──TCP──► recv ─► validate ─► publish ─► [in-ring ACME] ─► LMDB commit
+                                                                          │ cursor store
+  t1 ◄─ recv K ◄──TCP── send K ◄─ eventfd ◄─ watcher thread ◄──────────────┘
+```
+
+Pipelined: the client keeps ``window`` orders in flight and counts K's per second.
+
+Journaler variants: ``standin`` (a real ring consumer that commits its cursor as it
+reads, no LMDB: the gateway's own cost), ``async`` (LMDB without fsync) and
+``fsync`` (the default durability). Each case checks that every reply was a K for
+the right client order id, in order.
+
+Also measured: how long ``selectors`` really sleeps when asked for 0.2 ms, which is
+why the gateway is woken by watcher threads instead of polling the cursors.
+
+    .venv/bin/python perf/gateway_bench.py           # writes perf/results/gateway.json
+    .venv/bin/python perf/gateway_bench.py --quick   # fewer orders, no JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import selectors
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from test_gateway import Exchange  # noqa: E402
+
+from ringex.protocol import COMMAND, REPLY, encode_new_order  # noqa: E402
+from ringex.records import Side  # noqa: E402
+
+UNLIMITED = dict(rate_per_s=10_000_000, burst=1_000_000, max_in_flight=1_000_000, max_output_bytes=64 << 20)
+
+
+def _orders(n: int, qty: int = 1) -> bytes:
+    frames = np.frombuffer(encode_new_order("ACME", Side.BUY, qty, 100) * n, dtype=COMMAND).copy()
+    frames["client_order_id"] = np.arange(1, n + 1)
+    frames["price"] = 100 + 5 * (np.arange(n) % 100)
+    return frames.tobytes()
+
+
+def _connect(ex: Exchange) -> socket.socket:
+    c = ex.client()
+    c.sock.settimeout(30)
+    return c.sock
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(max(65536, n - len(buf)))
+        if not chunk:
+            raise ConnectionError("gateway closed the session")
+        buf += chunk
+    return bytes(buf)
+
+
+def _check(replies: np.ndarray, first_cid: int, want: str = "K") -> None:
+    replies = replies[replies["msg_type"] != ord("H")]
+    bad = replies["msg_type"] != ord(want)
+    if bad.any():
+        raise AssertionError(f"{int(bad.sum())} non-K replies, first reason {int(replies['reason'][bad][0])}")
+    want = np.arange(first_cid, first_cid + len(replies))
+    if not np.array_equal(replies["client_order_id"], want):
+        raise AssertionError("replies out of order")
+
+
+def ping_pong(ex: Exchange, n: int, warmup: int, reject: bool = False) -> dict:
+    """``reject``: send orders of qty 0, answered X at once: the gateway without the journal."""
+    sock = _connect(ex)
+    frames = _orders(n + warmup, qty=0 if reject else 1)
+    lat = np.empty(n, dtype=np.int64)
+    for i in range(n + warmup):
+        t0 = time.perf_counter_ns()
+        sock.sendall(frames[64 * i : 64 * i + 64])
+        reply = np.frombuffer(_recv_exact(sock, 64), dtype=REPLY)
+        while reply["msg_type"][0] == ord("H"):
+            reply = np.frombuffer(_recv_exact(sock, 64), dtype=REPLY)
+        t1 = time.perf_counter_ns()
+        _check(reply, i + 1, "X" if reject else "K")
+        if i >= warmup:
+            lat[i - warmup] = t1 - t0
+    sock.close()
+    us = lat / 1000
+    return {
+        "orders": n,
+        "p50_us": round(float(np.percentile(us, 50)), 1),
+        "p99_us": round(float(np.percentile(us, 99)), 1),
+        "p99_9_us": round(float(np.percentile(us, 99.9)), 1),
+        "max_us": round(float(us.max()), 1),
+    }
+
+
+def pipelined(ex: Exchange, n: int, window: int) -> dict:
+    sock = _connect(ex)
+    frames = _orders(n)
+    sent = received = 0
+    buf = bytearray()
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    t0 = time.perf_counter()
+    while received < n:
+        if sent - received < window and sent < n:
+            k = min(window - (sent - received), n - sent)
+            sock.sendall(frames[64 * sent : 64 * (sent + k)])
+            sent += k
+        sel.select(1.0)
+        buf += sock.recv(1 << 20)
+        whole = len(buf) - len(buf) % 64
+        if whole:
+            replies = np.frombuffer(bytes(buf[:whole]), dtype=REPLY)
+            replies = replies[replies["msg_type"] != ord("H")]
+            _check(replies, received + 1)
+            received += len(replies)
+            del buf[:whole]
+    elapsed = time.perf_counter() - t0
+    sock.close()
+    return {"orders": n, "window": window, "acks_per_s": round(n / elapsed), "seconds": round(elapsed, 3)}
+
+
+def select_granularity() -> dict:
+    sel = selectors.DefaultSelector()
+    r, w = socket.socketpair()
+    sel.register(r, selectors.EVENT_READ)
+    naps = []
+    for _ in range(200):
+        t0 = time.perf_counter_ns()
+        sel.select(0.0002)
+        naps.append(time.perf_counter_ns() - t0)
+    r.close()
+    w.close()
+    return {"asked_us": 200, "p50_slept_us": round(float(np.percentile(naps, 50)) / 1000, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    quick = args.quick or os.environ.get("RINGEX_QUICK") == "1"
+    n_ping, warm, n_pipe = (500, 100, 20_000) if quick else (5_000, 500, 200_000)
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg": os.getloadavg()},
+        "select_0.2ms": select_granularity(),
+        "cases": {},
+    }
+    print(f"selectors.select(0.0002) sleeps {results['select_0.2ms']['p50_slept_us']} us (p50)")
+    with tempfile.TemporaryDirectory(prefix="rgx-gwbench-") as tmp:
+        ex = Exchange(Path(tmp), **UNLIMITED)
+        try:
+            results["reject_round_trip"] = rt = ping_pong(ex, n_ping, warm, reject=True)
+        finally:
+            ex.close()
+    print(f"X (no journal) round trip p50 {rt['p50_us']} us, p99 {rt['p99_us']} us, p99.9 {rt['p99_9_us']} us")
+    for journaler in ("standin", "async", "fsync"):
+        with tempfile.TemporaryDirectory(prefix="rgx-gwbench-") as tmp:
+            ex = Exchange(Path(tmp), real_journaler=journaler != "standin", durability=journaler, **UNLIMITED)
+            try:
+                case = {"ping_pong": ping_pong(ex, n_ping, warm)}
+                for window in (64, 1024):
+                    case[f"pipelined_{window}"] = pipelined(ex, n_pipe, window)
+            finally:
+                ex.close()
+        results["cases"][journaler] = case
+        pp = case["ping_pong"]
+        print(
+            f"{journaler:8s} ack round trip p50 {pp['p50_us']} us, p99 {pp['p99_us']} us, "
+            f"p99.9 {pp['p99_9_us']} us | pipelined: "
+            + ", ".join(
+                f"window {c['window']}: {c['acks_per_s']:,} acks/s" for k, c in case.items() if k != "ping_pong"
+            )
+        )
+    if not quick:
+        out = HERE / "results" / "gateway.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
