@@ -25,6 +25,7 @@ __all__ = ["ConfigError", "SymbolSpec", "Config", "DEFAULT_SYMBOLS", "load_confi
 STP_MODES = ("off", "cancel_newest", "cancel_oldest", "cancel_both")
 DURABILITY_MODES = ("fsync", "async")
 WAIT_STRATEGIES = ("blocking", "yielding", "busy_spin")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,8 @@ class Config:
             raise ConfigError(f"durability: must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}")
         if self.wait_strategy not in WAIT_STRATEGIES:
             raise ConfigError(f"wait_strategy: must be one of {', '.join(WAIT_STRATEGIES)}, got {self.wait_strategy!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for key in ("order_port", "md_port", "ws_port"):
             port = getattr(self, key)
             if not isinstance(port, int) or not 0 <= port <= 65535:

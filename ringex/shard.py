@@ -1,0 +1,251 @@
+"""A matcher shard: the process that owns the books of some symbols.
+
+::
+
+    in-ring[SYM] ──"matcher"──► Matcher.apply (jitted) ──► out-ring[SYM]
+                                      │
+                                      └── every N commands: snapshot file
+
+For each of its symbols the shard recovers the book from the journal (latest snapshot
+plus the tail, ``ringex.recovery``), then matches batches from the in-ring and
+publishes their events to the out-ring. It commits its in-ring cursor only after the
+batch's events are published, so a shard killed mid-batch leaves its cursor before the
+batch and the next incarnation sees every command again.
+
+Restart while the rings live on (the supervisor restarts a shard that died): the old
+shard may have matched commands the journaler had not made durable yet, and published
+events the journaler had not taken. Before recovering, the new shard waits until the
+journaler's cursor on the in-ring has passed the old shard's cursor and the journaler
+has taken every event on the out-ring (nobody else writes there while the shard is
+down). Then the journal holds every command the old shard matched and every event it
+published, recovery replays exactly those, ``pending_events`` are the events that
+were never published, and the shard moves its in-ring cursor forward to the end of
+what it replayed. Matching is deterministic, so the replayed book equals the book the
+old shard had, and no event is published twice or lost.
+
+Sequences: the journal numbers a symbol's commands from its first ever; a ring counts
+from 0 when created. The journaler records ``base`` (journal seq of ring seq 0) per
+ring in the journal's metadata before it reports ready; the shard reads it from there,
+which is why the supervisor starts the journaler before the shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+
+import posix_ipc
+
+from ringex.config import Config, SymbolSpec
+from ringex.records import COMMAND, EVENT
+from ringex.recovery import recover_book
+from ringex.ring import Consumer, Producer, Ring, RingTimeout
+from ringex.startup import ring_base, wait_until
+from ringex.wait import wait_strategy
+from ringex.wal import Journal, SnapshotStore
+
+__all__ = ["ShardPlan", "Shard", "run_shard", "MATCHER_CONSUMER", "shard_role"]
+
+log = logging.getLogger("ringex.shard")
+
+MATCHER_CONSUMER = "matcher"
+JOURNAL_CONSUMER = "journaler"
+# A shard serves several rings but can sleep on one semaphore only: it sleeps on the
+# ring that moved last with this timeout, which bounds the extra delay a command on
+# another of its rings sees when the shard was idle (the journaler makes the same trade).
+IDLE_WAIT_S = 0.001
+# How long a restarting shard waits for the journaler to take what the old shard left.
+DRAIN_TIMEOUT_S = 60.0
+# Commands taken from one ring per turn, so one busy symbol cannot starve the others.
+MAX_BATCH = 4096
+
+
+def shard_role(index: int) -> str:
+    return f"matcher-{index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """What a shard process needs; picklable, so the supervisor can spawn it."""
+
+    config: Config
+    index: int
+    symbols: tuple[str, ...]
+    in_rings: tuple[str, ...]
+    out_rings: tuple[str, ...]
+    control: str | None = None
+
+
+class _Book:
+    """One symbol as the shard sees it: its matcher, rings and sequence bases."""
+
+    def __init__(self, spec: SymbolSpec, consumer: Consumer, producer: Producer, base: int, book) -> None:
+        self.spec = spec
+        self.consumer = consumer
+        self.producer = producer
+        self.base = base  # journal seq of in-ring seq 0
+        self.matcher = book.matcher
+        self.next_event_seq = book.next_event_seq
+        self.since_snapshot = 0
+
+
+class Shard:
+    """The matching loop over a shard's symbols. ``control`` is the exchange's
+    ``ControlBlock`` or None (tests that watch the rings directly)."""
+
+    def __init__(self, plan: ShardPlan, control=None) -> None:
+        self.plan = plan
+        self.control = control
+        self.role = shard_role(plan.index)
+        config = plan.config
+        self.snapshots = SnapshotStore(config.data_dir)
+        self.rings: list[Ring] = []
+        self.books: list[_Book] = []
+        self._stop = False
+        wait = wait_strategy(config.wait_strategy)
+        try:
+            for symbol, in_name, out_name in zip(plan.symbols, plan.in_rings, plan.out_rings, strict=True):
+                in_ring = Ring.attach(in_name, COMMAND)
+                out_ring = Ring.attach(out_name, EVENT)
+                self.rings += [in_ring, out_ring]
+                self.books.append(self._recover(config.symbol(symbol), in_ring, out_ring, wait))
+        except BaseException:
+            self.close()
+            raise
+
+    def _recover(self, spec: SymbolSpec, in_ring: Ring, out_ring: Ring, wait) -> _Book:
+        data_dir = self.plan.config.data_dir
+        consumer = in_ring.consumer(MATCHER_CONSUMER, wait)
+        producer = out_ring.producer(wait)
+        # What a previous incarnation matched or published must be in the journal first.
+        matched = consumer.cursor
+        wait_until(
+            lambda: (
+                in_ring.consumer_cursor(JOURNAL_CONSUMER) >= matched
+                and out_ring.consumer_cursor(JOURNAL_CONSUMER) >= out_ring.producer_cursor
+            ),
+            f"the journaler to take what the previous matcher of {spec.name} left",
+            DRAIN_TIMEOUT_S,
+        )
+        base_in = ring_base(data_dir, "cmd", spec.name, in_ring)
+        with Journal(data_dir, readonly=True) as journal:
+            book = recover_book(journal, spec, self.snapshots)
+        resume = book.next_seq - base_in - 1  # ring seq of the last command replayed
+        if resume < matched:
+            raise RuntimeError(f"{spec.name}: journal ends before what the previous matcher matched")
+        if resume > matched:
+            consumer.wait_for(resume, timeout=0)
+            consumer.commit(resume)
+        if len(book.pending_events):
+            producer.write(book.pending_events)
+        log.info(
+            "%s: recovered %d commands (%s) in %.3f s; %d resting orders, bid %s ask %s, %d events republished",
+            spec.name,
+            book.replayed,
+            "from snapshot" if book.snapshot_seq is not None else "full replay",
+            book.seconds,
+            book.matcher.order_count(),
+            book.matcher.best_bid(),
+            book.matcher.best_ask(),
+            len(book.pending_events),
+        )
+        return _Book(spec, consumer, producer, base_in, book)
+
+    def stop(self) -> None:
+        """Finish the current batch and return from ``run`` (safe from a signal handler)."""
+        self._stop = True
+
+    def close(self) -> None:
+        for ring in self.rings:
+            ring.close()
+        self.rings = []
+
+    def _publish(self, book: _Book, events) -> None:
+        # A full out-ring means the journaler or the notifier is behind: wait for them,
+        # looking at the stop flag now and then so shutdown is not held up forever.
+        while True:
+            try:
+                book.producer.write(events, timeout=0.2)
+                return
+            except RingTimeout:
+                if self._stop:
+                    raise
+
+    def turn(self) -> int:
+        """Match what every ring has now; returns the number of commands matched."""
+        done = 0
+        for book in self.books:
+            batch = book.consumer.poll(MAX_BATCH)
+            if not batch:
+                continue
+            for ring_seq, view in batch.segments():
+                events = book.matcher.apply(view, ring_seq + book.base)
+                if len(events):
+                    self._publish(book, events)
+                    book.next_event_seq += len(events)
+            # Only now: a shard killed before this line sees the batch again.
+            book.consumer.commit(batch.hi)
+            book.since_snapshot += len(batch)
+            done += len(batch)
+            if book.since_snapshot >= self.plan.config.snapshot_interval:
+                self.snapshot(book)
+        return done
+
+    def snapshot(self, book: _Book) -> None:
+        started = time.perf_counter()
+        matcher = book.matcher
+        path = self.snapshots.write(book.spec.name, matcher.last_seq + 1, book.next_event_seq, matcher.snapshot())
+        book.since_snapshot = 0
+        log.info("%s: snapshot %s in %.1f ms", book.spec.name, path.name, (time.perf_counter() - started) * 1e3)
+
+    def run(self) -> None:
+        if self.control is not None:
+            self.control.set_ready(self.role, True)
+        last = self.books[0]
+        beat_at = 0.0
+        while not self._stop:
+            if not self.turn():
+                try:
+                    last.consumer.wait_for(last.consumer.cursor + 1, IDLE_WAIT_S)
+                except posix_ipc.SignalError:
+                    pass  # SIGTERM while asleep: the loop looks at the stop flag next
+            if self.control is not None:
+                now = time.monotonic()
+                if now >= beat_at:
+                    self.control.beat(self.role)
+                    beat_at = now + 0.1
+        # Drain what was published before the stop, then leave a snapshot so the next
+        # start replays little.
+        while self.turn():
+            pass
+        for book in self.books:
+            if book.since_snapshot:
+                self.snapshot(book)
+
+
+def run_shard(plan: ShardPlan) -> int:
+    """Process entry point (spawned by the supervisor): recover, report ready, match
+    until SIGTERM/SIGINT, drain, snapshot, exit 0."""
+    from ringex.logs import setup_child_logging
+
+    setup_child_logging(plan.config, shard_role(plan.index))
+    control = None
+    if plan.control:
+        from ringex.control import ControlBlock
+
+        control = ControlBlock.attach(plan.control)
+        control.set_pid(shard_role(plan.index), os.getpid())
+    shard = Shard(plan, control)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: shard.stop())
+    try:
+        shard.run()
+    finally:
+        shard.close()
+        if control is not None:
+            control.set_ready(shard.role, False)
+            control.close()
+    return 0
