@@ -50,7 +50,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
     ctx = mp.get_context("spawn")
     ex = MdExchange(symbols=(SYMBOL,), capacity=1 << 16)
     data = temp_dir()
-    notifier = NotifierProcess(ex, data, extra=["--max-queue-bytes", str(8 << 20), *extra], heartbeat=30)
+    notifier = NotifierProcess(ex, data, extra=["--max-queue-bytes", str(8 << 20), *extra], heartbeat=3600)
     loaders = []
     try:
         total = int(rate * seconds)

@@ -61,6 +61,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ringex.config import Config, load_config
 from ringex.marketdata import (
+    MAX_LINE_BYTES,
     ClientError,
     LineDecoder,
     Login,
@@ -207,7 +208,7 @@ class Session:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self.close(f"connection lost: {exc.strerror or exc}")
+            self.close(f"connection lost: {exc.strerror or exc}", tell=False)
             return
         if sent < len(data):
             self._queue(memoryview(data)[sent:])
@@ -221,7 +222,7 @@ class Session:
         """Finish a write whose ``send`` a fan-out thread made: queue what the kernel
         did not take, or end the session if the socket failed."""
         if isinstance(result, OSError):
-            self.close(f"connection lost: {result.strerror or result}")
+            self.close(f"connection lost: {result.strerror or result}", tell=False)
         elif result < len(data):
             self._queue(memoryview(data)[result:])
 
@@ -239,13 +240,14 @@ class Session:
         else:
             self.write(ws_text_frame(payload))
 
-    def close(self, reason: str | None) -> None:
-        """Stop delivering to this session; its writer sends the tail and ``reason``."""
+    def close(self, reason: str, *, tell: bool = True) -> None:
+        """End the session: nothing more is queued for it, its tasks are cancelled, and
+        (with ``tell``) an ``error`` naming ``reason`` follows what is already queued."""
         if self.closing is not None:
             return
-        self.closing = reason or "closed"
-        if reason is not None and reason != "connection lost" and not reason.startswith("connection lost"):
-            # Keep whatever part of a message is already on the wire, so the client can
+        self.closing = reason
+        if tell:
+            # Keep the part of a message already partly on the wire, so the client can
             # still parse the error after it; drop the rest, the session is over.
             head = self._pending[0] if self._pending else None
             self._pending.clear()
@@ -257,7 +259,11 @@ class Session:
             frame = err + b"\n" if self.ws is None else ws_text_frame(err)
             self._pending.append(memoryview(frame))
             self._pending_bytes += len(frame)
-        self._wake.set()
+        else:
+            self._pending.clear()
+            self._pending_bytes = 0
+        if self._cancel is not None:
+            self._cancel.cancel()
 
     async def flush(self) -> None:
         """Send queued bytes as the socket accepts them, until the queue is empty."""
@@ -278,14 +284,12 @@ class Session:
                     break
 
     async def writer(self) -> None:
-        """The session's writer task: flush whenever ``write`` queued something."""
-        while self.closing is None:
+        """The session's writer task: flush whenever ``write`` queued something. Runs
+        until the session's scope is cancelled."""
+        while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            if self.closing is not None:
-                break
             await self.flush()
-        raise SessionClosed(self.closing)
 
 
 ####################################################################################
@@ -455,8 +459,6 @@ class Notifier:
     # -- sessions -------------------------------------------------------------------
 
     def _forget(self, session: Session) -> None:
-        if session.closing and session.closing.startswith("slow consumer"):
-            self._slow += 1
         self.md.drop(session, session.streams)
         session.streams.clear()
 
@@ -488,11 +490,15 @@ class Notifier:
             request = parse_request(raw, self.symbols)
             await self._handle(session, request)
         except ClientError as exc:
-            session.errors += 1
-            if session.errors >= MAX_ERRORS:
-                session.close(f"too many errors; last: {exc.reason}")
-            else:
-                session.send_message(session_message("error", reason=exc.reason))
+            self._client_error(session, exc.reason)
+
+    def _client_error(self, session: Session, reason: str) -> None:
+        """Answer a bad request with an error; the ``MAX_ERRORS``-th closes the session."""
+        session.errors += 1
+        if session.errors >= MAX_ERRORS:
+            session.close(f"too many errors; last: {reason}")
+        else:
+            session.send_message(session_message("error", reason=reason))
 
     async def _read_tcp(self, session: Session) -> None:
         decoder = LineDecoder()
@@ -510,6 +516,7 @@ class Notifier:
         ws = session.ws
         assert ws is not None
         text: list[str] = []
+        size = 0
         while session.closing is None:
             data = await self._recv(session)
             try:
@@ -519,21 +526,23 @@ class Notifier:
                         session.write(ws.send(wse.AcceptConnection()))
                     elif isinstance(event, wse.TextMessage):
                         text.append(event.data)
+                        size += len(event.data)
+                        if size > MAX_LINE_BYTES:
+                            # like an over-long TCP line: do not buffer what we will refuse
+                            session.close(f"message longer than {MAX_LINE_BYTES} bytes")
+                            return
                         if event.message_finished:
-                            raw, text = "".join(text), []
-                            if len(raw) > 4096:
-                                await self._request(session, "\0")  # counted as malformed
-                            else:
-                                await self._request(session, raw)
+                            raw, text, size = "".join(text), [], 0
+                            await self._request(session, raw)
                     elif isinstance(event, wse.BytesMessage):
                         if event.message_finished:
-                            await self._request(session, "\0")
+                            self._client_error(session, "binary messages are not understood; send JSON text")
                     elif isinstance(event, wse.Ping):
                         session.write(ws.send(event.response()))
                     elif isinstance(event, wse.CloseConnection):
                         if ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
                             session.write(ws.send(event.response()))
-                        session.close(None)
+                        session.close("closed by the client", tell=False)
                         return
             except (LocalProtocolError, RemoteProtocolError) as exc:
                 session.close(f"websocket protocol error: {exc}")
@@ -556,31 +565,33 @@ class Notifier:
         session = Session(sock, websocket, self.max_queue_bytes)
         self.sessions.add(session)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._session_reader, session, nursery.cancel_scope)
-                await session.writer()
-        except* SessionClosed:
-            pass
+            with trio.CancelScope() as scope:
+                session._cancel = scope
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._session_reader, session)
+                    await session.writer()
         finally:
             self._forget(session)
             self.sessions.discard(session)
-            await self._linger(session)
-            sock.close()
+            if session.closing and session.closing.startswith("slow consumer"):
+                self._slow += 1
+            try:
+                await self._linger(session)
+            finally:
+                sock.close()
 
-    async def _session_reader(self, session: Session, scope: trio.CancelScope) -> None:
+    async def _session_reader(self, session: Session) -> None:
         try:
             if session.ws is None:
                 await self._read_tcp(session)
             else:
                 await self._read_ws(session)
-        except SessionClosed:
-            session.close(None)
-            scope.cancel()
-        # the writer sees ``closing`` and ends the session
-        session.close(session.closing)
+        except SessionClosed as exc:
+            session.close(exc.reason or "connection closed by the client", tell=False)
 
     async def _linger(self, session: Session) -> None:
-        """Give a closed session a moment to take its tail and the error message."""
+        """Give a closed session ``close_grace_s`` to take its tail and the error
+        message; a client that does not read is cut off after that."""
         if session.closing is None or session.queued_bytes == 0:
             return
         with trio.move_on_after(self.close_grace_s), _suppress_oserror():
@@ -778,6 +789,7 @@ async def serve(
     max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
+    close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the notifier for ``config`` until cancelled.
@@ -813,6 +825,7 @@ async def serve(
         max_queue_bytes=max_queue_bytes,
         heartbeat_s=heartbeat_s,
         fan_out_threads=fan_out_threads,
+        close_grace_s=close_grace_s,
     )
     try:
         if owned and books is None:
@@ -848,6 +861,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-bytes", type=int, default=DEFAULT_MAX_QUEUE_BYTES)
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
     parser.add_argument("--fan-out-threads", type=int, default=DEFAULT_FAN_OUT_THREADS)
+    parser.add_argument(
+        "--close-grace",
+        type=float,
+        default=DEFAULT_CLOSE_GRACE_S,
+        help="seconds a closed session gets to read the error",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s notifier %(levelname)s %(message)s")
     config = load_config(
@@ -871,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_queue_bytes=args.max_queue_bytes,
                         heartbeat_s=args.heartbeat,
                         fan_out_threads=args.fan_out_threads,
+                        close_grace_s=args.close_grace,
                     )
                 )
                 async for _ in signals:

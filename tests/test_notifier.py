@@ -269,7 +269,9 @@ def test_idle_sessions_get_heartbeats(exchange, tmp_path, accounts):
 
 
 def test_a_stalled_subscriber_is_disconnected_while_the_others_receive_everything(exchange, tmp_path, accounts):
-    proc = start(exchange, tmp_path, "--max-queue-bytes", "65536")
+    # a long grace: the stalled client reads only after every burst, and must then
+    # find the error after the part of the stream it was sent
+    proc = start(exchange, tmp_path, "--max-queue-bytes", "65536", "--close-grace", "120")
     try:
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -313,7 +315,7 @@ def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, t
     procs = 2 if quick else 4
     trades = 50
     raise_nofile()
-    proc = start(exchange, tmp_path, heartbeat=60)
+    proc = start(exchange, tmp_path, heartbeat=3600)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     loaders = [
