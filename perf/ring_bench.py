@@ -100,7 +100,7 @@ def _consume(name, total, wait, ready, queue) -> None:
         got += len(batch)
         batches += 1
         consumer.commit(batch.hi)
-    queue.put(("consumer", time.perf_counter_ns(), got, checksum, batches))
+    queue.put(("consumer", time.perf_counter_ns(), got, checksum, batches, consumer._sleeper.sleeps))
 
 
 def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
@@ -129,7 +129,7 @@ def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
         ring.close()
         ring.unlink()
     _, started = reports["producer"]
-    _, finished, got, checksum, batches = reports["consumer"]
+    _, finished, got, checksum, batches, sleeps = reports["consumer"]
     full, rest = divmod(total, batch)
     expected = full * (batch * (batch - 1) // 2) + rest * (rest - 1) // 2
     if got != total or checksum != expected:
@@ -147,6 +147,7 @@ def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
         "ns_per_record": round(seconds / total * 1e9, 1),
         "consumer_batches": batches,
         "mean_consumer_batch": round(total / batches, 1),
+        "consumer_sleeps": sleeps,
     }
 
 
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['topology']:<20} {wait:<9} {row['round_trips']:>7} {row['rtt_us_p50']:>8} {row['rtt_us_p99']:>8}"
             f" {row['rtt_us_p99_9']:>9} {row['rtt_us_max']:>9}"
         )
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if not args.quick:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

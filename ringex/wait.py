@@ -14,8 +14,8 @@ strategy decides what to do meanwhile, trading CPU for latency:
 
 Wake-up protocol (``Sleeper`` on the waiting side, ``Waker`` on the signalling side):
 the waiter stores 1 in its *sleeping* flag in shared memory, fences, re-reads the
-cursor and only then sleeps; the signaller stores the cursor, fences, and posts the
-semaphore only if the flag is set. With both fences, one of the two always sees the
+cursor and only then sleeps; the signaller stores the cursor, fences, and only if the
+flag is set clears it and posts the semaphore, once. With both fences, one of the two always sees the
 other's store (Dekker), so no wake-up is lost, and a signaller whose waiters are
 awake pays no system call. The sleep still has a timeout, so even a wake-up lost by a
 process dying between the two steps costs at most that timeout.
@@ -75,15 +75,17 @@ def full_fence() -> None:
 
 class Sleeper:
     """Where one waiter sleeps: its *sleeping* flag (a word of the ring header on the
-    waiter's own cache line) and its named semaphore. Only the waiter writes the flag.
+    waiter's own cache line) and its named semaphore. The waiter sets the flag; the
+    waiter, or a signaller about to post, clears it.
     """
 
-    __slots__ = ("_words", "_flag", "_sem")
+    __slots__ = ("_words", "_flag", "_sem", "sleeps")
 
     def __init__(self, words: memoryview, flag: int, sem: posix_ipc.Semaphore) -> None:
         self._words = words
         self._flag = flag
         self._sem = sem
+        self.sleeps = 0  # times this waiter slept on its semaphore: for benchmarks and tuning
 
     def sleep(self, need: int, probe: Probe, timeout: float) -> int:
         """Announce, re-check, then sleep up to ``timeout`` s. Returns ``probe()`` afterwards."""
@@ -92,6 +94,7 @@ class Sleeper:
         full_fence()  # StoreLoad: the flag must be visible before the cursor is re-read
         available = probe()
         if available < need:
+            self.sleeps += 1
             try:
                 self._sem.acquire(timeout)
             except posix_ipc.BusyError:
@@ -125,6 +128,11 @@ class Waker:
         words = self._words
         for flag, sem in self._targets:
             if words[flag]:
+                # Clear before posting: one post per announced sleep. Posting on every
+                # publish while the waiter sleeps would pile up counts that later
+                # sleeps consume at once, a loop of system calls on both sides. Should
+                # this clear erase a newer announcement, the post that follows wakes it.
+                words[flag] = 0
                 sem.release()
 
 
