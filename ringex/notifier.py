@@ -297,6 +297,14 @@ class Session:
 ####################################################################################
 
 
+def _tcp_blob(payloads: list[bytes]) -> bytes:
+    return b"\n".join(payloads) + b"\n"
+
+
+def _ws_blob(payloads: list[bytes]) -> bytes:
+    return b"".join([ws_text_frame(p) for p in payloads])
+
+
 def _send_each(socks: list[socket.socket], blob: bytes) -> list[tuple[int, int | OSError]]:
     """``send`` ``blob`` on each socket; returns ``(index, bytes sent or error)`` for
     those that did not take all of it. Runs in fan-out threads: touches only sockets."""
@@ -387,21 +395,45 @@ class Notifier:
 
     def publish(self, events) -> None:
         """Apply one batch and fan the resulting messages out. Never awaits, so a
-        subscriber's snapshot and the updates after it are always consistent."""
+        subscriber's snapshot and the updates after it are always consistent.
+
+        Each stream's messages become one blob per transport, built once. A session
+        subscribed to several streams that moved in this batch gets their blobs joined
+        into one ``send``: sessions are grouped by the set of streams they get, and
+        each group's joined blob is also built once.
+        """
         self._events += len(events)
         self._batches += 1
-        for stream, payloads in self.md.apply(events):
-            subs = self.md.subscribers.get(stream)
-            if not subs:
-                continue
-            tcp: list[Session] = []
-            ws: list[Session] = []
-            for session in subs:
-                (tcp if session.ws is None else ws).append(session)
-            if tcp:
-                self._fan_out(tcp, b"\n".join(payloads) + b"\n")
-            if ws:
-                self._fan_out(ws, b"".join([ws_text_frame(p) for p in payloads]))
+        outputs = [(stream, payloads) for stream, payloads in self.md.apply(events) if stream in self.md.subscribers]
+        if not outputs:
+            return
+        if len(outputs) == 1:
+            stream, payloads = outputs[0]
+            groups = {(0,): list(self.md.subscribers[stream])}
+        else:
+            streams_of: dict[Session, list[int]] = {}
+            for k, (stream, _) in enumerate(outputs):
+                for session in self.md.subscribers[stream]:
+                    got = streams_of.get(session)
+                    if got is None:
+                        streams_of[session] = [k]
+                    else:
+                        got.append(k)
+            groups = {}
+            for session, ks in streams_of.items():
+                groups.setdefault(tuple(ks), []).append(session)
+        tcp_blobs: list[bytes | None] = [None] * len(outputs)
+        ws_blobs: list[bytes | None] = [None] * len(outputs)
+        for ks, sessions in groups.items():
+            tcp = [s for s in sessions if s.ws is None]
+            ws = [s for s in sessions if s.ws is not None]
+            for members, blobs, frame in ((tcp, tcp_blobs, _tcp_blob), (ws, ws_blobs, _ws_blob)):
+                if not members:
+                    continue
+                for k in ks:
+                    if blobs[k] is None:
+                        blobs[k] = frame(outputs[k][1])
+                self._fan_out(members, b"".join([blobs[k] for k in ks]) if len(ks) > 1 else blobs[ks[0]])
 
     def _fan_out(self, sessions: list[Session], blob: bytes) -> None:
         """Give ``blob`` to every session. With many sessions, the ``send`` calls are
