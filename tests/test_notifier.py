@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 from md_load import MdExchange, NotifierProcess, load_main, raise_nofile
+from reference_book import ReferenceBook
 
 from ringex.accounts import AccountStore
 from ringex.md_client import ConnectionClosed, LocalBook, MdClient
@@ -171,8 +172,11 @@ def test_depth_snapshot_plus_updates_equals_the_book_after_a_random_stream_witho
     early.subscribe("bbo", "ACME")
     received = []
     late = None
+    reference = ReferenceBook(exchange.matchers["ACME"].spec)
     for step in range(40):
-        exchange.submit("ACME", _random_commands(rng, "ACME", rng.randint(1, 30), live, ids))
+        cmds = _random_commands(rng, "ACME", rng.randint(1, 30), live, ids)
+        reference.apply(cmds, exchange.seq["ACME"])
+        exchange.submit("ACME", cmds)
         exchange.journal()
         if step == 20:
             late = client(notifier, websocket=True)
@@ -182,12 +186,21 @@ def test_depth_snapshot_plus_updates_equals_the_book_after_a_random_stream_witho
     received += early.drain()
     late_msgs = late.drain()
     matcher = exchange.matchers["ACME"]
+    # the oracle: the slow, obviously correct book, fed the same commands
+    levels_of = {Side.BUY: {}, Side.SELL: {}}
+    for _, _, _, side, price, qty in reference.resting():
+        levels_of[side][price] = levels_of[side].get(price, 0) + qty
     for msgs, levels in ((received, 5), (late_msgs, 20)):
         book = LocalBook()
         for m in msgs:
             book.on_message(m)
-        want = matcher.depth(levels)
-        assert book.top(levels) == {s: [(p, q) for p, q, _ in want[s]] for s in ("bids", "asks")}
+        want = {
+            "bids": sorted(levels_of[Side.BUY].items(), reverse=True)[:levels],
+            "asks": sorted(levels_of[Side.SELL].items())[:levels],
+        }
+        assert book.top(levels) == want
+        got = matcher.depth(levels)
+        assert want == {s: [(p, q) for p, q, _ in got[s]] for s in ("bids", "asks")}
         assert_no_gaps(msgs)
     bbo = [m for m in received if m["type"] == "bbo"][-1]
     assert (bbo["bid_price"], bbo["ask_price"]) == (matcher.best_bid(), matcher.best_ask())
