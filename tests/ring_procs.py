@@ -43,11 +43,12 @@ def produce(
     wait: str = "blocking",
     create: dict | None = None,
     watch: str | None = None,
+    barrier=None,
 ) -> None:
     """Publish sequences after the ring's cursor, ``batch`` at a time, ``total`` in all
     (None: until killed). With ``create``, create the ring first (this process then
     owns it). Reports the time taken and, if ``watch`` names a consumer, its cursor
-    right after the last publish."""
+    right after the last publish. With ``barrier``, waits there once attached."""
 
     def body():
         if create is not None:
@@ -55,6 +56,8 @@ def produce(
         else:
             ring = Ring.attach(name, COMMAND)
         producer = ring.producer(wait_strategy(wait))
+        if barrier is not None:
+            barrier.wait()
         remaining = total if total is not None else 1 << 62
         started = time.perf_counter()
         while remaining:
@@ -81,6 +84,7 @@ def consume(
     gate: str | None = None,
     pause: float = 0.0,
     idle_limit: float = 30.0,
+    barrier=None,
 ) -> None:
     """Read and check every record up to sequence ``last`` (None: until killed).
 
@@ -88,11 +92,13 @@ def consume(
     its payloads match, and, if ``gate`` names the consumer this one is gated on, that
     the batch ends at or before that consumer's cursor. ``pause`` sleeps before each
     commit (a deliberately slow consumer). Fails if nothing arrives for ``idle_limit``
-    seconds."""
+    seconds. With ``barrier``, waits there once attached."""
 
     def body():
         ring = Ring.attach(name, COMMAND)
         me = ring.consumer(consumer, wait_strategy(wait))
+        if barrier is not None:
+            barrier.wait()
         first = me.cursor + 1
         expected = first
         checksum = 0
@@ -127,12 +133,15 @@ def consume(
     _report(queue, consumer, body)
 
 
-def publish_later(queue, name: str, delay: float, count: int) -> None:
-    """Sleep ``delay`` s, then publish ``count`` records in one batch."""
+def publish_later(queue, name: str, delay: float, count: int, ready=None) -> None:
+    """Attach, set ``ready`` (an Event, if given), sleep ``delay`` s, then publish
+    ``count`` records in one batch."""
 
     def body():
         ring = Ring.attach(name, COMMAND)
         producer = ring.producer()
+        if ready is not None:
+            ready.set()
         time.sleep(delay)
         return producer.write(np.zeros(count, COMMAND))
 

@@ -527,18 +527,22 @@ def test_remove_stale_cleans_up_after_a_killed_creator(ring_name, procs, results
 )
 def test_each_wait_strategy_carries_a_stream_between_processes(ring_name, procs, results, wait, total):
     with Ring.create(ring_name, COMMAND, 64, consumers=["c"]):
-        procs(ring_procs.consume, results, ring_name, "c", total - 1, wait)
-        procs(ring_procs.produce, results, ring_name, total, 8, wait)
+        start = SPAWN.Barrier(2)  # so a spinning consumer does not spin while the producer starts
+        procs(ring_procs.consume, results, ring_name, "c", total - 1, wait, barrier=start)
+        procs(ring_procs.produce, results, ring_name, total, 8, wait, barrier=start)
         got = collect(results, 2)
         assert got["c"]["checksum"] == total * (total - 1) // 2
 
 
 @pytest.mark.parametrize("wait", [BlockingWait(max_sleep=60.0), YieldingWait(), BusySpinWait()])
 def test_waiting_consumer_is_woken_by_another_process_publishing(ring_name, procs, results, wait):
-    """A sleep of up to 60 s: if the publish's wake-up were lost, this would time out."""
+    """A sleep of up to 60 s: if the publish's wake-up were lost, this would time out.
+    The spinning strategies spin only for the publisher's 0.1 s delay."""
     with Ring.create(ring_name, COMMAND, 8, consumers=["c"]) as ring:
         consumer = ring.consumer("c", wait)
-        procs(ring_procs.publish_later, results, ring_name, 0.2, 3)
+        ready = SPAWN.Event()
+        procs(ring_procs.publish_later, results, ring_name, 0.1, 3, ready)
+        assert ready.wait(60)
         assert consumer.wait_for(0, timeout=30.0) == 2
         collect(results, 1)
 
