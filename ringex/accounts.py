@@ -17,6 +17,7 @@ Public API used by the gateway and the notifier::
 
     store = AccountStore.open(data_dir)      # or AccountStore(path)
     store.verify(account: int, token: int) -> bool
+    store.verify_nowait(account, token) -> bool | None      # None: only verify() can tell
     store.add(account: int, token: int | None = None) -> int   # returns the token
     store.remove(account: int) -> bool
     store.accounts() -> list[int]
@@ -74,7 +75,7 @@ class AccountStore:
         self._mtime_ns: tuple[int, int, int] | None | int = -1
         # keyed by a BLAKE2 MAC of the pair under a per-process key, so the cache never
         # holds a token in the clear either
-        self._cache_key = secrets.token_bytes(32)
+        self._cache_key_secret = secrets.token_bytes(32)
         self._verified: set[bytes] = set()
         self._reload_if_changed()
 
@@ -176,15 +177,15 @@ class AccountStore:
         self._save()
         return True
 
-    def verify(self, account: int, token: int) -> bool:
-        """True if ``token`` is ``account``'s secret. Never raises for bad input.
+    def _cache_key(self, account: int, token: int) -> bytes:
+        return hashlib.blake2b(
+            account.to_bytes(8, "little") + token.to_bytes(8, "little"), key=self._cache_key_secret, digest_size=16
+        ).digest()
 
-        Cost: one ``stat`` of the file, plus one scrypt (~tens of ms) the first time a
-        given pair is seen; a verified pair is remembered until the file changes.
-        Failed attempts are not cached (an attacker must not fill memory), so each
-        costs a scrypt: callers facing the network should close the session after a
-        failure, as the gateway does.
-        """
+    def verify_nowait(self, account: int, token: int) -> bool | None:
+        """What ``verify`` would answer, if that is cheap to know: True for a pair
+        verified before, False for a malformed pair or an unknown account, None when
+        only the scrypt check can tell (then call ``verify``, off any event loop)."""
         if not (
             isinstance(account, int) and isinstance(token, int) and 0 <= account <= U64_MAX and 0 <= token <= U64_MAX
         ):
@@ -193,17 +194,31 @@ class AccountStore:
             self._reload_if_changed()
         except AccountError:
             return False  # a half-broken file denies everyone rather than crashing a server
+        if account not in self._records:
+            return False
+        return True if self._cache_key(account, token) in self._verified else None
+
+    def verify(self, account: int, token: int) -> bool:
+        """True if ``token`` is ``account``'s secret. Never raises for bad input.
+
+        Cost: one ``stat`` of the file, plus one scrypt (~tens of ms) the first time a
+        given pair is seen; a verified pair is remembered until the file changes.
+        Failed attempts are not cached (an attacker must not fill memory), so each
+        costs a scrypt: callers facing the network should close the session after a
+        failure, as the gateway does, and run this off their event loop (scrypt
+        releases the GIL), answering repeat logins with ``verify_nowait``.
+        Thread-safe enough for one loop thread plus worker threads: the cache is a set
+        and a reload swaps whole objects.
+        """
+        quick = self.verify_nowait(account, token)
+        if quick is not None:
+            return quick
         rec = self._records.get(account)
         if rec is None:
             return False
-        key = hashlib.blake2b(
-            account.to_bytes(8, "little") + token.to_bytes(8, "little"), key=self._cache_key, digest_size=16
-        ).digest()
-        if key in self._verified:
-            return True
         ok = hmac.compare_digest(_hash_token(token, rec["salt"], rec["n"], rec["r"], rec["p"]), rec["hash"])
         if ok:
-            self._verified.add(key)
+            self._verified.add(self._cache_key(account, token))
         return ok
 
 

@@ -37,8 +37,11 @@ Process entry: ``python -m ringex.gateway --config FILE --ring-prefix P --contro
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import selectors
@@ -200,6 +203,10 @@ class Gateway:
             raise
         self.conns: dict[int, _Conn] = {}
         self._waiting: set[_Conn] = set()
+        # Logins whose scrypt check runs off the loop (one worker: a burst of bad logins
+        # queues there instead of stalling every session), and their answers.
+        self._verifier = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="login-verify")
+        self._verified: collections.deque[tuple[_Conn, bool]] = collections.deque()
         self._next_session = 1
         self.sessions_total = 0
         self.published = 0
@@ -263,6 +270,8 @@ class Gateway:
                     if mask & selectors.EVENT_READ:
                         self._receive(conn)
                     touched.add(conn)
+            if self._verified:
+                self._finish_logins(touched)
             if self._waiting:
                 self._refresh_durable()
                 touched |= self._waiting
@@ -303,11 +312,52 @@ class Gateway:
                 continue
             sid = self._next_session
             self._next_session = (self._next_session + 1) & 0xFFFFFFFF or 1
-            session = Session(sid, self.table, self.accounts.verify, self.order_ids, self.limits, self.clock)
+            session = Session(sid, self.table, None, self.order_ids, self.limits, self.clock)
             conn = _Conn(sock, session)
+            session.verify = functools.partial(self._verify, conn)
             self.conns[sock.fileno()] = conn
             self.sessions_total += 1
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _verify(self, conn: _Conn, account: int, token: int) -> bool | None:
+        quick = self.accounts.verify_nowait(account, token)
+        if quick is not None:
+            return quick
+        future = self._verifier.submit(self.accounts.verify, account, token)
+        future.add_done_callback(functools.partial(self._verify_done, conn))
+        return None  # the session waits in VERIFYING; _finish_logins answers it
+
+    def _verify_done(self, conn: _Conn, future: concurrent.futures.Future) -> None:
+        # on the worker thread: hand the answer to the loop and wake it
+        try:
+            ok = bool(future.result())
+        except Exception:
+            log.exception("verifying a login failed; refusing it")
+            ok = False
+        self._verified.append((conn, ok))
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass  # closed at shutdown
+
+    def _finish_logins(self, touched: set) -> None:
+        while self._verified:
+            conn, ok = self._verified.popleft()
+            if conn.sock.fileno() < 0:
+                continue
+            try:
+                conn.session.finish_login(ok, bool(self.ready()), self._publish)
+            except Exception:
+                log.exception("session %d: bug while finishing its login; closing it", conn.session.session_id)
+                conn.session.state = SessionState.CLOSED
+            self._note_closing(conn)
+            touched.add(conn)
+
+    def _note_closing(self, conn: _Conn) -> None:
+        if conn.session.state in (SessionState.CLOSING, SessionState.CLOSED) and conn.closing_since is None:
+            conn.closing_since = time.monotonic()
+            if conn.session.close_reason == Reason.UNKNOWN_MESSAGE:
+                self.closed_garbage += 1
 
     def _receive(self, conn: _Conn) -> None:
         if conn.session.state is SessionState.CLOSED or conn.closing_since is not None:
@@ -324,10 +374,7 @@ class Gateway:
         except Exception:
             log.exception("session %d: bug while processing its input; closing it", conn.session.session_id)
             conn.session.state = SessionState.CLOSED
-        if conn.session.close_reason == Reason.UNKNOWN_MESSAGE and conn.closing_since is None:
-            self.closed_garbage += 1
-        if conn.session.state in (SessionState.CLOSING, SessionState.CLOSED) and conn.closing_since is None:
-            conn.closing_since = time.monotonic()
+        self._note_closing(conn)
         if not data:
             self._close(conn)
 
@@ -423,6 +470,8 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        if hasattr(self, "_verifier"):
+            self._verifier.shutdown(wait=True, cancel_futures=True)
         for conn in list(getattr(self, "conns", {}).values()):
             self._close(conn)
         if self.listener is not None:

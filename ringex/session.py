@@ -5,7 +5,9 @@ one client connection, so all of it is tested with a fake clock and no network:
 
 - login state: the first login is checked with ``verify(account, token)``; a wrong
   one is answered ``J`` BAD_CREDENTIALS and the session closes; a second login is
-  ``X`` ALREADY_LOGGED_IN; requests before a login are ``X`` NOT_LOGGED_IN.
+  ``X`` ALREADY_LOGGED_IN; requests before a login are ``X`` NOT_LOGGED_IN. A
+  ``verify`` that returns None defers the answer (the gateway runs the slow scrypt
+  check off its loop) until ``finish_login(ok, ...)``; input meanwhile waits.
 - limits: a token bucket on requests (``X`` THROTTLED beyond the rate), a cap on
   requests waiting for their ``K`` (in flight, also THROTTLED), a budget of frames
   with unknown message types after which the session is closed with ``E``.
@@ -132,6 +134,7 @@ class OrderIdCounter:
 
 class SessionState(enum.Enum):
     AWAITING_LOGIN = "awaiting_login"
+    VERIFYING = "verifying"  # a login is being checked off the loop; input waits
     LOGGED_IN = "logged_in"
     CLOSING = "closing"  # a J or E is queued; close once the queue is sent
     CLOSED = "closed"
@@ -281,6 +284,8 @@ def _reply_rows(frame: bytes) -> np.ndarray:
 
 
 _READY_NOW = np.full(1, -1, dtype=np.int64)
+# Bytes a client may send while its login is being verified (~1,000 frames).
+MAX_HELD_BYTES = 64 * 1024
 
 
 class Session:
@@ -289,14 +294,15 @@ class Session:
     Use: ``receive_data(data, ready, publish)`` for each ``recv`` (``b""`` at EOF),
     then ``data_to_send(durable)`` for the bytes to write, where ``durable[i]`` is how
     many commands of symbol ``i`` (in ``table`` order) are durable; call
-    ``poll_timers()`` now and then. ``state`` says when to close.
+    ``poll_timers()`` now and then. ``state`` says when to close. If ``verify``
+    returned None, call ``finish_login(ok, ready, publish)`` with its answer.
     """
 
     def __init__(
         self,
         session_id: int,
         table: SymbolTable,
-        verify: Callable[[int, int], bool],
+        verify: Callable[[int, int], bool | None],
         order_ids: OrderIdCounter,
         limits: Limits = Limits(),
         clock: Clock | None = None,
@@ -323,6 +329,7 @@ class Session:
         self._params = np.zeros(9, dtype=np.int64)
         self._params[P_SESSION] = session_id
         self._results = np.zeros(7, dtype=np.int64)
+        self._held: tuple[np.ndarray, int, int] | None = None
         self._urgent = bytearray()  # heartbeats: not replies, so they need not wait in order
         self.pending_acks = 0
         self.requests = 0
@@ -336,19 +343,42 @@ class Session:
         if not data:
             self.state = SessionState.CLOSED
             return
-        now = self.clock.monotonic()
-        self._last_received = now
+        self._last_received = self.clock.monotonic()
         self._decoder.receive_data(data)
-        frames = self._decoder.next_frames()
-        if frames is NEED_DATA:
+        if self.state is SessionState.VERIFYING:
+            # frames wait in the decoder until the login is decided; bounded, so a
+            # client cannot make us hold its flood while the check runs
+            if self._decoder.buffered > MAX_HELD_BYTES:
+                self._close_with_error(Reason.THROTTLED, self.clock.time_ns())
             return
-        ts_ns = self.clock.time_ns()
+        frames = self._decoder.next_frames()
+        if frames is not NEED_DATA:
+            self._process(frames, 0, self.clock.time_ns(), ready, publish)
+
+    def finish_login(self, ok: bool, ready: bool, publish: Publish) -> None:
+        """The answer to a login ``verify`` deferred (returned None): queue the ``A``
+        or ``J``, then process whatever arrived meanwhile."""
+        if self.state is not SessionState.VERIFYING:
+            return  # closed meanwhile (EOF, timeout): nothing to answer
+        frames, index, ts_ns = self._held
+        self._held = None
+        self._answer_login(frames[index], bool(ok), ts_ns)
+        if self.state is not SessionState.LOGGED_IN:
+            return
+        if index + 1 < len(frames):
+            self._process(frames, index + 1, ts_ns, ready, publish)
+        if self.state is SessionState.LOGGED_IN:
+            more = self._decoder.next_frames()
+            if more is not NEED_DATA:
+                self._process(more, 0, self.clock.time_ns(), ready, publish)
+
+    def _process(self, frames: np.ndarray, start: int, ts_ns: int, ready: bool, publish: Publish) -> None:
+        now = self.clock.monotonic()
         wu, wi = frame_words(frames)
         n = len(frames)
         params = self._params
         results = self._results
         table = self.table
-        start = 0
         while start < n:
             logged_in = self.state is SessionState.LOGGED_IN
             params[P_LOGGED_IN] = logged_in
@@ -385,7 +415,13 @@ class Session:
             if k:
                 self._publish(frames, replies[:k], reply_symbol[:k], valid_rows[:nv], valid_frames[:nv], publish)
             if stop == STOP_LOGIN:
-                self._login(frames[end], ts_ns)
+                frame = frames[end]
+                verdict = self.verify(int(frame["account"]), int(frame["ts_ns"]))  # ts_ns is the token field
+                if verdict is None:
+                    self.state = SessionState.VERIFYING
+                    self._held = (frames, end, ts_ns)
+                    return
+                self._answer_login(frame, bool(verdict), ts_ns)
                 if self.state is not SessionState.LOGGED_IN:
                     return
                 start = end + 1
@@ -431,13 +467,12 @@ class Session:
                 self.pending_acks += len(rows)
         self._queue.append([replies, reply_symbol, 0])
 
-    def _login(self, frame, ts_ns: int) -> None:
-        account, token = int(frame["account"]), int(frame["ts_ns"])  # ts_ns is the token field
+    def _answer_login(self, frame, ok: bool, ts_ns: int) -> None:
         cid = int(frame["client_order_id"])
-        if self.verify(account, token):
+        if ok:
             self.state = SessionState.LOGGED_IN
-            self.account = account
-            self._params[P_ACCOUNT] = account
+            self.account = int(frame["account"])
+            self._params[P_ACCOUNT] = self.account
             reply = encode_reply(ReplyType.LOGIN_ACCEPTED, session=self.session_id, client_order_id=cid, ts_ns=ts_ns)
         else:
             self.state = SessionState.CLOSING

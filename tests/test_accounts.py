@@ -104,3 +104,14 @@ def test_cli_add_list_remove(tmp_path, capsys):
     assert cli_main(["accounts", "--data", str(tmp_path), "remove", "42"]) == 1
     assert "no account 42" in capsys.readouterr().err
     assert not AccountStore.open(tmp_path).verify(42, 777)
+
+
+def test_verify_nowait_answers_only_what_is_cheap(tmp_path):
+    store = AccountStore.open(tmp_path)
+    token = store.add(11)
+    assert store.verify_nowait(12, token) is False  # unknown account: no scrypt needed
+    assert store.verify_nowait(11, token) is None  # only scrypt can tell
+    assert store.verify_nowait(11, token + 1) is None
+    assert store.verify(11, token)
+    assert store.verify_nowait(11, token) is True  # cached now
+    assert store.verify_nowait(11, token + 1) is None  # failures are never cached

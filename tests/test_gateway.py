@@ -273,6 +273,34 @@ def test_requests_before_login_and_a_second_login_are_rejected(exchange):
     assert replies[0].client_order_id == 1 and replies[2].client_order_id == 3
 
 
+def test_slow_login_checks_run_off_the_loop_and_delay_no_one(exchange):
+    with exchange.client() as bystander:
+        attackers = [exchange.raw() for _ in range(8)]
+        try:
+            for i, a in enumerate(attackers):
+                a.sendall(encode_login(ACCOUNT, TOKEN + 100 + i))  # each costs a full scrypt
+            r = bystander.buy("ACME", 1, 100)
+            assert r.msg_type == "K"
+            # the bystander was answered while bad logins still queue for their check
+            for a in attackers:
+                a.setblocking(False)
+            pending = 0
+            early = {}
+            for a in attackers:
+                try:
+                    early[a] = a.recv(64)
+                except BlockingIOError:
+                    pending += 1
+            assert pending > 0
+            for a in attackers:
+                a.setblocking(True)
+                got = replies_from_bytes(early[a]) if a in early else read_until_closed(a)
+                assert [(x.msg_type, x.reason) for x in got] == [("J", Reason.BAD_CREDENTIALS)]
+        finally:
+            for a in attackers:
+                a.close()
+
+
 ##########################################################################################
 # every reject reason, over the wire
 ##########################################################################################

@@ -275,3 +275,41 @@ def test_heartbeats_and_rejects_interleaved_with_valid_orders_keep_rows_aligned(
         rings.commands(BOLT)["order_id"][0],
         acme["order_id"][1],
     ]
+
+
+def deferred() -> tuple[Session, FakeClock, ListRings, list]:
+    asked = []
+    clock = FakeClock()
+    s = Session(7, TABLE, lambda a, t: asked.append((a, t)), OrderIdCounter(1), Limits(), clock)
+    return s, clock, ListRings(), asked
+
+
+def test_deferred_login_holds_input_until_the_answer():
+    s, _, rings, asked = deferred()
+    s.receive_data(
+        encode_login(ACCOUNT, TOKEN) + encode_new_order("ACME", Side.BUY, 1, 1, client_order_id=1), True, rings.publish
+    )
+    assert asked == [(ACCOUNT, TOKEN)] and s.state is SessionState.VERIFYING
+    s.receive_data(encode_new_order("BOLT", Side.BUY, 1, 1, client_order_id=2)[:40], True, rings.publish)
+    assert s.data_to_send(rings.all_durable()) == b"" and rings.count(ACME) == 0
+    s.receive_data(encode_new_order("BOLT", Side.BUY, 1, 1, client_order_id=2)[40:], True, rings.publish)
+    s.finish_login(True, True, rings.publish)
+    r = replies(s.data_to_send(rings.all_durable()))
+    assert bytes(r["msg_type"]) == b"AKK" and list(r["client_order_id"]) == [0, 1, 2]
+
+
+def test_deferred_login_refused_drops_what_waited():
+    s, _, rings, _ = deferred()
+    s.receive_data(encode_login(ACCOUNT, 1) + encode_new_order("ACME", Side.BUY, 1, 1), True, rings.publish)
+    s.finish_login(False, True, rings.publish)
+    r = replies(s.data_to_send(rings.all_durable()))
+    assert bytes(r["msg_type"]) == b"J" and s.state is SessionState.CLOSED and rings.count(ACME) == 0
+
+
+def test_flood_while_the_login_is_verified_closes_the_session():
+    s, _, rings, _ = deferred()
+    s.receive_data(encode_login(ACCOUNT, TOKEN), True, rings.publish)
+    s.receive_data(encode_heartbeat() * 2000, True, rings.publish)
+    s.finish_login(True, True, rings.publish)  # too late: the session is closing
+    r = replies(s.data_to_send(rings.all_durable()))
+    assert bytes(r["msg_type"]) == b"E" and r["reason"][0] == Reason.THROTTLED
