@@ -523,3 +523,55 @@ def test_every_k_is_already_in_the_lmdb_journal_when_it_arrives(make_exchange):
                         assert (rec["order_id"], rec["qty"], rec["price"]) == (k.order_id, k.qty, k.price)
                         assert rec["account"] == ACCOUNT and rec["client_order_id"] == k.client_order_id
     assert [r.seq for r in acked if r.symbol == "ACME"] == list(range(15))
+
+
+##########################################################################################
+# volume
+##########################################################################################
+
+
+@pytest.mark.slow
+def test_many_sessions_pipelining_at_once_each_get_every_ack_in_order(make_exchange):
+    import concurrent.futures
+
+    quick = os.environ.get("RINGEX_QUICK") == "1"
+    sessions, orders = (8, 300) if quick else (40, 3000)
+    ex = make_exchange(rate_per_s=1_000_000, burst=100_000, max_in_flight=100_000)
+
+    def run(k: int) -> list[Reply]:
+        rng = np.random.default_rng(k)
+        frames = np.frombuffer(
+            b"".join(
+                encode_new_order(
+                    SYMBOLS[i % 2], Side.BUY if i % 3 else Side.SELL, 1 + i % 7, 100 + 5 * (i % 50), client_order_id=i
+                )
+                for i in range(orders)
+            ),
+            dtype=COMMAND,
+        )
+        with ex.client(account=ACCOUNT if k % 2 else OTHER, token=TOKEN if k % 2 else OTHER_TOKEN) as c:
+            raw = frames.tobytes()
+            pos = 0
+            while pos < len(raw):
+                step = int(rng.integers(1, 64 * 200))
+                c.send(raw[pos : pos + step])
+                pos += step
+            return [c.next_reply() for _ in range(orders)]
+
+    with concurrent.futures.ThreadPoolExecutor(sessions) as pool:
+        results = list(pool.map(run, range(sessions)))
+    by_symbol: dict[str, list[int]] = {s: [] for s in SYMBOLS}
+    for got in results:
+        assert [r.client_order_id for r in got] == list(range(orders))
+        assert all(r.msg_type == "K" for r in got)
+        for sym in SYMBOLS:
+            seqs = [r.seq for r in got if r.symbol == sym]
+            assert seqs == sorted(seqs)
+            by_symbol[sym] += seqs
+    for sym in SYMBOLS:
+        seqs = sorted(by_symbol[sym])
+        assert len(set(seqs)) == len(seqs) == sessions * orders // 2  # no sequence acked twice
+        base = 1000 if sym == "ACME" else 0  # --seq-base ACME=1000
+        assert seqs == list(range(base, base + len(seqs)))  # every published command acked once
+        assert ex.rings[SYMBOLS.index(sym)].producer_cursor + 1 == len(seqs)
+    assert ex.alive()
