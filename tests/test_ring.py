@@ -486,14 +486,21 @@ def test_consumer_killed_mid_stream_stalls_producer_and_a_restart_resumes(ring_n
         ring.close()
 
 
-def test_producer_killed_leaves_a_stale_ring_that_can_be_replaced(ring_name, procs, results):
+def test_producer_and_consumer_killed_leave_a_stale_ring_that_can_be_replaced(ring_name, procs, results):
+    """A crash of the whole pipeline: the producer (which created the ring) and a
+    consumer die by SIGKILL mid-stream; the ring is re-created over the stale one and
+    a fresh pipeline runs on it."""
     create = {"capacity": 128, "consumers": ["c"]}
     producer = procs(ring_procs.produce, results, ring_name, None, 16, "blocking", create)
     wait_until(lambda: Ring.exists(ring_name), what="the producer to create the ring")
+    consumer = procs(ring_procs.consume, results, ring_name, "c", None)
     with Ring.attach(ring_name, COMMAND, readonly=True) as old:
-        wait_until(lambda: old.producer_cursor == 127, what="the producer to fill the ring")
+        wait_until(lambda: old.consumer_cursor("c") > 10_000, what="records to flow")
         assert old.statistics().creator_pid == producer.pid
-        producer.kill()
+        consumer.kill()
+        consumer.join(10)
+        wait_until(lambda: old.producer_cursor == old.consumer_cursor("c") + 128, what="the producer to stall")
+        producer.kill()  # asleep in claim, its sleeping flag set
         producer.join(10)
         assert not old.statistics().creator_alive
     with pytest.raises(RingExistsError):
@@ -506,7 +513,7 @@ def test_producer_killed_leaves_a_stale_ring_that_can_be_replaced(ring_name, pro
         procs(ring_procs.consume, results, ring_name, "c", total - 1)
         procs(ring_procs.produce, results, ring_name, total, 64)
         got = collect(results, 2)
-        assert got["c"]["checksum"] == total * (total - 1) // 2
+        assert got["c"]["first"] == 0 and got["c"]["checksum"] == total * (total - 1) // 2
     finally:
         ring.close()
 
