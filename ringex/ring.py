@@ -34,16 +34,25 @@ Parts, named as in the Disruptor:
   the slowest of them.
 - wait strategies in ``ringex.wait``; blocking is the default.
 
-Cursors are read and written from Python through a ``memoryview`` on the header, never
-inside numba code, which could hoist the load out of a spin loop. Aligned int64 loads
-and stores are atomic on x86-64.
+Cursors are read and written from Python through a ``memoryview`` on the header (a
+third cheaper than a numpy scalar here), never inside numba code, which could hoist
+the load out of a spin loop. Aligned int64 loads and stores are atomic on x86-64.
+Slot views may be handed to jitted kernels; cursors may not.
 
 Event-loop processes (the trio notifier, the selectors gateway) must not block their
 loop on a semaphore. Use ``Consumer.poll()``, which never waits, or run
 ``Consumer.wait_for(seq, timeout)`` in a worker thread (it releases the GIL while it
 sleeps), e.g. ``await trio.to_thread.run_sync(consumer.wait_for, seq, 0.05,
-abandon_on_cancel=True)``, then ``poll()`` back on the loop. The timeout bounds how
-long an abandoned thread lingers. One thread at a time per ``Consumer``.
+abandon_on_cancel=True)``, then ``poll()`` and ``commit()`` back on the loop. The
+timeout bounds how long an abandoned thread lingers; while it does, a second wait on
+the same consumer shares its sleeping flag and may notice a publish up to one
+``MAX_SLEEP_S`` late, never lose it. A producer on an event loop uses ``try_claim``,
+and may run ``Producer.wait_for_consumer`` (the gateway waiting for the journaler) in
+a worker thread.
+
+Stale rings: the header names the creating process (pid, start time, boot id). A ring
+whose creator is dead is stale, whoever else still maps it; ``Ring.create(...,
+replace_stale=True)`` and ``Ring.remove_stale`` replace or remove only such rings.
 """
 
 from __future__ import annotations
