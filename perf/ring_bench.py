@@ -12,6 +12,15 @@ sums the ``order_id`` column (touching the data, and checking it) and commits.
         └──────────────── waits for space (blocking / yielding) ◄──────────────────────┘
 ```
 
+OneToThreePipeline: the same with three consumer processes, one of them gated on
+another, as an exchange's rings are read (batch 256, blocking).
+
+```
+                                 ┌─► journaler ──┐ (gate)
+ producer ─► [ring: 4,096] ──────┼─► matcher     ▼
+                                 └──────────► notifier (reads only what the journaler passed)
+```
+
 OneToOnePingPong: round-trip latency, one record at a time.
 
 ```
@@ -57,6 +66,11 @@ CAPACITY = 4096
 PING_CAPACITY = 1024
 # Records per throughput case, by batch size: about a second of work each here.
 RECORDS = {1: 300_000, 16: 3_000_000, 256: 10_000_000}
+# The exchange's own shape: journaler and matcher read the producer's cursor, the
+# notifier is gated on the journaler.
+PIPELINE_CONSUMERS = ("journaler", "matcher", "notifier")
+PIPELINE_GATING = {"notifier": ["journaler"]}
+PIPELINE_RECORDS = 10_000_000
 ROUND_TRIPS = 20_000
 WARMUP_TRIPS = 2_000
 
@@ -86,9 +100,9 @@ def _produce(name, total, batch, wait, ready, go, queue) -> None:
     queue.put(("producer", started))
 
 
-def _consume(name, total, wait, ready, queue) -> None:
+def _consume(name, consumer_name, total, wait, ready, queue) -> None:
     ring = Ring.attach(name, COMMAND)
-    consumer = ring.consumer("c", wait_strategy(wait))
+    consumer = ring.consumer(consumer_name, wait_strategy(wait))
     ready.set()
     got = checksum = batches = 0
     while got < total:
@@ -100,26 +114,30 @@ def _consume(name, total, wait, ready, queue) -> None:
         got += len(batch)
         batches += 1
         consumer.commit(batch.hi)
-    queue.put(("consumer", time.perf_counter_ns(), got, checksum, batches, consumer._sleeper.sleeps))
+    queue.put((consumer_name, time.perf_counter_ns(), got, checksum, batches, consumer._sleeper.sleeps))
 
 
-def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
+def throughput(topology: str, batch: int, wait: str, total: int, consumers=("c",), gating=None) -> dict:
+    """One producer process and a process per consumer; records/s until the last
+    consumer has the last record."""
     ctx = mp.get_context("spawn")
     name = _name("tput")
-    ring = Ring.create(name, COMMAND, CAPACITY, consumers=["c"])
+    ring = Ring.create(name, COMMAND, CAPACITY, consumers=list(consumers), gating=gating)
     queue = ctx.Queue()
-    ready_p, ready_c, go = ctx.Event(), ctx.Event(), ctx.Event()
+    go = ctx.Event()
+    ready = [ctx.Event() for _ in range(len(consumers) + 1)]
     procs = [
-        ctx.Process(target=_consume, args=(name, total, wait, ready_c, queue), daemon=True),
-        ctx.Process(target=_produce, args=(name, total, batch, wait, ready_p, go, queue), daemon=True),
+        ctx.Process(target=_consume, args=(name, c, total, wait, ready[i], queue), daemon=True)
+        for i, c in enumerate(consumers)
     ]
+    procs.append(ctx.Process(target=_produce, args=(name, total, batch, wait, ready[-1], go, queue), daemon=True))
     try:
         for proc in procs:
             proc.start()
-        if not (ready_p.wait(60) and ready_c.wait(60)):
+        if not all(event.wait(60) for event in ready):
             raise RuntimeError("bench processes did not start")
         go.set()
-        reports = {msg[0]: msg for msg in (queue.get(timeout=600), queue.get(timeout=600))}
+        reports = {msg[0]: msg for msg in (queue.get(timeout=600) for _ in procs)}
         for proc in procs:
             proc.join(10)
     finally:
@@ -129,16 +147,20 @@ def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
         ring.close()
         ring.unlink()
     _, started = reports["producer"]
-    _, finished, got, checksum, batches, sleeps = reports["consumer"]
     full, rest = divmod(total, batch)
     expected = full * (batch * (batch - 1) // 2) + rest * (rest - 1) // 2
-    if got != total or checksum != expected:
-        raise AssertionError(
-            f"batch {batch} {wait}: got {got} records, checksum {checksum}, expected {total}, {expected}"
-        )
+    for c in consumers:
+        _, finished, got, checksum, batches, sleeps = reports[c]
+        if got != total or checksum != expected:
+            raise AssertionError(
+                f"{topology} batch {batch} {wait}: {c} got {got} records, checksum {checksum},"
+                f" expected {total}, {expected}"
+            )
+    finished = max(reports[c][1] for c in consumers)
+    batches = sum(reports[c][4] for c in consumers)
     seconds = (finished - started) / 1e9
     return {
-        "topology": "OneToOneThroughput",
+        "topology": topology,
         "wait": wait,
         "batch": batch,
         "records": total,
@@ -146,8 +168,8 @@ def one_to_one_throughput(batch: int, wait: str, total: int) -> dict:
         "records_per_s": round(total / seconds),
         "ns_per_record": round(seconds / total * 1e9, 1),
         "consumer_batches": batches,
-        "mean_consumer_batch": round(total / batches, 1),
-        "consumer_sleeps": sleeps,
+        "mean_consumer_batch": round(total * len(consumers) / batches, 1),
+        "consumer_sleeps": sum(reports[c][5] for c in consumers),
     }
 
 
@@ -249,14 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'topology':<20} {'wait':<9} {'batch':>5} {'records':>10} {'records/s':>12} {'ns/rec':>8} {'cons. batch':>11}"
     )
-    for wait in ("blocking", "yielding"):
-        for batch, total in RECORDS.items():
-            row = one_to_one_throughput(batch, wait, total // scale)
-            report["throughput"].append(row)
-            print(
-                f"{row['topology']:<20} {wait:<9} {batch:>5} {row['records']:>10,} {row['records_per_s']:>12,}"
-                f" {row['ns_per_record']:>8} {row['mean_consumer_batch']:>11}"
-            )
+    cases = [
+        ("OneToOneThroughput", wait, batch, total)
+        for wait in ("blocking", "yielding")
+        for batch, total in RECORDS.items()
+    ]
+    cases.append(("OneToThreePipeline", "blocking", 256, PIPELINE_RECORDS))
+    for topology, wait, batch, total in cases:
+        if topology == "OneToThreePipeline":
+            row = throughput(topology, batch, wait, total // scale, PIPELINE_CONSUMERS, PIPELINE_GATING)
+        else:
+            row = throughput(topology, batch, wait, total // scale)
+        report["throughput"].append(row)
+        print(
+            f"{row['topology']:<20} {wait:<9} {batch:>5} {row['records']:>10,} {row['records_per_s']:>12,}"
+            f" {row['ns_per_record']:>8} {row['mean_consumer_batch']:>11}"
+        )
     print(f"{'topology':<20} {'wait':<9} {'trips':>7} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'max µs':>9}")
     for wait in ("blocking", "yielding"):
         row = one_to_one_ping_pong(wait, ROUND_TRIPS // scale, WARMUP_TRIPS // scale)
