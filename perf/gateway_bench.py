@@ -140,6 +140,52 @@ def pipelined(ex: Exchange, n: int, window: int) -> dict:
     return {"orders": n, "window": window, "acks_per_s": round(n / elapsed), "seconds": round(elapsed, 3)}
 
 
+ECHO_SERVER = """
+import selectors, socket, sys
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sel = selectors.DefaultSelector()
+sel.register(conn, selectors.EVENT_READ)
+while True:
+    sel.select()
+    data = conn.recv(65536)
+    if not data:
+        break
+    conn.sendall(data)
+"""
+
+
+def echo_round_trip(n: int, warmup: int) -> dict:
+    """A bare selectors echo of 64-byte frames in another process: the floor the
+    gateway's round trips are measured against, on the machine as loaded right now."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        frame = bytes(64)
+        lat = []
+        for i in range(n + warmup):
+            t0 = time.perf_counter_ns()
+            sock.sendall(frame)
+            _recv_exact(sock, 64)
+            if i >= warmup:
+                lat.append(time.perf_counter_ns() - t0)
+        sock.close()
+    finally:
+        proc.wait(10)
+    us = np.array(lat) / 1000
+    return {
+        "p50_us": round(float(np.percentile(us, 50)), 1),
+        "p99_us": round(float(np.percentile(us, 99)), 1),
+        "p99_9_us": round(float(np.percentile(us, 99.9)), 1),
+    }
+
+
 def select_granularity() -> dict:
     sel = selectors.DefaultSelector()
     r, w = socket.socketpair()
@@ -166,6 +212,8 @@ def main() -> int:
         "cases": {},
     }
     print(f"selectors.select(0.0002) sleeps {results['select_0.2ms']['p50_slept_us']} us (p50)")
+    results["tcp_echo_round_trip"] = echo = echo_round_trip(n_ping, warm)
+    print(f"bare TCP echo round trip p50 {echo['p50_us']} us, p99 {echo['p99_us']} us, p99.9 {echo['p99_9_us']} us")
     with tempfile.TemporaryDirectory(prefix="rgx-gwbench-") as tmp:
         ex = Exchange(Path(tmp), **UNLIMITED)
         try:

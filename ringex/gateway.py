@@ -23,6 +23,11 @@ core on a 2-core machine. So one small thread per in-ring blocks in the ring's o
 wait machinery (``Producer.wait_for_consumer``: the journaler's commit posts the
 producer's semaphore) and, when the cursor moves, writes the eventfd the loop watches. A watcher idles in 50 ms naps (the ring's MAX_SLEEP_S).
 
+Logins: a pair the ``AccountStore`` has verified before is answered at once; a new
+one needs a scrypt (~80 ms here), which runs on one worker thread (scrypt releases
+the GIL) while the session waits in VERIFYING, so a burst of logins, good or bad,
+never stalls the loop or the other sessions.
+
 Sequences: the ``seq`` in a ``K`` is the command's sequence in its symbol's journal,
 ``base + ring sequence``; ``seq_bases`` gives each symbol's base (the supervisor reads
 ``Journal.next_seq`` before it starts the gateway on new rings).
