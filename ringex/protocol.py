@@ -231,13 +231,7 @@ class SymbolTable:
         return np.where(self.names[pos] == symbols, pos, -1).astype(np.int64)
 
 
-_REQUESTS = np.array([MsgType.NEW, MsgType.CANCEL, MsgType.REPLACE], dtype=np.uint8)
 _KNOWN = np.array(list(MsgType), dtype=np.uint8)
-
-
-def is_request(frames: np.ndarray) -> np.ndarray:
-    """Frames that are order requests (``N``, ``C``, ``R``): each gets one ``K`` or ``X``."""
-    return np.isin(frames["msg_type"], _REQUESTS)
 
 
 # msg_type and code letters as plain ints: enum attribute lookups cost microseconds
@@ -482,7 +476,8 @@ def encode_reply(
 def build_replies(frames: np.ndarray, reasons: np.ndarray, ts_ns: int | np.ndarray) -> np.ndarray:
     """One ``REPLY`` per frame: ``X`` with its reason where ``reasons`` is non-zero,
     else ``K``; the echoed fields copied as whole columns. ``seq`` is left 0 for the
-    caller to fill once the ring has placed the command."""
+    caller to fill once the ring has placed the command. (The gateway's sessions
+    build theirs inside their jitted batch pass; this is for tools and tests.)"""
     out = np.zeros(len(frames), dtype=REPLY)
     out["msg_type"] = np.where(reasons != 0, np.uint8(ReplyType.REJECT), np.uint8(ReplyType.ACK))
     out["reason"] = reasons
