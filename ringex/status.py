@@ -1,0 +1,202 @@
+"""``ringex status [--watch]``: the operator's view of a running exchange's disruptor.
+
+It reads only shared memory and the journal's metadata, attaching every ring
+read-only (registering nothing, waking nobody), so it can run as often as wanted
+against a loaded exchange without disturbing it:
+
+- per ring: the producer cursor, each consumer's cursor, its lag behind the producer
+  and its rate; a consumer whose lag grows is the stage that costs the time;
+- the durable journal position per symbol (the journaler's in-ring cursor mapped to
+  journal sequences: what the gateway may acknowledge);
+- the exchange state (and why, if halted) and each process: pid, alive, ready,
+  restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from ringex.config import load_config
+from ringex.control import ControlBlock
+from ringex.ring import Ring, RingError
+from ringex.supervisor import RUN_FILE
+
+__all__ = ["add_arguments", "run", "collect"]
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(data_dir: str | os.PathLike[str]) -> dict:
+    """One reading of the exchange running on ``data_dir``, as plain data (also what
+    ``--json`` prints). Raises ``FileNotFoundError`` when no exchange runs there."""
+    run_file = Path(data_dir) / RUN_FILE
+    try:
+        info = json.loads(run_file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no exchange is running on {data_dir} (no {RUN_FILE})") from None
+    layout = info["layout"]
+    reading: dict = {"time": time.monotonic(), "data_dir": info["data_dir"], "supervisor_pid": info["pid"]}
+    try:
+        control = ControlBlock.attach(layout["control"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the exchange on {data_dir} is not running (its control block is gone)") from None
+    try:
+        reading["state"] = control.state.name
+        reading["reason"] = control.reason
+        reading["processes"] = [dict(r, alive=_alive(r["pid"])) for r in control.roles()]
+    finally:
+        control.close()
+    rings = []
+    for kind, names in (("in", layout["in_rings"]), ("out", layout["out_rings"])):
+        for symbol, name in names.items():
+            try:
+                with Ring.attach(name, readonly=True) as ring:
+                    stats = ring.statistics()
+            except RingError as exc:
+                rings.append({"symbol": symbol, "kind": kind, "name": name, "error": str(exc)})
+                continue
+            rings.append(
+                {
+                    "symbol": symbol,
+                    "kind": kind,
+                    "name": name,
+                    "capacity": stats.capacity,
+                    "producer": stats.producer_cursor,
+                    "consumers": {c.name: {"cursor": c.cursor, "lag": c.lag} for c in stats.consumers},
+                }
+            )
+    reading["rings"] = rings
+    reading["durable"] = _durable(info["data_dir"], rings)
+    return reading
+
+
+def _durable(data_dir: str, rings: list[dict]) -> dict[str, int]:
+    """Per symbol, the next journal sequence not yet durable, from the journaler's
+    in-ring cursor and the base it recorded (an empty dict if the journal is not readable)."""
+    from ringex.wal import Journal, JournalError
+
+    out: dict[str, int] = {}
+    try:
+        with Journal(data_dir, readonly=True) as journal:
+            for ring in rings:
+                if ring["kind"] != "in" or "error" in ring:
+                    continue
+                base = journal.ring_base("cmd", ring["symbol"])
+                if base is not None:
+                    out[ring["symbol"]] = base[1] + ring["consumers"]["journaler"]["cursor"] + 1
+    except (JournalError, OSError):
+        pass
+    return out
+
+
+def _rate(now: dict, before: dict | None, ring: dict, consumer: str | None) -> str:
+    if before is None:
+        return ""
+    prev = next((r for r in before["rings"] if r["name"] == ring["name"]), None)
+    if prev is None or "error" in prev:
+        return ""
+    dt = now["time"] - before["time"]
+    if dt <= 0:
+        return ""
+    if consumer is None:
+        moved = ring["producer"] - prev["producer"]
+    else:
+        moved = ring["consumers"][consumer]["cursor"] - prev["consumers"][consumer]["cursor"]
+    return f"{moved / dt:,.0f}/s"
+
+
+def render(now: dict, before: dict | None = None) -> Group:
+    state = now["state"] + (f": {now['reason']}" if now["state"] == "HALTED" and now["reason"] else "")
+    head = Table.grid(padding=(0, 2))
+    head.add_row("exchange", f"{now['data_dir']}  (supervisor pid {now['supervisor_pid']})")
+    head.add_row("state", f"[bold]{state}[/bold]")
+
+    procs = Table(title="processes", title_justify="left")
+    for col in ("role", "pid", "alive", "ready", "restarts"):
+        procs.add_column(col, justify="right" if col in ("pid", "restarts") else "left")
+    for p in now["processes"]:
+        procs.add_row(
+            p["role"], str(p["pid"]), "yes" if p["alive"] else "[red]NO[/red]", "yes" if p["ready"] else "no",
+            str(p["restarts"]),
+        )  # fmt: skip
+
+    rings = Table(title="rings (cursor = last sequence; lag = records behind the producer)", title_justify="left")
+    for col in ("ring", "producer", "rate", "consumer", "cursor", "lag", "rate "):
+        rings.add_column(col, justify="left" if col in ("ring", "consumer") else "right")
+    for ring in now["rings"]:
+        label = f"{ring['symbol']} {ring['kind']}"
+        if "error" in ring:
+            rings.add_row(label, "[red]" + ring["error"] + "[/red]", "", "", "", "", "")
+            continue
+        first = True
+        for name, c in ring["consumers"].items():
+            rings.add_row(
+                label if first else "",
+                f"{ring['producer']:,}" if first else "",
+                _rate(now, before, ring, None) if first else "",
+                name,
+                f"{c['cursor']:,}",
+                f"{c['lag']:,}",
+                _rate(now, before, ring, name),
+            )
+            first = False
+
+    durable = Table(title="journal (durable = next journal sequence not yet durable)", title_justify="left")
+    durable.add_column("symbol")
+    durable.add_column("durable", justify="right")
+    for symbol, seq in now["durable"].items():
+        durable.add_row(symbol, f"{seq:,}")
+    return Group(head, procs, rings, durable)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR", help="data directory of the exchange (default: the config's)")
+    parser.add_argument("--config", metavar="FILE", help="TOML config, for its data_dir")
+    parser.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--json", action="store_true", help="print one reading as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    data_dir = args.data or load_config(args.config).data_dir
+    console = Console()
+    try:
+        if args.json:
+            print(json.dumps(collect(data_dir), indent=2))
+            return 0
+        # Two readings a short interval apart give rates even without --watch.
+        before = collect(data_dir)
+        time.sleep(min(args.interval, 0.5))
+        now = collect(data_dir)
+        if not args.watch:
+            console.print(render(now, before))
+            return 0
+        from rich.live import Live
+
+        with Live(render(now, before), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                before, now = now, collect(data_dir)
+                live.update(render(now, before), refresh=True)
+    except FileNotFoundError as exc:
+        print(f"ringex status: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
