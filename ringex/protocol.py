@@ -6,7 +6,7 @@ never parses a frame at a time: ``FrameDecoder`` hands back every whole frame it
 holds as one numpy structured array, and ``validate`` checks all of them in one
 jitted pass over the array (``frame_reason`` per frame; the same check with numpy
 whole-array operations, ``validate_reference``, is what it is tested against: the
-numpy version costs ~0.5 ms per call in fixed overhead, too much for a ``recv``
+numpy version costs ~0.3 ms per call in fixed overhead, far too much for a ``recv``
 holding one order). Nothing here touches a socket or a clock, so the gateway, the
 client library, the tests and the fuzzer share exactly this code.
 
