@@ -34,6 +34,7 @@ import os
 import secrets
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 __all__ = ["AccountStore", "AccountError", "create_demo_accounts", "ACCOUNTS_FILE", "add_arguments", "run"]
@@ -77,6 +78,7 @@ class AccountStore:
         # holds a token in the clear either
         self._cache_key_secret = secrets.token_bytes(32)
         self._verified: set[bytes] = set()
+        self._lock = threading.Lock()  # a reload and a cache insert from a worker thread
         self._reload_if_changed()
 
     @classmethod
@@ -113,9 +115,10 @@ class AccountStore:
                     }
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise AccountError(f"account file {self.path}: unreadable: {exc}") from None
-        self._records = records
-        self._mtime_ns = mtime
-        self._verified.clear()
+        with self._lock:
+            self._records = records
+            self._mtime_ns = mtime
+            self._verified.clear()
 
     def _save(self) -> None:
         doc = {
@@ -139,8 +142,9 @@ class AccountStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._mtime_ns = self._stat_mtime()
-        self._verified.clear()
+        with self._lock:
+            self._mtime_ns = self._stat_mtime()
+            self._verified.clear()
 
     # -- API -------------------------------------------------------------------
 
@@ -207,8 +211,7 @@ class AccountStore:
         costs a scrypt: callers facing the network should close the session after a
         failure, as the gateway does, and run this off their event loop (scrypt
         releases the GIL), answering repeat logins with ``verify_nowait``.
-        Thread-safe enough for one loop thread plus worker threads: the cache is a set
-        and a reload swaps whole objects.
+        Thread-safe: a loop thread may call ``verify_nowait`` while workers run this.
         """
         quick = self.verify_nowait(account, token)
         if quick is not None:
@@ -218,7 +221,10 @@ class AccountStore:
             return False
         ok = hmac.compare_digest(_hash_token(token, rec["salt"], rec["n"], rec["r"], rec["p"]), rec["hash"])
         if ok:
-            self._verified.add(self._cache_key(account, token))
+            with self._lock:
+                # not if the file changed meanwhile: the pair may be stale already
+                if self._records.get(account) is rec:
+                    self._verified.add(self._cache_key(account, token))
         return ok
 
 
