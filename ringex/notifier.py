@@ -360,6 +360,7 @@ class Notifier:
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
         fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
+        sndbuf: int | None = None,
     ) -> None:
         self.symbols = tuple(symbols)
         self.md = MarketData(self.symbols)
@@ -375,6 +376,10 @@ class Notifier:
         self.close_grace_s = close_grace_s
         self.sessions: set[Session] = set()
         self._fan_out_threads = fan_out_threads
+        # Kernel send buffer per session (None: the kernel's autotuning, up to
+        # net.ipv4.tcp_wmem's max, 4 MiB here). With 10,000 sessions a bound keeps the
+        # worst case memory known and detects slow consumers sooner.
+        self.sndbuf = sndbuf
         self._pool = concurrent.futures.ThreadPoolExecutor(fan_out_threads, "fan-out") if fan_out_threads else None
         self.ports: dict[str, int] = {}
         self._events = 0
@@ -454,7 +459,7 @@ class Notifier:
                 else:
                     session.write(blob)
             parts = self._fan_out_threads + 1
-            step = -(-len(direct) // parts)
+            step = max(1, -(-len(direct) // parts))  # ceil; 1 keeps range() valid when none is direct
             chunks = [direct[i : i + step] for i in range(0, len(direct), step)]
             futures = [pool.submit(_send_each, [s.sock for s in chunk], blob) for chunk in chunks[1:]]
             results = [_send_each([s.sock for s in chunks[0]], blob)] if chunks else []
@@ -662,6 +667,8 @@ class Notifier:
                 raise
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sndbuf is not None:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
             nursery.start_soon(self._run_session, conn, websocket)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -822,6 +829,7 @@ async def serve(
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
     close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+    sndbuf: int | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the notifier for ``config`` until cancelled.
@@ -858,6 +866,7 @@ async def serve(
         heartbeat_s=heartbeat_s,
         fan_out_threads=fan_out_threads,
         close_grace_s=close_grace_s,
+        sndbuf=sndbuf,
     )
     try:
         if owned and books is None:
@@ -893,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-bytes", type=int, default=DEFAULT_MAX_QUEUE_BYTES)
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
     parser.add_argument("--fan-out-threads", type=int, default=DEFAULT_FAN_OUT_THREADS)
+    parser.add_argument("--sndbuf", type=int, default=None, help="kernel send buffer per session (bytes)")
     parser.add_argument(
         "--close-grace",
         type=float,
@@ -923,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
                         heartbeat_s=args.heartbeat,
                         fan_out_threads=args.fan_out_threads,
                         close_grace_s=args.close_grace,
+                        sndbuf=args.sndbuf,
                     )
                 )
                 async for _ in signals:

@@ -189,7 +189,9 @@ class MdExchange:
             symbol, command(symbol, Op.REPLACE, order_id=order_id, price=price, qty=qty, account=account)
         )
 
-    def cross_burst(self, symbol: str, n: int, *, price: int = 100, buyer: int = 1, seller: int = 2) -> np.ndarray:
+    def cross_burst(
+        self, symbol: str, n: int, *, price: int = 100, buyer: int = 1, seller: int = 2, publish: bool = True
+    ) -> np.ndarray:
         """``n`` trades of qty 1 in one matcher call: n resting sells, then n buys."""
         cmds = np.zeros(2 * n, COMMAND)
         cmds["msg_type"] = Op.NEW
@@ -207,7 +209,7 @@ class MdExchange:
         self._order_ids = itertools.count(first + 2 * n)
         cmds["client_order_id"] = cmds["order_id"]
         cmds["ts_ns"] = time.time_ns()
-        return self.submit(symbol, cmds)
+        return self.submit(symbol, cmds, publish=publish)
 
     def journal(self, symbol: str | None = None, upto: int | None = None) -> None:
         """Commit the "journaler" cursor up to ``upto`` (default: everything published)."""

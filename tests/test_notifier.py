@@ -14,6 +14,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import socket
 import time
 
@@ -438,4 +439,59 @@ def test_with_the_real_journaler_a_restarted_notifier_rebuilds_the_book_from_the
                 proc.stop()
         journaler.terminate()
         journaler.wait(30)
+        ex.close()
+
+
+async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_stay():
+    """In-process: many sessions whose sockets fill up (they read nothing while the
+    batches go out) are served from their queues, in order, by the threaded fan-out."""
+    import trio
+
+    from ringex.notifier import Notifier
+
+    notifier = Notifier(["ACME"], tcp_port=0, ws_port=None, fan_out_threads=1, max_queue_bytes=64 << 20, sndbuf=4096)
+    ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
+    n_sessions, bursts, per_burst = 80, 4, 1000
+    try:
+        async with trio.open_nursery() as nursery:
+            ports = await nursery.start(notifier.run)
+            clients = []
+            for _ in range(n_sessions):
+                sock = trio.socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fill up fast
+                await sock.connect(("127.0.0.1", ports["tcp"]))
+                await sock.send(b'{"op":"subscribe","channel":"trades","symbol":"ACME"}\n')
+                clients.append(sock)
+            while notifier.statistics().subscriptions < n_sessions:
+                await trio.sleep(0.01)
+            for _ in range(bursts):
+                notifier.publish(ex.cross_burst("ACME", per_burst, publish=False))
+                # after the first burst every socket is full: all later sends are queued
+                assert min(s.queued_bytes for s in notifier.sessions) > 0
+
+            counts = [0] * n_sessions
+
+            async def read_all(i, sock):
+                # the ack carries seq 0, then trades 1, 2, ...: check them all in C-speed scans
+                buf = b""
+                expect = 0
+                while expect <= bursts * per_burst:
+                    buf += await sock.recv(1 << 20)
+                    cut = buf.rfind(b"\n") + 1
+                    seqs = [int(x) for x in re.findall(rb'"seq":(\d+)', buf[:cut])]
+                    assert seqs == list(range(expect, expect + len(seqs)))
+                    expect += len(seqs)
+                    buf = buf[cut:]
+                counts[i] = expect - 1
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as readers:
+                    for i, sock in enumerate(clients):
+                        readers.start_soon(read_all, i, sock)
+            assert counts == [bursts * per_burst] * n_sessions
+            assert notifier.statistics().slow_consumers == 0
+            for sock in clients:
+                sock.close()
+            nursery.cancel_scope.cancel()
+    finally:
         ex.close()
