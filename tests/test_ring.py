@@ -13,6 +13,7 @@ import secrets
 import time
 
 import numpy as np
+import posix_ipc
 import pytest
 import ring_procs
 import trio
@@ -349,6 +350,15 @@ def test_attaching_another_layout_version_or_garbage_is_a_mismatch(ring_name):
         ring.header["magic"] = 0
         with pytest.raises(RingMismatchError, match="magic"):
             Ring.attach(ring_name, COMMAND)
+
+
+def test_attaching_a_ring_whose_semaphore_was_removed_is_a_mismatch(ring_name):
+    with Ring.create(ring_name, COMMAND, 4, consumers=["c"]):
+        posix_ipc.unlink_semaphore(f"/{ring_name}.w0")
+        with pytest.raises(RingMismatchError, match="semaphore"):
+            Ring.attach(ring_name, COMMAND)
+        with Ring.attach(ring_name, readonly=True) as view:  # status still works
+            assert view.statistics().consumers[0].name == "c"
 
 
 def test_unknown_consumer_names_are_errors(ring_name):
