@@ -380,6 +380,7 @@ class Notifier:
         # net.ipv4.tcp_wmem's max, 4 MiB here). With 10,000 sessions a bound keeps the
         # worst case memory known and detects slow consumers sooner.
         self.sndbuf = sndbuf
+        self._verify_limiter: trio.CapacityLimiter | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(fan_out_threads, "fan-out") if fan_out_threads else None
         self.ports: dict[str, int] = {}
         self._events = 0
@@ -507,7 +508,13 @@ class Notifier:
                 raise ClientError("already logged in")
             ok = False
             if self.verify is not None:
-                ok = await trio.to_thread.run_sync(self.verify, request.account, request.token)
+                # scrypt takes tens of ms: off the loop, one at a time (the store is not
+                # meant for concurrent callers, and a login flood must not eat both cores)
+                if self._verify_limiter is None:
+                    self._verify_limiter = trio.CapacityLimiter(1)
+                ok = await trio.to_thread.run_sync(
+                    self.verify, request.account, request.token, limiter=self._verify_limiter
+                )
             if not ok:
                 # each failed attempt costs a scrypt: do not let one session retry
                 session.close("bad credentials")
