@@ -105,18 +105,23 @@ def recover_book(
     *,
     verify: bool = False,
     progress: Progress | None = None,
+    ends: tuple[int, int] | None = None,
 ) -> RecoveredBook:
     """Rebuild ``spec.name``'s book: latest usable snapshot (unless ``snapshots`` is None)
     plus the journal tail. With ``verify``, also compare every replayed event with the
     journaled one (``VerifyMismatch`` on the first difference).
+
+    ``ends``: replay up to this ``Journal.ends()`` cut (default: the journal's ends now).
+    While the journaler runs, give two recoveries the same cut to compare their books.
 
     Error handling: a damaged journal record raises ``CorruptRecordError`` naming the
     symbol and sequence; recovery never skips past it.
     """
     started = time.perf_counter()
     symbol = spec.name
-    end = journal.next_seq(symbol)
-    journaled_events_end = journal.next_event_seq(symbol)
+    if ends is None:
+        ends = journal.ends(symbol)
+    end, journaled_events_end = ends
     snap = snapshots.latest(symbol, at_most=end, at_most_events=journaled_events_end) if snapshots else None
     if snap is not None:
         matcher = Matcher.restore(spec, snap.blob)
@@ -211,9 +216,11 @@ def recover_all(
             journal.close()
 
 
-def verify_symbol(journal: Journal, spec: SymbolSpec, progress: Progress | None = None) -> RecoveredBook:
+def verify_symbol(
+    journal: Journal, spec: SymbolSpec, progress: Progress | None = None, ends: tuple[int, int] | None = None
+) -> RecoveredBook:
     """Replay ``spec.name`` from its very first command, comparing every event."""
-    return recover_book(journal, spec, None, verify=True, progress=progress)
+    return recover_book(journal, spec, None, verify=True, progress=progress, ends=ends)
 
 
 # -- the CLI ------------------------------------------------------------------------------
@@ -266,14 +273,15 @@ def run(args) -> int:
         snapshots = SnapshotStore(data_dir)
         max_order_id = journal.max_order_id()
         for spec in journal.specs():
-            total = journal.next_seq(spec.name)
+            cut = journal.ends(spec.name)  # one cut for both replays: the journaler may be running
+            total = cut[0]
             try:
                 task = bar.add_task(f"{spec.name} recover", total=total)
-                book = recover_book(journal, spec, snapshots, progress=lambda n, t=task: bar.advance(t, n))
+                book = recover_book(journal, spec, snapshots, progress=lambda n, t=task: bar.advance(t, n), ends=cut)
                 row = _summary(book)
                 if args.verify:
                     task = bar.add_task(f"{spec.name} verify", total=total)
-                    full = verify_symbol(journal, spec, progress=lambda n, t=task: bar.advance(t, n))
+                    full = verify_symbol(journal, spec, progress=lambda n, t=task: bar.advance(t, n), ends=cut)
                     if full.matcher.state_hash() != book.matcher.state_hash():
                         raise VerifyMismatch(
                             spec.name, total - 1, full.next_event_seq, "snapshot-based book differs from a full replay"

@@ -365,15 +365,26 @@ class Journal:
 
     # -- sequences -------------------------------------------------------------
 
-    def _last_seq(self, name: bytes) -> int:
+    def _last_seq(self, name: bytes, txn=None) -> int:
         db = self._db(name, create=False) if self.readonly else self._db(name, create=True)
         if db is None:
             return -1
+        if txn is None:
+            with self._read_txn() as txn:
+                return self._last_seq(name, txn)
+        cur = txn.cursor(db=db)
+        if not cur.last():
+            return -1
+        return int(np.frombuffer(cur.key(), dtype=JOURNAL_KEY)[0]["seq"])
+
+    def ends(self, symbol: str) -> tuple[int, int]:
+        """``(next_seq, next_event_seq)`` read in one transaction: a consistent cut while
+        the journaler writes (every event below the second has its command below the first)."""
+        cmd, evt = self._name("cmd", symbol), self._name("evt", symbol)
+        self._db(cmd, create=not self.readonly)
+        self._db(evt, create=not self.readonly)
         with self._read_txn() as txn:
-            cur = txn.cursor(db=db)
-            if not cur.last():
-                return -1
-            return int(np.frombuffer(cur.key(), dtype=JOURNAL_KEY)[0]["seq"])
+            return self._last_seq(cmd, txn) + 1, self._last_seq(evt, txn) + 1
 
     def next_seq(self, symbol: str) -> int:
         """The sequence the symbol's next command will have: the count of journaled commands."""
