@@ -109,6 +109,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         delivered = int(counts.sum())
         span_s = (end_ns - publish_ns[1]) / 1e9
         result = {
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             "subscribers": subs,
             "load_processes": procs,
             "trades": total,
@@ -155,6 +156,11 @@ def main() -> int:
             results.append(run_case(subs, rate, args.seconds, procs, extra))
     doc = {
         "bench": "notifier fan-out: out-ring -> notifier -> N TCP subscribers of trades",
+        "note": (
+            "fanout latency = per trade, last subscriber's receive time minus the journaler commit that made "
+            "it publishable; notifier, load processes and producer share the machine's cores with other "
+            "engineers' test runs (see load_average_1m_at_end)"
+        ),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "target": "10,000 subscribers, 1,000 trades/s: p99 fan-out latency < 100 ms",
