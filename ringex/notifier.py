@@ -605,7 +605,10 @@ class Notifier:
                         session.close("closed by the client", tell=False)
                         return
             except (LocalProtocolError, RemoteProtocolError) as exc:
-                session.close(f"websocket protocol error: {exc}")
+                # before the handshake completes the peer does not speak WebSocket:
+                # a text frame would mean nothing to it
+                opened = ws.state is wsproto.connection.ConnectionState.OPEN
+                session.close(f"websocket protocol error: {exc}", tell=opened)
                 return
 
     async def _recv(self, session: Session) -> bytes:
