@@ -20,7 +20,10 @@ reads, no LMDB: the gateway's own cost), ``async`` (LMDB without fsync) and
 ``fsync`` (the default durability). Each case checks that every reply was a K for
 the right client order id, in order.
 
-Also measured: how long ``selectors`` really sleeps when asked for 0.2 ms, which is
+Also measured: the session logic's CPU per ``recv`` without sockets, a bare TCP echo
+of 64-byte frames between two processes (the floor, on the machine as loaded at that
+moment: this 2-core machine is shared, so absolute figures move with its load; the
+load average is recorded), and how long ``selectors`` really sleeps when asked for 0.2 ms, which is
 why the gateway is woken by watcher threads instead of polling the cursors.
 
     .venv/bin/python perf/gateway_bench.py           # writes perf/results/gateway.json
@@ -68,13 +71,13 @@ def _connect(ex: Exchange) -> socket.socket:
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
+    buf = sock.recv(n)
     while len(buf) < n:
-        chunk = sock.recv(max(65536, n - len(buf)))
+        chunk = sock.recv(n - len(buf))
         if not chunk:
             raise ConnectionError("gateway closed the session")
         buf += chunk
-    return bytes(buf)
+    return buf
 
 
 def _check(replies: np.ndarray, first_cid: int, want: str = "K") -> None:
@@ -92,14 +95,19 @@ def ping_pong(ex: Exchange, n: int, warmup: int, reject: bool = False) -> dict:
     sock = _connect(ex)
     frames = _orders(n + warmup, qty=0 if reject else 1)
     lat = np.empty(n, dtype=np.int64)
+    want = b"X" if reject else b"K"
     for i in range(n + warmup):
         t0 = time.perf_counter_ns()
         sock.sendall(frames[64 * i : 64 * i + 64])
-        reply = np.frombuffer(_recv_exact(sock, 64), dtype=REPLY)
-        while reply["msg_type"][0] == ord("H"):
-            reply = np.frombuffer(_recv_exact(sock, 64), dtype=REPLY)
+        reply = _recv_exact(sock, 64)
+        while reply[:1] == b"H":
+            reply = _recv_exact(sock, 64)
         t1 = time.perf_counter_ns()
-        _check(reply, i + 1, "X" if reject else "K")
+        # checked with plain bytes: numpy here would add ~20 us to every round trip
+        if reply[:1] != want or int.from_bytes(reply[16:24], "little") != i + 1:
+            raise AssertionError(
+                f"order {i + 1}: got {reply[:1]!r} for client id {int.from_bytes(reply[16:24], 'little')}"
+            )
         if i >= warmup:
             lat[i - warmup] = t1 - t0
     sock.close()
@@ -186,6 +194,42 @@ def echo_round_trip(n: int, warmup: int) -> dict:
     }
 
 
+def session_cpu(reps: int) -> dict:
+    """The gateway's own CPU per ``recv``, without sockets: ``Session.receive_data`` +
+    ``data_to_send`` for a recv of 1 and of 256 orders, publishing into a list."""
+    from ringex.config import SymbolSpec
+    from ringex.protocol import SymbolTable, encode_login
+    from ringex.session import Limits, OrderIdCounter, Session
+
+    table = SymbolTable([SymbolSpec("ACME", tick=5, price_min=100, price_max=1000, max_qty=500)])
+    big = 10**12
+    session = Session(
+        1, table, lambda a, t: True, OrderIdCounter(1), Limits(rate_per_s=big, burst=big, max_in_flight=big)
+    )
+    count = [0]
+
+    def publish(sym: int, commands: np.ndarray) -> int:
+        first = count[0]
+        count[0] += len(commands)
+        return first
+
+    durable = np.array([big], dtype=np.int64)
+    session.receive_data(encode_login(1, 1), True, publish)
+    session.data_to_send(durable)
+    out = {}
+    for n in (1, 256):
+        data = _orders(n)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter_ns()
+            session.receive_data(data, True, publish)
+            sent = session.data_to_send(durable)
+            times.append(time.perf_counter_ns() - t0)
+            assert len(sent) == 64 * n and sent[0:1] == b"K"
+        out[f"recv_of_{n}_p50_us"] = round(float(np.percentile(times, 50)) / 1000, 1)
+    return out
+
+
 def select_granularity() -> dict:
     sel = selectors.DefaultSelector()
     r, w = socket.socketpair()
@@ -212,6 +256,8 @@ def main() -> int:
         "cases": {},
     }
     print(f"selectors.select(0.0002) sleeps {results['select_0.2ms']['p50_slept_us']} us (p50)")
+    results["session_cpu"] = cpu = session_cpu(2000 if quick else 20000)
+    print(f"session CPU per recv (no sockets): {cpu}")
     results["tcp_echo_round_trip"] = echo = echo_round_trip(n_ping, warm)
     print(f"bare TCP echo round trip p50 {echo['p50_us']} us, p99 {echo['p99_us']} us, p99.9 {echo['p99_9_us']} us")
     with tempfile.TemporaryDirectory(prefix="rgx-gwbench-") as tmp:
