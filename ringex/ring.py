@@ -85,6 +85,7 @@ __all__ = [
     "RingCapacityError",
     "UnknownConsumerError",
     "RingTimeout",
+    "RingClosedError",
     "MAX_CONSUMERS",
     "CONSUMER_NAME_LEN",
     "VERSION",
@@ -176,6 +177,11 @@ class RingCapacityError(RingConfigError):
 
 class UnknownConsumerError(RingError, LookupError):
     """No consumer of that name is registered in the ring's header."""
+
+
+class RingClosedError(RingError, ValueError):
+    """This process closed the ring; its producer and consumers can do no more. (Cursor
+    reads after close raise ``ValueError`` from the released view.)"""
 
 
 class RingTimeout(RingError, TimeoutError):
@@ -522,12 +528,10 @@ class Ring:
             mm = mmap.mmap(shm.fd, size, prot=prot)
         finally:
             shm.close_fd()
-        try:
-            _check_header(name, np.ndarray((), HEADER, buffer=mm), size, dtype)
-            return cls(shm_name, mm, dtype, readonly)
-        except BaseException:
-            mm.close()
-            raise
+        # No mm.close() on failure: a traceback may still hold a numpy view of the
+        # header; the mapping goes with the last reference instead (see ``close``).
+        _check_header(name, np.frombuffer(mm, HEADER, count=1)[0], size, dtype)
+        return cls(shm_name, mm, dtype, readonly)
 
     # -- names in the system --------------------------------------------------------
 
@@ -564,18 +568,18 @@ class Ring:
     # -- this process's mapping ------------------------------------------------------
 
     def close(self) -> None:
-        """Unmap and close this process's semaphores. Batches still referenced keep the
-        mapping alive until they are dropped."""
+        """Close this process's semaphores and views of the ring; its producer and
+        consumers stop working (they raise). The mapping itself goes when the last
+        numpy view into it is dropped, such as a ``Batch`` the caller still holds:
+        numpy keeps no buffer export on the mmap, so an explicit unmap here could
+        leave such a view pointing at nothing, and reading it would crash."""
         for sem in self._sems:
             sem.close()
         self._sems.clear()
         for view in reversed(self._views):
             view.release()
         self.header = self.slots = self._raw_slots = self._no_slots = None  # type: ignore[assignment]
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a Batch view still points in; the mapping goes with the last one
+        self._mm = None
 
     def unlink(self) -> None:
         """Remove the ring's shared memory and semaphores from the system."""
@@ -659,9 +663,14 @@ class Ring:
         mask = self.capacity - 1
         start = lo & mask
         end = (hi & mask) + 1
-        if end > start:
-            return Batch(lo, hi, self.slots[start:end], self._no_slots, self._raw_slots)
-        return Batch(lo, hi, self.slots[start:], self.slots[:end], self._raw_slots)
+        try:
+            if end > start:
+                return Batch(lo, hi, self.slots[start:end], self._no_slots, self._raw_slots)
+            return Batch(lo, hi, self.slots[start:], self.slots[:end], self._raw_slots)
+        except TypeError:
+            if self.slots is None:
+                raise RingClosedError(f"ring {self.name} is closed") from None
+            raise
 
     def _empty_batch(self, lo: int) -> Batch:
         return Batch(lo, lo - 1, self._no_slots, self._no_slots)
@@ -711,9 +720,8 @@ def _owner_of(shm_name: str) -> tuple[int, int, int] | None:
         if shm.size < HEADER.itemsize:
             return None
         with mmap.mmap(shm.fd, HEADER.itemsize, prot=mmap.PROT_READ) as mm:
-            h = np.ndarray((), HEADER, buffer=mm)
-            owner = int(h["creator_pid"]), int(h["creator_start"]), int(h["boot_id"])
-            del h
+            h = np.frombuffer(mm.read(HEADER.itemsize), HEADER)[0]  # a copy: safe after unmap
+        owner = int(h["creator_pid"]), int(h["creator_start"]), int(h["boot_id"])
     finally:
         shm.close_fd()
     return owner if owner[0] > 0 else None

@@ -57,10 +57,8 @@ BLOCKING_SPIN_TRIES = 64
 # notices a deadline, while an idle process wakes only 20 times a second.
 MAX_SLEEP_S = 0.05
 
-_FENCE_LOCK = threading.Lock()
 
-
-def full_fence() -> None:
+def full_fence(lock: threading.Lock) -> None:
     """A StoreLoad fence, from Python.
 
     x86-64 may let a load overtake an earlier store to another address (the store
@@ -68,9 +66,13 @@ def full_fence() -> None:
     tolerate. Any ``lock``-prefixed instruction drains the store buffer: acquiring and
     releasing an uncontended ``threading.Lock`` executes such instructions (a
     compare-and-swap in ``sem_wait``/``PyMutex``, an atomic add to release), ~130 ns.
+
+    Each ``Sleeper`` and ``Waker`` passes its own lock, so two threads never contend
+    for one: a thread switched out between acquire and release would stall the other
+    for a GIL switch interval.
     """
-    _FENCE_LOCK.acquire()
-    _FENCE_LOCK.release()
+    lock.acquire()
+    lock.release()
 
 
 class Sleeper:
@@ -79,19 +81,20 @@ class Sleeper:
     waiter, or a signaller about to post, clears it.
     """
 
-    __slots__ = ("_words", "_flag", "_sem", "sleeps")
+    __slots__ = ("_words", "_flag", "_sem", "_fence", "sleeps")
 
     def __init__(self, words: memoryview, flag: int, sem: posix_ipc.Semaphore) -> None:
         self._words = words
         self._flag = flag
         self._sem = sem
+        self._fence = threading.Lock()
         self.sleeps = 0  # times this waiter slept on its semaphore: for benchmarks and tuning
 
     def sleep(self, need: int, probe: Probe, timeout: float) -> int:
         """Announce, re-check, then sleep up to ``timeout`` s. Returns ``probe()`` afterwards."""
         words = self._words
         words[self._flag] = 1
-        full_fence()  # StoreLoad: the flag must be visible before the cursor is re-read
+        full_fence(self._fence)  # StoreLoad: the flag must be visible before the cursor is re-read
         available = probe()
         if available < need:
             self.sleeps += 1
@@ -118,14 +121,19 @@ class Sleeper:
 class Waker:
     """The signalling side: after a cursor store, post each sleeping waiter's semaphore."""
 
-    __slots__ = ("_words", "_targets")
+    __slots__ = ("_words", "_targets", "_acquire", "_release")
 
     def __init__(self, words: memoryview, targets: Sequence[tuple[int, posix_ipc.Semaphore]]) -> None:
         self._words = words
         self._targets = tuple(targets)
+        fence = threading.Lock()
+        self._acquire, self._release = fence.acquire, fence.release
 
     def wake(self) -> None:
-        full_fence()  # StoreLoad: the cursor store must be visible before a flag is read
+        # StoreLoad fence (``full_fence``, inlined: this is every publish and commit):
+        # the cursor store must be visible before a flag is read.
+        self._acquire()
+        self._release()
         words = self._words
         for flag, sem in self._targets:
             if words[flag]:
