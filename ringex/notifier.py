@@ -746,9 +746,8 @@ class RingEventSource:
     """An out-ring read as consumer ``"notifier"``, which the ring gates on
     ``"journaler"``: ``poll`` never returns an event the journal has not committed.
 
-    ``read_nowait`` converts the available slots to tuples (``ndarray.tolist()``, the
-    form ``MarketData.apply`` reads fastest) and commits them at once, so the producer
-    may reuse the slots while the fan-out runs. ``wait`` is the ring's blocking wait,
+    ``read_nowait`` copies the available slots (one memcpy) and commits them at once,
+    so the producer may reuse the slots while the fan-out runs. ``wait`` is the ring's blocking wait,
     for a worker thread.
     """
 
@@ -767,15 +766,13 @@ class RingEventSource:
     def attach(cls, name: str, symbol: str, consumer: str = OUT_RING_CONSUMER) -> RingEventSource:
         return cls(Ring.attach(name, EVENT), symbol, consumer)
 
-    def read_nowait(self) -> list[tuple] | None:
+    def read_nowait(self) -> np.ndarray | None:
         batch = self.consumer.poll(self.max_batch)
         if not batch:
             return None
-        rows = batch.first.tolist()
-        if len(batch.second):
-            rows += batch.second.tolist()
+        events = batch.to_array()  # a copy: the slots may be reused once committed
         self.consumer.commit(batch.hi)
-        return rows
+        return events
 
     def wait(self, timeout: float) -> None:
         self.consumer.wait_for(self.consumer.cursor + 1, timeout)
