@@ -193,6 +193,13 @@ class Gateway:
                 self.producers.append(producer)
                 self._watchers.append(_JournalWatcher(ring, producer, self._wake_fd, self._stop))
             self._journal_probes = [w.probe for w in self._watchers]
+            # A previous gateway on these rings may have issued ids the journal has not
+            # got yet (the supervisor's first_order_id comes from the journal): start
+            # above every new order still in a ring, so no id is ever issued twice.
+            in_rings = max((_max_order_id_in(ring) for ring in self.rings), default=0)
+            if in_rings >= self.order_ids.next_id:
+                log.info("resuming order ids after %d, the highest in the in-rings", in_rings)
+                self.order_ids.next_id = in_rings + 1
             self.durable = np.zeros(len(self.rings), dtype=np.int64)
             self._refresh_durable()
             self.listener = socket.create_server(
@@ -495,6 +502,14 @@ class Gateway:
         self.rings.clear()
 
 
+def _max_order_id_in(ring: Ring) -> int:
+    """The highest order id of a new order among the ring's slots (0 if none)."""
+    published = ring.producer_cursor + 1
+    slots = ring.slots[: min(published, ring.capacity)]
+    ids = slots["order_id"][slots["msg_type"] == ord("N")]
+    return int(ids.max()) if len(ids) else 0
+
+
 def _close_quietly(sock: socket.socket) -> None:
     try:
         sock.close()
@@ -533,7 +548,8 @@ def serve(
     - ``seq_bases``: ``{symbol: journal sequence of ring sequence 0}`` so a ``K``
       carries journal sequences; 0 for a symbol not given.
     - ``first_order_id``: the first exchange order id to issue (default: the clock in
-      microseconds, see ``OrderIdCounter``).
+      microseconds, see ``OrderIdCounter``); raised above any new order still in the
+      in-rings, which a previous gateway may have issued before the journal had it.
     - ``on_listening(address)``: called once the socket listens (e.g. to print the port).
 
     Resource handling: attaches (never creates or unlinks) the rings and closes

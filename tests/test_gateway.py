@@ -138,6 +138,14 @@ class Exchange:
         line = _wait_line(self.gateway, "listening on")
         self.port = int(line.rsplit(":", 1)[1])
 
+    def restart_gateway(self, *extra: str) -> None:
+        """Kill the gateway (SIGKILL: no clean-up) and start a new one on the same rings."""
+        self.gateway.kill()
+        self.gateway.wait()
+        self.gateway = self._spawn([*self.gateway.args, *extra])
+        line = _wait_line(self.gateway, "listening on")
+        self.port = int(line.rsplit(":", 1)[1])
+
     def _spawn(self, args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.procs.append(proc)
@@ -175,6 +183,8 @@ class Exchange:
                 proc.kill()
                 proc.wait()
         self.gateway_log = self.gateway.stderr.read() if getattr(self, "gateway", None) else ""
+        if self.gateway.returncode not in (0, -signal.SIGTERM):
+            self.gateway_log += f"\n(gateway exit status {self.gateway.returncode})"
         for ring in self.rings:
             ring.close()
             ring.unlink()
@@ -378,6 +388,26 @@ def test_in_flight_limit_throttles_while_the_journal_is_stalled(make_exchange):
         c.sock.settimeout(10)
         got = [c.next_reply() for _ in range(6)]
     assert [(r.msg_type, r.reason) for r in got] == [("K", 0)] * 4 + [("X", Reason.THROTTLED)] * 2
+
+
+def test_a_restarted_gateway_never_reissues_an_order_id_the_journal_has_not_got(make_exchange):
+    ex = make_exchange()
+    with ex.client() as c:
+        ex.journaler.send_signal(signal.SIGSTOP)  # nothing becomes durable: no K
+        ids_before = []
+        for i in range(5):
+            c.submit_order("BOLT", "buy", 1, 10, client_order_id=i)
+        deadline = time.monotonic() + 10
+        while ex.rings[1].producer_cursor + 1 < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ids_before = [int(x) for x in ex.journaled("BOLT")["order_id"]]
+    assert len(ids_before) == 5
+    # the journal knows none of them: the supervisor would pass first_order_id=1
+    ex.restart_gateway("--first-order-id", "1")
+    ex.journaler.send_signal(signal.SIGCONT)
+    with ex.client() as c:
+        r = c.buy("ACME", 1, 100)
+    assert r.msg_type == "K" and r.order_id == max(ids_before) + 1
 
 
 ##########################################################################################
