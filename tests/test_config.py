@@ -66,3 +66,11 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_symbol_listed_twice_is_refused():
     with pytest.raises(ConfigError, match="twice"):
         Config(symbols=(SymbolSpec("ACME"), SymbolSpec("ACME")))
+
+
+def test_the_example_config_loads():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).parents[1] / "examples" / "ringex.toml", environ={})
+    assert [s.name for s in config.symbols] == ["ACME", "BOLT"]
+    assert config.symbol("BOLT").stp == "cancel_newest"
