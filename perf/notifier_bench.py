@@ -138,6 +138,37 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         ex.close()
 
 
+def core_throughput(n_commands: int = 50_000) -> dict:
+    """Events/s through ``MarketData.apply`` alone (CPU time, batches of 100): with no
+    subscriber, and with trades, bbo, depth and every account's orders subscribed."""
+    import random
+
+    from test_marketdata import _commands
+
+    from ringex.config import SymbolSpec
+    from ringex.marketdata import MarketData, Subscribe
+    from ringex.matcher import Matcher
+
+    matcher = Matcher(SymbolSpec(SYMBOL, price_max=1000, capacity=1 << 16))
+    events = matcher.apply(_commands(random.Random(1), SYMBOL, n_commands, [], [0]), 0).copy()
+    out = {"events": len(events)}
+    for label, subscribed in (("no_subscribers", False), ("all_channels_subscribed", True)):
+        md = MarketData([SYMBOL])
+        if subscribed:
+            md.subscribe("t", Subscribe("trades", SYMBOL), None)
+            md.subscribe("b", Subscribe("bbo", SYMBOL), None)
+            md.subscribe("d", Subscribe("depth", SYMBOL, 10), None)
+            for account in (1, 2, 3):
+                md.subscribe(account, Subscribe("orders", None), account)
+        start = time.process_time()
+        for i in range(0, len(events), 100):
+            md.apply(events[i : i + 100])
+        cpu = time.process_time() - start
+        out[label] = {"events_per_cpu_s": round(len(events) / cpu), "us_per_event": round(cpu / len(events) * 1e6, 2)}
+    print(json.dumps({"core": out}), flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subs", type=int, nargs="*", default=[1000, 10000])
@@ -148,6 +179,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--fan-out-threads", type=int, default=None)
     args = parser.parse_args()
+    core = core_throughput()
     results = []
     for subs in args.subs:
         for rate in args.rate:
@@ -164,6 +196,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "target": "10,000 subscribers, 1,000 trades/s: p99 fan-out latency < 100 ms",
+        "marketdata_apply": core,
         "results": results,
     }
     if not args.no_write:
