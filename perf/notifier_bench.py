@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
                 p.kill()
         notifier.stop()
         ex.close()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def core_throughput(n_commands: int = 50_000) -> dict:
