@@ -99,6 +99,8 @@ LINE = 64
 # Slots start on a page of their own: the header's hot cursor lines never share a
 # page (or a cache line) with slot data, and the slots are page-aligned for numpy.
 SLOTS_OFFSET = 4096
+# Where Linux shows POSIX shared memory objects as files (for ``Ring.names``).
+SHM_DIR = "/dev/shm"
 # A ring's shared memory and its semaphores share this limit (NAME_MAX minus the
 # "sem." prefix and the longest semaphore suffix).
 MAX_NAME_LEN = 200
@@ -542,6 +544,28 @@ class Ring:
             return True
         except posix_ipc.ExistentialError:
             return False
+
+    @staticmethod
+    def names(prefix: str = "") -> list[str]:
+        """The rings in this system whose names start with ``prefix``, sorted: shared
+        memory objects that carry a ring's magic (so ``ringex status`` and the
+        supervisor can find rings a crashed run left)."""
+        found = []
+        try:
+            entries = os.listdir(SHM_DIR)
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            if not entry.startswith(prefix) or entry.startswith("sem."):
+                continue
+            try:
+                with open(os.path.join(SHM_DIR, entry), "rb") as fh:
+                    head = fh.read(8)
+            except OSError:
+                continue
+            if len(head) == 8 and int.from_bytes(head, "little") == MAGIC:
+                found.append(entry)
+        return sorted(found)
 
     @staticmethod
     def remove(name: str) -> bool:

@@ -280,6 +280,19 @@ def test_a_batch_outlives_its_closed_ring_and_the_closed_parts_refuse_work(ring_
         consumer.poll()
 
 
+def test_names_lists_rings_by_prefix_and_nothing_else(ring_name):
+    with Ring.create(ring_name + ".in", COMMAND, 4, consumers=["c"]), Ring.create(ring_name + ".out", EVENT, 4):
+        not_a_ring = posix_ipc.SharedMemory(f"/{ring_name}.junk", posix_ipc.O_CREX, size=4096)
+        try:
+            assert Ring.names(ring_name) == [ring_name + ".in", ring_name + ".out"]
+        finally:
+            not_a_ring.close_fd()
+            not_a_ring.unlink()
+            Ring.remove(ring_name + ".in")
+            Ring.remove(ring_name + ".out")
+    assert Ring.names(ring_name) == []
+
+
 def test_remove_stale_keeps_a_ring_whose_owner_lives(ring_name):
     assert not Ring.exists(ring_name)
     with Ring.create(ring_name, COMMAND, 4):
