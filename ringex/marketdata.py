@@ -361,8 +361,9 @@ class MarketData:
     that has subscribers and something new, the list of payloads to send, in order;
     the caller fans each out unchanged. Sessions are opaque hashable handles.
 
-    Resource handling: streams without subscribers still count their seq (so a late
-    subscriber's ack is right) but nothing is encoded for them.
+    Resource handling: public streams without subscribers still count their seq (a
+    trade's seq is the same for everyone) but nothing is encoded for them; private
+    streams count only while subscribed, and an account nobody follows costs nothing.
     """
 
     def __init__(self, symbols: Iterable[str]) -> None:
