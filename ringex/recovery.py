@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +45,8 @@ __all__ = [
     "add_arguments",
     "run",
 ]
+
+log = logging.getLogger("ringex.recovery")
 
 Progress = Callable[[int], None]
 _RAW_EVENT = np.dtype((np.void, EVENT.itemsize))
@@ -106,6 +109,7 @@ def recover_book(
     verify: bool = False,
     progress: Progress | None = None,
     ends: tuple[int, int] | None = None,
+    discard_stale: bool = True,
 ) -> RecoveredBook:
     """Rebuild ``spec.name``'s book: latest usable snapshot (unless ``snapshots`` is None)
     plus the journal tail. With ``verify``, also compare every replayed event with the
@@ -113,6 +117,12 @@ def recover_book(
 
     ``ends``: replay up to this ``Journal.ends()`` cut (default: the journal's ends now).
     While the journaler runs, give two recoveries the same cut to compare their books.
+
+    ``discard_stale``: delete snapshots beyond the journal's end (the default, for the
+    matcher restarting after a crash: they cover commands that were never durable and
+    whose sequences new commands will take). A reader next to a running exchange
+    (``ringex recover``) passes False: there, a snapshot ahead of the journal is only
+    the matcher running ahead of the journaler.
 
     Error handling: a damaged journal record raises ``CorruptRecordError`` naming the
     symbol and sequence; recovery never skips past it.
@@ -122,6 +132,9 @@ def recover_book(
     if ends is None:
         ends = journal.ends(symbol)
     end, journaled_events_end = ends
+    if snapshots is not None and discard_stale:
+        for path in snapshots.discard_after(symbol, end):
+            log.info("%s: discarded snapshot %s: it covers commands the journal does not hold", symbol, path.name)
     snap = snapshots.latest(symbol, at_most=end, at_most_events=journaled_events_end) if snapshots else None
     if snap is not None:
         matcher = Matcher.restore(spec, snap.blob)
@@ -197,6 +210,7 @@ def recover_all(
     journal: Journal | None = None,
     use_snapshots: bool = True,
     verify: bool = False,
+    discard_stale: bool = False,
     progress: Callable[[str, int, int], Progress] | None = None,
 ) -> dict[str, RecoveredBook]:
     """Every journaled symbol's book (specs from the journal's metadata).
@@ -209,7 +223,9 @@ def recover_all(
         books = {}
         for spec in journal.specs():
             callback = progress(spec.name, 0, journal.next_seq(spec.name)) if progress else None
-            books[spec.name] = recover_book(journal, spec, snapshots, verify=verify, progress=callback)
+            books[spec.name] = recover_book(
+                journal, spec, snapshots, verify=verify, progress=callback, discard_stale=discard_stale
+            )
         return books
     finally:
         if own:
@@ -277,7 +293,14 @@ def run(args) -> int:
             total = cut[0]
             try:
                 task = bar.add_task(f"{spec.name} recover", total=total)
-                book = recover_book(journal, spec, snapshots, progress=lambda n, t=task: bar.advance(t, n), ends=cut)
+                book = recover_book(
+                    journal,
+                    spec,
+                    snapshots,
+                    progress=lambda n, t=task: bar.advance(t, n),
+                    ends=cut,
+                    discard_stale=False,
+                )
                 row = _summary(book)
                 if args.verify:
                     task = bar.add_task(f"{spec.name} verify", total=total)

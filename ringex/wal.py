@@ -603,7 +603,9 @@ class SnapshotStore:
 
     A snapshot may cover commands the journal never made durable (the matcher runs
     ahead of the journaler); recovery therefore takes the latest snapshot whose
-    ``next_seq`` is at most the journal's ``next_seq`` for that symbol.
+    ``next_seq`` is at most the journal's ``next_seq`` for that symbol, and a restarting
+    matcher discards the ones beyond it (``discard_after``): after a crash the same
+    sequences are given to new commands, and an old snapshot of them would lie.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], keep: int = 3) -> None:
@@ -637,6 +639,21 @@ class SnapshotStore:
         for old in self.paths(symbol)[: -self.keep]:
             old.unlink(missing_ok=True)
         return final
+
+    def discard_after(self, symbol: str, next_seq: int) -> list[Path]:
+        """Delete the symbol's snapshots with ``next_seq`` above ``next_seq`` (the journal's
+        end when the matcher restarts): they describe commands that never became durable.
+        Kept, they would look valid once new, *different* commands reach those sequences."""
+        gone = []
+        for path in self.paths(symbol):
+            try:
+                covered = int(path.stem.rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if covered > next_seq:
+                path.unlink(missing_ok=True)
+                gone.append(path)
+        return gone
 
     def paths(self, symbol: str) -> list[Path]:
         """The symbol's snapshot files, oldest first."""

@@ -84,6 +84,8 @@ def _commands(rng: random.Random, symbol: str, spec: SymbolSpec, n: int, next_oi
 
 def producer_main(argv: list[str]) -> None:
     """producer SEED FIRST_ORDER_ID SYM:IN ...: a steady stream of orders until killed."""
+    import posix_ipc
+
     from ringex.ring import Ring, RingTimeout
 
     seed, next_oid = int(argv[0]), int(argv[1])
@@ -102,8 +104,8 @@ def producer_main(argv: list[str]) -> None:
                 try:
                     producer.write(records, timeout=0.2)
                     break
-                except RingTimeout:
-                    continue
+                except (RingTimeout, posix_ipc.SignalError):
+                    continue  # no room yet, or SIGTERM while waiting for room
         time.sleep(0.001)
 
 
@@ -160,7 +162,7 @@ def matcher_main(argv: list[str]) -> None:
                     n = min(len(events) - done, RING_CAPACITY)
                     try:
                         claimed = producer.claim(n, timeout=0.2)
-                    except RingTimeout:
+                    except (RingTimeout, posix_ipc.SignalError):
                         if stop:
                             return
                         continue
@@ -476,7 +478,9 @@ def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_event
         store.write(spec.name, seq + 10, ev + 999, ahead.snapshot())
         tail = events[len(events) // 2 :]
 
+        ahead_path = store.paths(spec.name)[-1]
         recovered = recover_book(journal, spec, store, verify=True)
+        assert not ahead_path.exists()  # covered commands the journal does not hold
         assert recovered.snapshot_seq == 20 * 50
         assert recovered.replayed == 10 * 50
         assert recovered.matcher.state_hash() == live_book.state_hash()
@@ -486,6 +490,36 @@ def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_event
         assert full.snapshot_seq is None and full.replayed == seq
         assert full.matcher.state_hash() == live_book.state_hash()
         assert journal.max_order_id() == journaled_max_oid
+
+
+def test_a_snapshot_of_commands_that_never_became_durable_is_never_used(tmp_path):
+    """After a crash the lost commands' sequences go to new commands: an old snapshot
+    covering the lost ones must not be taken once the journal grows past it."""
+    from ringex.matcher import Matcher
+    from ringex.recovery import recover_book
+    from ringex.wal import Journal, SnapshotStore
+
+    spec = SPECS[0]
+    rng = random.Random(11)
+    store = SnapshotStore(tmp_path)
+    first, oid = _commands(rng, spec.name, spec, 100, 1, [])
+    lost, _ = _commands(rng, spec.name, spec, 50, oid, [])
+    crashed = Matcher(spec)
+    events = _copy(crashed.apply(first, 0))
+    lost_events = len(crashed.apply(lost, 100))  # matched, snapshotted, never journaled
+    store.write(spec.name, 150, len(events) + lost_events, crashed.snapshot())
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs([spec])
+        journal.commit([(spec.name, 0, first)], [(spec.name, 0, events)])
+        restarted = recover_book(journal, spec, store)  # the matcher's restart
+        assert restarted.next_seq == 100 and store.paths(spec.name) == []
+        again, _ = _commands(rng, spec.name, spec, 80, oid, [])
+        more = _copy(restarted.matcher.apply(again, 100))
+        journal.commit([(spec.name, 100, again)], [(spec.name, len(events), more)])
+        # Without the discard, the old snapshot would now pass every filter.
+        assert 150 <= journal.next_seq(spec.name) and len(events) + lost_events <= journal.next_event_seq(spec.name)
+        later = recover_book(journal, spec, store, verify=True)
+        assert later.matcher.state_hash() == restarted.matcher.state_hash()
 
 
 def test_verify_names_the_first_event_that_differs(tmp_path):
