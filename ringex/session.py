@@ -362,6 +362,7 @@ class Session:
             return  # closed meanwhile (EOF, timeout): nothing to answer
         frames, index, ts_ns = self._held
         self._held = None
+        self._last_received = self.clock.monotonic()  # its silence so far was our delay
         self._answer_login(frames[index], bool(ok), ts_ns)
         if self.state is not SessionState.LOGGED_IN:
             return
@@ -528,8 +529,8 @@ class Session:
 
     def poll_timers(self) -> None:
         """Queue a heartbeat when idle; close a silent or never-logged-in session."""
-        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
-            return
+        if self.state in (SessionState.CLOSING, SessionState.CLOSED, SessionState.VERIFYING):
+            return  # while we verify its login, the client waits for us, not we for it
         now = self.clock.monotonic()
         limits = self.limits
         if now - self._last_received > limits.idle_timeout_s or (

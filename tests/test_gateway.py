@@ -519,10 +519,10 @@ def test_idle_session_gets_heartbeats_then_is_closed(make_exchange):
 
 
 def test_client_heartbeats_keep_a_session_alive(make_exchange):
-    ex = make_exchange(heartbeat_interval_s=0.2, idle_timeout_s=0.6)
+    ex = make_exchange(heartbeat_interval_s=0.2, idle_timeout_s=1.2)
     with ex.client() as c:
-        for _ in range(8):
-            time.sleep(0.2)
+        for _ in range(10):
+            time.sleep(0.25)
             c.heartbeat()
         assert c.buy("ACME", 1, 100).msg_type == "K"
 

@@ -313,3 +313,15 @@ def test_flood_while_the_login_is_verified_closes_the_session():
     s.finish_login(True, True, rings.publish)  # too late: the session is closing
     r = replies(s.data_to_send(rings.all_durable()))
     assert bytes(r["msg_type"]) == b"E" and r["reason"][0] == Reason.THROTTLED
+
+
+def test_a_slow_login_check_does_not_count_as_client_silence():
+    s, clock, rings, _ = deferred()
+    s.receive_data(encode_login(ACCOUNT, TOKEN), True, rings.publish)
+    clock.now += 10  # far past the idle timeout, all spent verifying
+    s.poll_timers()
+    assert s.state is SessionState.VERIFYING
+    s.finish_login(True, True, rings.publish)
+    s.poll_timers()
+    assert s.state is SessionState.LOGGED_IN
+    assert bytes(replies(s.data_to_send(rings.all_durable()))["msg_type"]).replace(b"H", b"") == b"A"
