@@ -37,6 +37,9 @@ Each case checks what arrived (count and ``order_id`` sum) and fails loudly if n
     .venv/bin/python perf/ring_bench.py            # full run, writes perf/results/ring.json
     .venv/bin/python perf/ring_bench.py --quick    # a tenth of the records, no JSON
 
+Each throughput case runs ``--repeat`` times (3): the best run and the median are
+reported, and ``ns_per_record`` and the batch figures are the best run's.
+
 The machine has 2 cores shared with other work: the two processes take both, so a
 neighbour's load shows up directly in these figures; the load average is recorded.
 """
@@ -264,12 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the records; do not write the JSON")
     parser.add_argument("--out", default=str(HERE / "results" / "ring.json"))
+    parser.add_argument("--repeat", type=int, default=3, help="runs per throughput case (best and median reported)")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     report = {"bench": "ring", "machine": machine(), "ring_capacity": CAPACITY, "throughput": [], "latency": []}
     print(f"machine: {report['machine']}")
     print(
-        f"{'topology':<20} {'wait':<9} {'batch':>5} {'records':>10} {'records/s':>12} {'ns/rec':>8} {'cons. batch':>11}"
+        f"{'topology':<20} {'wait':<9} {'batch':>5} {'records':>10} {'best rec/s':>12} {'median':>12}"
+        f" {'ns/rec':>8} {'cons. batch':>11}"
     )
     cases = [
         ("OneToOneThroughput", wait, batch, total)
@@ -278,14 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     cases.append(("OneToThreePipeline", "blocking", 256, PIPELINE_RECORDS))
     for topology, wait, batch, total in cases:
-        if topology == "OneToThreePipeline":
-            row = throughput(topology, batch, wait, total // scale, PIPELINE_CONSUMERS, PIPELINE_GATING)
-        else:
-            row = throughput(topology, batch, wait, total // scale)
+        shape = (PIPELINE_CONSUMERS, PIPELINE_GATING) if topology == "OneToThreePipeline" else ()
+        runs = [throughput(topology, batch, wait, total // scale, *shape) for _ in range(args.repeat)]
+        # Neighbours' load only ever slows a run down, so the best run is the closest
+        # to what the ring can do; the median says what to expect on a busy machine.
+        row = max(runs, key=lambda r: r["records_per_s"])
+        row["runs"] = args.repeat
+        row["median_records_per_s"] = sorted(r["records_per_s"] for r in runs)[len(runs) // 2]
         report["throughput"].append(row)
         print(
             f"{row['topology']:<20} {wait:<9} {batch:>5} {row['records']:>10,} {row['records_per_s']:>12,}"
-            f" {row['ns_per_record']:>8} {row['mean_consumer_batch']:>11}"
+            f" {row['median_records_per_s']:>12,} {row['ns_per_record']:>8} {row['mean_consumer_batch']:>11}"
         )
     print(f"{'topology':<20} {'wait':<9} {'trips':>7} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'max µs':>9}")
     for wait in ("blocking", "yielding"):
