@@ -60,7 +60,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         for n in per:
             p = ctx.Process(
                 target=load_main,
-                args=(queue, None, "127.0.0.1", notifier.tcp_port, n, SYMBOL, total, total, seconds + 120),
+                args=(queue, "127.0.0.1", notifier.tcp_port, n, SYMBOL, total, total, seconds + 120),
             )
             p.start()
             loaders.append(p)

@@ -309,10 +309,10 @@ def _last_seq(chunk: bytes) -> int:
     return int(line[i + len(_SEQ_KEY) : j])
 
 
-def load_main(queue, control, host: str, port: int, n: int, symbol: str, expect: int, max_seq: int, timeout: float):
+def load_main(queue, host: str, port: int, n: int, symbol: str, expect: int, max_seq: int, timeout: float):
     """Open ``n`` connections subscribed to ``trades`` of ``symbol``; report
-    ``("subscribed", n)`` when every ack arrived, wait for ``control`` (an Event) and then
-    count trades until every socket has ``expect`` of them (or ``timeout`` passes).
+    ``("subscribed", n)`` when every ack arrived, then count trades until every socket
+    has ``expect`` of them (or ``timeout`` passes).
 
     Reports ``("done", counts, last_recv_ns)``: trades received per socket, and per
     trade seq (index) the latest time any socket here received it (0: never).

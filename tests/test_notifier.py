@@ -5,7 +5,8 @@ Each test creates real shared-memory out-rings (consumers "journaler" and
 on them, matches orders with the real ``Matcher`` and writes its events into the
 ring, then commits the "journaler" cursor as the journaler would after its LMDB
 commit. Clients connect over real loopback TCP and WebSocket (``tests/md_load.py``
-has the harness).
+has the harness). One test runs the real journaler process instead and restarts the
+notifier on the same rings; one drives ``Notifier`` in-process to fill its sockets.
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, t
     queue = ctx.Queue()
     loaders = [
         ctx.Process(
-            target=load_main, args=(queue, None, "127.0.0.1", proc.tcp_port, subs // procs, "ACME", trades, trades, 240)
+            target=load_main, args=(queue, "127.0.0.1", proc.tcp_port, subs // procs, "ACME", trades, trades, 240)
         )
         for _ in range(procs)
     ]
