@@ -269,3 +269,22 @@ def test_local_book_raises_on_a_gap():
     assert book.top() == {"bids": [], "asks": [(101, 2)]}
     with pytest.raises(SequenceGap):
         book.on_message({"type": "depth_update", "symbol": "ACME", "seq": 7, "bids": [], "asks": []})
+
+
+def test_unsubscribe_stops_a_stream_and_a_resubscribe_continues_its_seq():
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=64))
+    md = MarketData(SYMBOLS)
+    md.subscribe("s", Subscribe("depth", "ACME", 2), None)
+    out = dict(md.apply(_cross(matcher)))
+    (update,) = _messages(out[("depth", "ACME", 2)])
+    assert update["seq"] == 1 and update["asks"] == [[100, 6]]
+    ack = json.loads(md.unsubscribe("s", Unsubscribe("depth", "ACME", 2), None))
+    assert (ack["type"], ack["seq"]) == ("unsubscribed", 1)
+    with pytest.raises(ClientError, match="not subscribed"):
+        md.unsubscribe("s", Unsubscribe("depth", "ACME", 2), None)
+    assert md.subscribers == {}
+    again = _messages(md.subscribe("s", Subscribe("depth", "ACME", 2), None))
+    assert [(m["type"], m["seq"]) for m in again] == [("subscribed", 1), ("depth_snapshot", 1)]
+    assert again[1]["asks"] == [[100, 6]]
+    with pytest.raises(ClientError, match="already subscribed"):
+        md.subscribe("s", Subscribe("depth", "ACME", 2), None)
