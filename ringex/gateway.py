@@ -301,7 +301,7 @@ class Gateway:
         for conn in list(self.conns.values()):
             conn.session.poll_timers()
             if conn.closing_since is not None and now - conn.closing_since > CLOSE_LINGER_S:
-                self._close(conn)
+                self._close(conn, why="its last replies were not read in time")
 
     def _accept(self) -> None:
         while True:
@@ -388,7 +388,7 @@ class Gateway:
             conn.session.state = SessionState.CLOSED
         self._note_closing(conn)
         if not data:
-            self._close(conn)
+            self._close(conn, why="")  # the client closed: nothing to report
 
     def _discard_input(self, conn: _Conn) -> None:
         # A closing session's further bytes are ignored, but read: closing a socket
@@ -396,11 +396,11 @@ class Gateway:
         # replies (the J or E) before the client reads them.
         try:
             if not conn.sock.recv(RECV_BYTES):
-                self._close(conn)
+                self._close(conn, why="")
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError:
-            self._close(conn)
+        except OSError as exc:
+            self._close(conn, why=f"socket error {exc}")
 
     def _flush(self, conn: _Conn) -> None:
         if conn.sock.fileno() < 0:
@@ -418,12 +418,12 @@ class Gateway:
             if conn.sock.fileno() < 0:
                 return
         if len(conn.out) > self.limits.max_output_bytes:
-            log.info("session %d: %d reply bytes unread, closing it", session.session_id, len(conn.out))
             self.closed_slow += 1
-            self._close(conn)
+            self._close(conn, why=f"{len(conn.out)} reply bytes unread (slow consumer)")
             return
         if session.state is SessionState.CLOSED and not conn.out and not session.pending_replies():
-            self._close(conn, graceful=True)
+            reason = session.close_reason
+            self._close(conn, graceful=True, why="" if reason == Reason.OK else f"closed with {reason.name}")
 
     def _send(self, conn: _Conn) -> None:
         if conn.out:
@@ -431,8 +431,8 @@ class Gateway:
                 sent = conn.sock.send(conn.out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except OSError:
-                self._close(conn)
+            except OSError as exc:
+                self._close(conn, why=f"socket error {exc}")
                 return
             del conn.out[:sent]
         # watch for writability only while replies are stuck in the socket buffer
@@ -442,10 +442,14 @@ class Gateway:
             events = selectors.EVENT_READ | selectors.EVENT_WRITE if want else selectors.EVENT_READ
             self.sel.modify(conn.sock, events, conn)
 
-    def _close(self, conn: _Conn, graceful: bool = False) -> None:
+    def _close(self, conn: _Conn, graceful: bool = False, why: str = "") -> None:
+        """Close a session; ``why`` (if any) is logged: an operator wants to know why
+        the exchange hung up on a client, not that a client left."""
         sock = conn.sock
         if sock.fileno() < 0:
             return
+        if why:
+            log.info("session %d (account %d): %s", conn.session.session_id, conn.session.account, why)
         self.conns.pop(sock.fileno(), None)
         self._waiting.discard(conn)
         try:

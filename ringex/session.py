@@ -533,6 +533,10 @@ class Session:
             return  # while we verify its login, the client waits for us, not we for it
         now = self.clock.monotonic()
         limits = self.limits
+        if self._queue:
+            # replies still owed (K's waiting for the journal): the client is waiting
+            # for us, so its silence is not idleness; the clock restarts when they go
+            self._last_received = now
         if now - self._last_received > limits.idle_timeout_s or (
             self.state is SessionState.AWAITING_LOGIN and now - self._created > limits.login_timeout_s
         ):

@@ -325,3 +325,20 @@ def test_a_slow_login_check_does_not_count_as_client_silence():
     s.poll_timers()
     assert s.state is SessionState.LOGGED_IN
     assert bytes(replies(s.data_to_send(rings.all_durable()))["msg_type"]).replace(b"H", b"") == b"A"
+
+
+def test_a_client_waiting_for_its_acks_is_not_idle():
+    s, clock, rings = logged_in(limits=Limits(heartbeat_interval_s=1, idle_timeout_s=3))
+    s.receive_data(encode_new_order("ACME", Side.BUY, 1, 1), True, rings.publish)
+    for _ in range(10):  # 10 s of a stalled journal
+        clock.now += 1
+        s.poll_timers()
+        assert s.state is SessionState.LOGGED_IN
+        s.data_to_send(NOTHING_DURABLE)
+    assert bytes(replies(s.data_to_send(rings.all_durable()))["msg_type"]) == b"K"
+    clock.now += 2.9  # then the idle clock runs from the moment the replies were owed no more
+    s.poll_timers()
+    assert s.state is SessionState.LOGGED_IN
+    clock.now += 0.5
+    s.poll_timers()
+    assert s.close_reason == Reason.IDLE_TIMEOUT
