@@ -319,12 +319,19 @@ def market_scenario(draw):
                        max_qty=50, capacity=draw(st.integers(1, 10)), stp=draw(st.sampled_from(STP_MODES)))
         )  # fmt: skip
     streams = {spec.name: [] for spec in specs}
+    placed = {}  # order id -> (symbol, account, price, qty) as first sent
     next_id = 1
     for _ in range(draw(st.integers(1, 120))):
         spec = draw(st.sampled_from(specs))
-        # prices mostly on the band (edges included), sometimes just outside or off the tick
+        side = draw(st.sampled_from([Side.BUY, Side.SELL]))
+        # Prices mostly on the band (edges included), often on the side's passive half so
+        # orders rest and queue up; sometimes just outside the band or off the tick.
+        half = spec.levels // 2
+        passive = (0, half) if side == Side.BUY else (spec.levels - 1 - half, spec.levels - 1)
         price = draw(
             st.one_of(
+                st.integers(*passive).map(lambda k, s=spec: s.price_min + k * s.tick),
+                st.integers(*passive).map(lambda k, s=spec: s.price_min + k * s.tick),
                 st.sampled_from([spec.price_min, spec.price_max]),
                 st.integers(0, spec.levels - 1).map(lambda k, s=spec: s.price_min + k * s.tick),
                 st.sampled_from([spec.price_min - spec.tick, spec.price_max + spec.tick, spec.price_min + 1, 0]),
@@ -335,13 +342,20 @@ def market_scenario(draw):
         op = draw(st.sampled_from(["new", "new", "new", "cancel", "replace", "replace", "junk"]))
         if op == "new":
             order_type = draw(st.sampled_from([OrderType.LIMIT] * 4 + [OrderType.MARKET]))
-            tif = draw(st.sampled_from([Tif.GTC, Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_ONLY]))
+            tif = draw(st.sampled_from([Tif.GTC, Tif.GTC, Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_ONLY]))
             oid = next_id if draw(st.integers(0, 20)) else max(1, next_id - 1)  # sometimes a duplicate
             next_id += 1
-            side = draw(st.sampled_from([Side.BUY, Side.SELL]))
             streams[spec.name].append(command(Op.NEW, oid, account, side, order_type, tif, price, qty, ts=next_id))
+            placed[oid] = (spec.name, account, price, qty)
         elif op in ("cancel", "replace"):
-            target = draw(st.integers(1, next_id))  # live, dead, other accounts' or unknown
+            # mostly one of this symbol's recent orders, else any id (dead, another symbol's, unknown)
+            ours = [k for k, v in placed.items() if v[0] == spec.name][-8:]
+            target = draw(st.sampled_from(ours)) if ours and draw(st.integers(0, 3)) else draw(st.integers(1, next_id))
+            if target in placed and draw(st.integers(0, 3)):
+                _, owner, old_price, old_qty = placed[target]
+                account = owner  # mostly the owner; else a random account (NOT_OWNER)
+                if draw(st.booleans()):  # same price, same or smaller qty: the queue-position rule
+                    price, qty = old_price, draw(st.integers(max(1, old_qty - 2), max(1, old_qty)))
             if op == "cancel":
                 streams[spec.name].append(command(Op.CANCEL, target, account, coid=next_id + 10_000))
             else:
@@ -358,7 +372,7 @@ def market_scenario(draw):
 
 
 @settings(
-    max_examples=60 if QUICK else 300,
+    max_examples=40 if QUICK else 150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
