@@ -218,7 +218,8 @@ class Gateway:
         # Logins whose scrypt check runs off the loop (one worker: a burst of bad logins
         # queues there instead of stalling every session), and their answers.
         self._verifier = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="login-verify")
-        self._verified: collections.deque[tuple[_Conn, bool]] = collections.deque()
+        self._verified: collections.deque[tuple[tuple[int, int], bool]] = collections.deque()
+        self._verifying: dict[tuple[int, int], list[_Conn]] = {}  # (account, token) -> sessions
         self._next_session = 1
         self.sessions_total = 0
         self.published = 0
@@ -335,18 +336,25 @@ class Gateway:
         quick = self.accounts.verify_nowait(account, token)
         if quick is not None:
             return quick
+        waiting = self._verifying.get((account, token))
+        if waiting is not None:
+            # the same pair is being checked already (a fleet of sessions logging in
+            # with one account at start-up): one scrypt answers them all
+            waiting.append(conn)
+            return None
+        self._verifying[(account, token)] = [conn]
         future = self._verifier.submit(self.accounts.verify, account, token)
-        future.add_done_callback(functools.partial(self._verify_done, conn))
+        future.add_done_callback(functools.partial(self._verify_done, (account, token)))
         return None  # the session waits in VERIFYING; _finish_logins answers it
 
-    def _verify_done(self, conn: _Conn, future: concurrent.futures.Future) -> None:
+    def _verify_done(self, pair: tuple[int, int], future: concurrent.futures.Future) -> None:
         # on the worker thread: hand the answer to the loop and wake it
         try:
             ok = bool(future.result())
         except Exception:
             log.exception("verifying a login failed; refusing it")
             ok = False
-        self._verified.append((conn, ok))
+        self._verified.append((pair, ok))
         try:
             os.eventfd_write(self._wake_fd, 1)
         except OSError:
@@ -354,16 +362,17 @@ class Gateway:
 
     def _finish_logins(self, touched: set) -> None:
         while self._verified:
-            conn, ok = self._verified.popleft()
-            if conn.sock.fileno() < 0:
-                continue
-            try:
-                conn.session.finish_login(ok, bool(self.ready()), self._publish)
-            except Exception:
-                log.exception("session %d: bug while finishing its login; closing it", conn.session.session_id)
-                conn.session.state = SessionState.CLOSED
-            self._note_closing(conn)
-            touched.add(conn)
+            pair, ok = self._verified.popleft()
+            for conn in self._verifying.pop(pair, ()):
+                if conn.sock.fileno() < 0:
+                    continue
+                try:
+                    conn.session.finish_login(ok, bool(self.ready()), self._publish)
+                except Exception:
+                    log.exception("session %d: bug while finishing its login; closing it", conn.session.session_id)
+                    conn.session.state = SessionState.CLOSED
+                self._note_closing(conn)
+                touched.add(conn)
 
     def _note_closing(self, conn: _Conn) -> None:
         if conn.session.state in (SessionState.CLOSING, SessionState.CLOSED) and conn.closing_since is None:
