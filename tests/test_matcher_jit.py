@@ -31,7 +31,7 @@ def command(
     if op == Op.NEW:
         c["side"], c["order_type"], c["tif"] = side or 0, order_type, tif
     c["order_id"] = order_id
-    c["client_order_id"] = order_id * 1000 + 7 if coid is None else coid
+    c["client_order_id"] = (order_id * 1000 + 7) % (1 << 64) if coid is None else coid
     c["account"] = account
     c["price"] = price
     c["qty"] = qty
@@ -447,3 +447,11 @@ def test_restore_refuses_a_snapshot_of_another_spec():
         Matcher.restore(SymbolSpec("ACME", price_min=100, price_max=140, capacity=30, stp="cancel_both"), snap)
     with pytest.raises(ValueError):
         Matcher.restore(spec, snap[:-8])
+
+
+def test_ids_and_accounts_use_all_64_bits():
+    book = Both(SPEC)
+    big_id, big_account = (1 << 64) - 1, (1 << 63) + 5
+    ev = book.run(buy(big_id, 100, 5, account=big_account), sell(1 << 63, 100, 2, account=1))
+    assert int(ev[1]["contra_order_id"]) == big_id and int(ev[1]["contra_account"]) == big_account
+    assert kinds(book.run(cancel(big_id, account=big_account))) == [("C", EventReason.USER_REQUEST)]
