@@ -45,11 +45,11 @@ from numba import njit  # noqa: E402
 from ringex.config import SymbolSpec  # noqa: E402
 from ringex.matcher import Matcher  # noqa: E402
 from ringex.matcher_jit import warm_up  # noqa: E402
-from ringex.records import COMMAND, EVENT, EventKind, Op, OrderType, Side, Tif  # noqa: E402
+from ringex.records import COMMAND, EventKind, Op, OrderType, Side, Tif  # noqa: E402
 
 SPEC = SymbolSpec("BENCH", tick=1, price_min=1, price_max=200_000, capacity=1 << 14)
 TARGET_ORDERS = 1_000
-HALF_SPREAD_LEVELS = 375  # resting orders sit 1..375 ticks from mid on their side: ~750 levels
+HALF_SPREAD_LEVELS = 650  # orders sit 1..650 ticks from mid on their side: ~1,000 orders occupy ~750 levels
 ACCOUNTS = 1_000
 CHUNK = 1024
 
@@ -91,7 +91,9 @@ def start_times() -> dict:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
         runs = []
         for _ in range(2):
-            out = subprocess.run([sys.executable, "-c", START_SNIPPET], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", START_SNIPPET], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+            )
             runs.append(json.loads(out.stdout))
     return {"first_start": runs[0], "second_start": runs[1]}
 
@@ -147,14 +149,19 @@ def generate(n: int, seed: int) -> np.ndarray:
                 price = mid - offset if side == Side.BUY else mid + offset
                 rows.append((Op.REPLACE, 0, 0, 0, oid, price, rng.randint(1, 100), account))
         fields = list(zip(*rows, strict=True))
-        for name, values in zip(("msg_type", "side", "order_type", "tif", "order_id", "price", "qty", "account"), fields, strict=True):
+        for name, values in zip(
+            ("msg_type", "side", "order_type", "tif", "order_id", "price", "qty", "account"), fields, strict=True
+        ):
             chunk[name] = values
         chunk["client_order_id"] = np.arange(start + 1, start + 1 + len(chunk))
         chunk["ts_ns"] = np.arange(start + 1, start + 1 + len(chunk)) * 1_000
         tracker.apply(chunk, seq)
         seq += len(chunk)
         resting = tracker.resting_orders()
-        live = [(int(o), int(a), int(s)) for o, a, s in zip(resting["order_id"], resting["account"], resting["side"], strict=True)]
+        live = [
+            (int(o), int(a), int(s))
+            for o, a, s in zip(resting["order_id"], resting["account"], resting["side"], strict=True)
+        ]
     return cmds
 
 
@@ -255,7 +262,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--reference", type=int, default=200_000, help="prefix run through the pure-Python reference")
-    parser.add_argument("--latency-commands", type=int, default=200_000, help="commands timed one call at a time at batch 1")
+    parser.add_argument(
+        "--latency-commands", type=int, default=200_000, help="commands timed one call at a time at batch 1"
+    )
     parser.add_argument("--seed", type=int, default=20_251_125)
     parser.add_argument("--out", default=str(ROOT / "perf" / "results" / "matcher.json"))
     args = parser.parse_args()
@@ -277,7 +286,10 @@ def main() -> int:
         "cancel": float(np.mean(cmds["msg_type"] == Op.CANCEL)),
         "replace": float(np.mean(cmds["msg_type"] == Op.REPLACE)),
     }
-    print(f"workload: {len(cmds):,} commands generated in {time.perf_counter() - t0:.1f} s; mix " + ", ".join(f"{k} {v:.1%}" for k, v in mix.items()))
+    print(
+        f"workload: {len(cmds):,} commands generated in {time.perf_counter() - t0:.1f} s; mix "
+        + ", ".join(f"{k} {v:.1%}" for k, v in mix.items())
+    )
 
     bulk = throughput(cmds, 1024)
     print(
@@ -288,15 +300,21 @@ def main() -> int:
     for batch, n in ((1, args.latency_commands), (16, args.commands)):
         lat[batch] = latency(cmds[:n], batch)
         c = lat[batch]["call_us"]
-        print(f"Matcher.apply, batch {batch:>2}: call p50 {c['p50']:.2f} us, p99 {c['p99']:.2f} us, p99.9 {c['p99.9']:.2f} us; per command p50 {lat[batch]['per_command_us']['p50']:.3f} us")
+        print(
+            f"Matcher.apply, batch {batch:>2}: call p50 {c['p50']:.2f} us, p99 {c['p99']:.2f} us, p99.9 {c['p99.9']:.2f} us; per command p50 {lat[batch]['per_command_us']['p50']:.3f} us"
+        )
 
     ref, ref_bytes = reference(cmds[: args.reference], 1024)
     same = ref_bytes == jitted_events(cmds[: args.reference], 1024)
     ratio = bulk["commands_per_s"] / ref["commands_per_s"]
-    print(f"reference (pure Python), {ref['commands']:,} commands: {ref['commands_per_s']:,.0f} commands/s; jitted is {ratio:.0f}x; events identical: {same}")
+    print(
+        f"reference (pure Python), {ref['commands']:,} commands: {ref['commands_per_s']:,.0f} commands/s; jitted is {ratio:.0f}x; events identical: {same}"
+    )
 
     group = grouping()
-    print(f"grouping: one arena {group['one_arena_call_ns']:.0f} ns per call vs 15 separate arrays {group['fifteen_arrays_call_ns']:.0f} ns")
+    print(
+        f"grouping: one arena {group['one_arena_call_ns']:.0f} ns per call vs 15 separate arrays {group['fifteen_arrays_call_ns']:.0f} ns"
+    )
 
     result = {
         "benchmark": "matcher_bench",
