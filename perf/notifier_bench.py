@@ -17,8 +17,10 @@ and messages delivered per second.
     .venv/bin/python perf/notifier_bench.py --subs 1000 --rate 1000 --seconds 5
 
 Writes perf/results/notifier.json. The machine has 2 cores shared by the notifier,
-the load processes and this producer, so the figures are a floor for one box, not
-the server alone.
+the load processes, this producer and whatever else runs, so latency depends on the
+load average (recorded per case). ``notifier_cpu_us_per_message`` (the notifier
+process's user + system CPU time over the run, per message delivered) does not: it
+says how many cores a fan-out rate needs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ from md_load import MdExchange, NotifierProcess, load_main, raise_nofile, temp_d
 from ringex.records import Side  # noqa: E402
 
 SYMBOL = "ACME"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process, from /proc (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = ()) -> dict:
@@ -79,6 +88,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         per_tick = max(1, int(round(rate / 1000)))
         tick = period * per_tick
         seq = 0
+        cpu_before = cpu_seconds(notifier.pid)
         start = time.perf_counter()
         next_t = start
         while seq < total:
@@ -103,6 +113,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
                 raise RuntimeError(body[0])
             counts.extend(body[0])
             last = np.maximum(last, np.asarray(body[1], np.int64))
+        notifier_cpu = cpu_seconds(notifier.pid) - cpu_before
         end_ns = int(last.max())
         counts = np.asarray(counts)
         got_all = last[1 : total + 1] > 0
@@ -127,6 +138,8 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             },
             "messages_delivered": delivered,
             "messages_delivered_per_s": round(delivered / span_s) if span_s > 0 else None,
+            "notifier_cpu_s": round(notifier_cpu, 2),
+            "notifier_cpu_us_per_message": round(notifier_cpu / delivered * 1e6, 3) if delivered else None,
         }
         print(json.dumps(result), flush=True)
         return result
