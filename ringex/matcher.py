@@ -69,7 +69,7 @@ class Matcher:
                 symbol_word=_symbol_word(spec.name),
             )
         self._arena = _arena
-        self._events = np.zeros(1024, EVENT)
+        self._set_event_buffer(np.zeros(1024, EVENT))
 
     # ---- matching -------------------------------------------------------------------
 
@@ -79,12 +79,20 @@ class Matcher:
         return int(self._arena[jit.H_LAST_SEQ])
 
     def _command_words(self, commands: np.ndarray, first_seq: int) -> np.ndarray:
-        if commands.dtype != COMMAND:
-            raise TypeError(f"commands must have the COMMAND dtype, got {commands.dtype}")
-        last = self.last_seq
+        # The per-call Python here is most of a small batch's cost: keep it to cheap checks.
+        dtype = commands.dtype
+        if dtype is not COMMAND and dtype != COMMAND:
+            raise TypeError(f"commands must have the COMMAND dtype, got {dtype}")
+        last = self._arena[jit.H_LAST_SEQ]
         if last >= 0 and first_seq != last + 1:
             raise SequenceGap(f"{self.spec.name}: batch starts at seq {first_seq}, book is at {last}")
-        return np.ascontiguousarray(commands).view(np.int64).reshape(-1, jit.COMMAND_WORDS)
+        if not commands.flags.c_contiguous:
+            commands = np.ascontiguousarray(commands)
+        return commands.view(np.int64).reshape(-1, jit.COMMAND_WORDS)
+
+    def _set_event_buffer(self, events: np.ndarray) -> None:
+        self._events = events
+        self._event_words = events.view(np.int64).reshape(-1, jit.EVENT_WORDS)
 
     def apply(self, commands: np.ndarray, first_seq: int) -> np.ndarray:
         """Match a batch of ``COMMAND`` records; ``commands[i]`` has sequence ``first_seq + i``.
@@ -93,20 +101,18 @@ class Matcher:
         next call overwrites.
         """
         words = self._command_words(commands, first_seq)
-        done = written = 0
-        while True:
-            ev_words = self._events.view(np.int64).reshape(-1, jit.EVENT_WORDS)
-            consumed, n = jit.match_batch(self._arena, words[done:], first_seq + done, ev_words[written:])
-            done += consumed
-            written += n
-            if done == len(words):
-                return self._events[:written]
+        done, written = jit.match_batch(self._arena, words, first_seq, self._event_words)
+        while done < len(words):
             # Not enough room for the next command's worst case: grow and carry on.
             need = written + self.order_count() + jit.EVENT_SLACK + 2 * (len(words) - done)
             grown = np.zeros(max(2 * len(self._events), need), EVENT)
             # copied as words: a structured-array copy would skip the padding bytes
             grown.view(np.int64)[: written * jit.EVENT_WORDS] = self._events.view(np.int64)[: written * jit.EVENT_WORDS]
-            self._events = grown
+            self._set_event_buffer(grown)
+            consumed, n = jit.match_batch(self._arena, words[done:], first_seq + done, self._event_words[written:])
+            done += consumed
+            written += n
+        return self._events[:written]
 
     def apply_into(self, commands: np.ndarray, first_seq: int, events: np.ndarray) -> tuple[int, int]:
         """Match as many of ``commands`` as surely fit into ``events`` (an ``EVENT`` array,
