@@ -55,6 +55,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def softirq_seconds() -> float:
+    """Machine-wide softirq CPU time: loopback TCP receive processing is charged here,
+    not to the sending process."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = ()) -> dict:
     raise_nofile()
     ctx = mp.get_context("spawn")
@@ -89,6 +97,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         tick = period * per_tick
         seq = 0
         cpu_before = cpu_seconds(notifier.pid)
+        softirq_before = softirq_seconds()
         start = time.perf_counter()
         next_t = start
         while seq < total:
@@ -114,6 +123,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             counts.extend(body[0])
             last = np.maximum(last, np.asarray(body[1], np.int64))
         notifier_cpu = cpu_seconds(notifier.pid) - cpu_before
+        softirq = softirq_seconds() - softirq_before
         end_ns = int(last.max())
         counts = np.asarray(counts)
         got_all = last[1 : total + 1] > 0
@@ -140,6 +150,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             "messages_delivered_per_s": round(delivered / span_s) if span_s > 0 else None,
             "notifier_cpu_s": round(notifier_cpu, 2),
             "notifier_cpu_us_per_message": round(notifier_cpu / delivered * 1e6, 3) if delivered else None,
+            "machine_softirq_s": round(softirq, 2),
         }
         print(json.dumps(result), flush=True)
         return result
