@@ -109,8 +109,8 @@ MAX_ERRORS = 5
 # How long a disconnected session gets to take the tail of its queue plus the final
 # error before the socket is closed under it.
 DEFAULT_CLOSE_GRACE_S = 2.0
-# Longest the ring wait sleeps in its worker thread before the pump looks again;
-# it bounds how long shutdown waits for that thread, not latency (wake-ups are posted).
+# Longest the ring wait sleeps in its worker thread before the pump looks again; it
+# bounds how long shutdown waits for that thread, not latency (wake-ups are posted).
 RING_WAIT_S = 0.05
 # Like trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or buffers is a reason to
 # wait and retry accept, not to die.
@@ -495,7 +495,10 @@ class Notifier:
         while True:
             events = source.read_nowait()
             if events is None or not len(events):
-                await trio.to_thread.run_sync(source.wait, RING_WAIT_S, abandon_on_cancel=True)
+                # Not abandoned on cancel: the thread must be out of the ring's wait before
+                # ``serve`` closes the ring (unmapping it or closing its semaphore under a
+                # waiting thread could crash). Shutdown waits at most RING_WAIT_S for it.
+                await trio.to_thread.run_sync(source.wait, RING_WAIT_S)
                 continue
             self.publish(events)
             # let sessions run between batches: under a flood the ring is never empty
