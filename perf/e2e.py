@@ -57,6 +57,11 @@ def results_section(result: dict) -> str:
         " latency); CPU is % of one core over the measured window.",
         "",
         bench.markdown_table(result["steps"]),
+        "Where the time goes (µs; the split uses the gateway's receive stamp, so `to gateway` is the"
+        " load generator's lateness plus TCP plus the gateway's read; ring lag in records, sampled"
+        " every 0.2 s with `ringex status`):",
+        "",
+        bench.breakdown_table(result["steps"]),
         "Targets:",
         "",
     ]
@@ -89,8 +94,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     bench.add_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="two short async steps; write nothing")
+    parser.add_argument("--from-json", metavar="FILE", help="redraw the plot and RESULTS.md from a saved run")
     args = parser.parse_args()
     console = Console()
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        bench.plot(result["steps"], RESULTS / "e2e.png")
+        write_results_md(HERE / "RESULTS.md", results_section(result))
+        return 0
     if args.quick:
         args.rates, args.durability, args.duration, args.warmup = [1000.0, 10_000.0], "async", 2.0, 0.5
         args.one_symbol_rates = []

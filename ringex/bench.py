@@ -69,6 +69,7 @@ __all__ = [
     "sweep",
     "plot",
     "markdown_table",
+    "breakdown_table",
     "add_arguments",
     "run",
 ]
@@ -83,6 +84,11 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 # replace the oldest). Picked so a target is usually still resting, not derived.
 POOL = 256
 MID = 10_000  # starting mid price in ticks (well inside the default 1..1,000,000 band)
+# share of replaces that cross the mid and trade. A crossed order is often filled and
+# gone, and the sender (which does not read the fills) keeps replacing it, answered
+# "unknown order" by the matcher: a third crossing left ~75% of requests hitting dead
+# orders; a tenth keeps most targets alive while the book still trades steadily.
+CROSSING = 0.1
 # latencies are recorded in ns from 1 ns to 2 minutes at 3 significant digits
 HDR_MAX_NS = 120_000_000_000
 _MSG = {"N": ord("N"), "C": ord("C"), "R": ord("R"), "L": ord("L")}
@@ -121,7 +127,7 @@ def make_workload(rate: float, seconds: float, sessions: int, symbols: list[str]
     """The seeded flow of ``rate * seconds`` requests, evenly spaced in time, dealt out
     round robin to ``sessions`` sessions over ``symbols``. Each symbol's mid price is
     a random walk; resting orders sit a few ticks from it on their side, IOCs cross it
-    by 3 ticks and about a third of the replaces cross it by one, so the flow trades."""
+    by 3 ticks and a tenth of the replaces (``CROSSING``) cross it by one, so the flow trades."""
     rng = np.random.default_rng(seed)
     n = max(1, int(rate * seconds))
     t_ns = (np.arange(n, dtype=np.float64) * (1e9 / rate)).astype(np.int64)
@@ -134,10 +140,13 @@ def make_workload(rate: float, seconds: float, sessions: int, symbols: list[str]
     for s in range(len(symbols)):
         mask = sym == s
         mid[mask] = MID + np.cumsum(steps[mask])
-    passive = rng.geometric(0.35, size=n) - 1  # 0, 1, 2, ... ticks behind the mid
+    passive = rng.geometric(0.35, size=n)  # 1, 2, ... ticks behind the mid: rests
+
     gtc_price = np.where(buy, mid - passive, mid + passive)
     ioc_price = np.where(buy, mid + 3, mid - 3)
-    dist = rng.geometric(0.35, size=n) - 2  # -1 (crosses), 0, 1, ...
+    # a replace moves the order to 1, 2, ... ticks behind the mid, or (CROSSING of them)
+    # one tick through it, where it takes liquidity
+    dist = np.where(rng.random(n) < CROSSING, -1, rng.geometric(0.35, size=n))
     qty = rng.integers(1, 10, size=n)
     slot = rng.integers(0, POOL, size=n).astype(np.uint16)
 
@@ -353,6 +362,8 @@ def _send_step(cfg: dict, conn, reply_dtype) -> str:
                 raise ConnectionError("the exchange closed an order entry session during the step")
     out = {
         "t0": np.int64(t0),
+        # the exchange stamps wall-clock receive times; this maps our monotonic times to them
+        "wall_minus_mono": np.int64(time.time_ns() - time.monotonic_ns()),
         "intended_ns": np.concatenate([t0 + s.plan.t_ns for s in sessions]),
         "sent_ns": np.concatenate([s.sent_ns for s in sessions]),
         "ack_ns": np.concatenate([s.ack_ns for s in sessions]),
@@ -392,7 +403,12 @@ def _md_main(conn) -> None:
 
 
 def _md_connect(host: str, port: int, requests: list[dict], expect: int) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection((host, port), timeout=10.0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # room for a burst while this process waits for a core: the notifier cuts off a
+    # subscriber more than 1 MiB behind, on top of what the kernel buffers
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    sock.settimeout(10.0)
+    sock.connect((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
     buf = b""
@@ -425,21 +441,29 @@ def _md_step(cfg: dict, conn) -> str:
     rests = {s.fileno(): b"" for s in socks}
     trades, fills = [], []
     lines = rejected = 0
+    closed, tails = [], {}
     stop = False
     while not stop:
-        readable, _, _ = select.select(socks, [], [], 0.05)
+        if not socks:
+            time.sleep(0.05)
+        readable = select.select(socks, [], [], 0.05)[0] if socks else []
         for sock in readable:
             try:
                 data = sock.recv(4 << 20)
             except BlockingIOError:
                 continue
             now = time.monotonic_ns()
-            if not data:
-                raise ConnectionError("the notifier closed a market data session during the step")
+            if not data:  # cut off (a slow consumer at saturation): keep what we have
+                closed.append(tails.get(sock.fileno(), b"").decode(errors="replace").strip())
+                socks.remove(sock)
+                sock.close()
+                continue
             buf = rests[sock.fileno()] + data
             cut = buf.rfind(b"\n") + 1
             rests[sock.fileno()] = buf[cut:]
             chunk = buf[:cut]
+            if chunk:
+                tails[sock.fileno()] = chunk[-200:]  # the notifier's last words, if it cuts us off
             lines += chunk.count(b"\n")
             rejected += chunk.count(_REJECTED)
             for regex, out in ((_TRADE_RE, trades), (_FILL_RE, fills)):
@@ -456,7 +480,7 @@ def _md_step(cfg: dict, conn) -> str:
         return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.uint64)
 
     path = os.path.join(cfg["workdir"], f"md-{os.getpid()}.npz")
-    np.savez(path, trades=stack(trades), fills=stack(fills), lines=lines, rejected=rejected)
+    np.savez(path, trades=stack(trades), fills=stack(fills), lines=lines, rejected=rejected, closed=json.dumps(closed))
     return path
 
 
@@ -516,9 +540,16 @@ def analyse(sender: dict, md: dict, warmup_ns: int) -> dict:
     takers = np.flatnonzero(measured & is_k & (sender["kind"] != CANCEL))
     oid, ts = sender["order_id"][takers], sender["ts_ns"][takers]
     out = {}
+    offset = int(sender["wall_minus_mono"])
     for name, events in (("trade", md["trades"]), ("fill", md["fills"])):
         idx, seen = first_seen(oid, ts, events)
         out[name] = (seen - sender["intended_ns"][takers[idx]]), len(idx)
+        out[f"gateway_to_{name}"] = seen + offset - ts[idx].astype(np.int64), len(idx)
+    # split at the gateway's receive stamp: what the client side and TCP cost, and what
+    # the exchange took from reading the request to the client reading its reply
+    stamped = measured & acked
+    out["to_gateway"] = sender["ts_ns"][stamped].astype(np.int64) - offset - sender["intended_ns"][stamped], 0
+    out["gateway_to_ack"] = sender["ack_ns"][stamped] + offset - sender["ts_ns"][stamped].astype(np.int64), 0
     reasons: dict[str, int] = {}
     from ringex.protocol import Reason
 
@@ -537,6 +568,7 @@ def analyse(sender: dict, md: dict, warmup_ns: int) -> dict:
         "taker_fills_seen": int(len(md["fills"])),
         "md_lines": int(md["lines"]),
         "matcher_rejects_seen": int(md["rejected"]),
+        "md_sessions_cut_off": json.loads(str(md["closed"])),
         "requests_that_traded": out["trade"][1],
         "latency_us": {
             "ack": summarize(ack_lat),
@@ -544,6 +576,10 @@ def analyse(sender: dict, md: dict, warmup_ns: int) -> dict:
             "fill": summarize(out["fill"][0]),
         },
         "sender_lateness_us": summarize(lateness),
+        "split_at_gateway_us": {
+            name: {k: v for k, v in summarize(out[name][0]).items() if k != "hdr"}
+            for name in ("to_gateway", "gateway_to_ack", "gateway_to_trade", "gateway_to_fill")
+        },
     }
 
 
@@ -998,6 +1034,45 @@ def markdown_table(steps: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def breakdown_table(steps: list[dict]) -> str:
+    """Where the time goes, per step: latency split at the gateway's receive stamp, and
+    the mean/max records each ring consumer was behind its producer (all symbols)."""
+    stages = ("in.journaler", "in.matcher", "out.journaler", "out.notifier")
+    head = "| mode | rate/s | sym | to gateway p50/p99 | gateway→ack p50/p99 | gateway→trade p50/p99 | "
+    head += " | ".join(f"{st} lag mean/max" for st in stages) + " |\n"
+    head += "|" + "---|" * (6 + len(stages)) + "\n"
+    rows = []
+    for s in steps:
+        split = s.get("split_at_gateway_us", {})
+
+        def pair(name, split=split):
+            d = split.get(name, {})
+            return f"{d.get('p50', '-'):,} / {d.get('p99', '-'):,}" if d.get("count") else "-"
+
+        lags = " | ".join(
+            f"{s['ring_lag'][st]['mean']:,.0f} / {s['ring_lag'][st]['max']:,}" if st in s["ring_lag"] else "-"
+            for st in stages
+        )
+        sym = s["symbol_names"][0] if s["symbols"] == 1 else s["symbols"]
+        rows.append(
+            f"| {s['durability']} | {s['rate']:,.0f} | {sym} | {pair('to_gateway')} | {pair('gateway_to_ack')} | "
+            f"{pair('gateway_to_trade')} | {lags} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def _percentile_curve(hist, pct: np.ndarray) -> np.ndarray:
+    """Values at many percentiles in one pass over the histogram's buckets (asking
+    ``get_value_at_percentile`` for each walks every bucket each time)."""
+    values, counts = [], []
+    for item in hist.get_recorded_iterator():
+        values.append(item.value_iterated_to)
+        counts.append(item.count_at_value_iterated_to)
+    cumulative = np.cumsum(counts)
+    wanted = np.maximum(1, np.ceil(pct / 100 * cumulative[-1]))
+    return np.asarray(values, dtype=np.float64)[np.searchsorted(cumulative, wanted)]
+
+
 def plot(steps: list[dict], path: str | os.PathLike[str]) -> None:
     """Latency by percentile, one line per step, HDR style: x is 1/(1-p) on a log
     axis (so 99% and 99.99% are as far apart as 90% and 99.9%), y is latency (log)."""
@@ -1019,8 +1094,7 @@ def plot(steps: list[dict], path: str | os.PathLike[str]) -> None:
                 enc = s["latency_us"][kind].get("hdr")
                 if not enc:
                     continue
-                hist = HdrHistogram.decode(enc)
-                ys = [hist.get_value_at_percentile(p) / 1000 for p in pct]
+                ys = _percentile_curve(HdrHistogram.decode(enc), pct) / 1000
                 label = f"{s['rate']:,.0f}/s" + (f" {s['symbol_names'][0]} only" if s["symbols"] == 1 else "")
                 ax.plot(10.0**nines, ys, label=label, linestyle="--" if s["symbols"] == 1 else "-")
             ax.set_xscale("log")
@@ -1103,6 +1177,10 @@ def execute(args: argparse.Namespace, console, command: str) -> dict:
         def targets(mode):
             return LocalExchange(mode)
 
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt  # so the exchange and the workers are stopped on the way out
+
+    signal.signal(signal.SIGTERM, interrupted)
     info = machine()
     steps, warmups = sweep(
         targets,
