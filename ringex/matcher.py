@@ -31,6 +31,10 @@ RESTING_ORDER = np.dtype(
 )
 
 
+SNAPSHOT_MAGIC = 0x52494E47534E4150  # "RINGSNAP"
+SNAPSHOT_VERSION = 1
+
+
 class BookCorrupt(AssertionError):
     """``Matcher.validate`` found a broken invariant; the message names it."""
 
@@ -127,41 +131,52 @@ class Matcher:
     # ---- snapshots ------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole book as bytes (a copy of the arena); ``last_seq`` is inside it."""
-        return self._arena.tobytes()
+        """The book as bytes: its header (spec, ``last_seq``, trade counter) and every
+        resting order in priority order, so the size follows the orders, not the band.
+
+        Layout (``int64`` words): ``SNAPSHOT_MAGIC``, ``SNAPSHOT_VERSION``, order count,
+        the arena's ``HEADER_WORDS`` header words, then 8 words per order as
+        ``collect_orders`` writes them. Restoring re-rests the orders in that order, so
+        queue positions, best prices and every later event are the same; only the pool
+        slots an order occupies may differ, and nothing observable depends on them.
+        """
+        orders = np.zeros((self.order_count(), 8), np.int64)
+        count = jit.collect_orders(self._arena, orders)
+        prefix = np.array([SNAPSHOT_MAGIC, SNAPSHOT_VERSION, count], np.int64)
+        return prefix.tobytes() + self._arena[: jit.HEADER_WORDS].tobytes() + orders[:count].tobytes()
 
     @staticmethod
     def snapshot_last_seq(snapshot: bytes) -> int:
-        return int(np.frombuffer(snapshot, dtype=np.int64, count=jit.HEADER_WORDS)[jit.H_LAST_SEQ])
+        """The sequence of the last command a snapshot covers (-1: none)."""
+        return int(np.frombuffer(snapshot, dtype=np.int64, count=3 + jit.HEADER_WORDS)[3 + jit.H_LAST_SEQ])
 
     @classmethod
     def restore(cls, spec: SymbolSpec, snapshot: bytes) -> Matcher:
         """A book equal to the one that took ``snapshot``; raises ``ValueError`` if the
-        snapshot was taken under a different spec, ``BookCorrupt`` if it is damaged."""
-        if len(snapshot) % 8 or len(snapshot) < jit.HEADER_WORDS * 8:
-            raise ValueError("snapshot: not a book arena (bad length)")
-        arena = np.frombuffer(snapshot, dtype=np.int64).copy()
-        head = arena[: jit.HEADER_WORDS]
-        if head[jit.H_MAGIC] != jit.ARENA_MAGIC or head[jit.H_VERSION] != jit.ARENA_VERSION:
-            raise ValueError("snapshot: not a book arena of this version")
-        expected = {
-            jit.H_LEVELS: spec.levels,
-            jit.H_CAPACITY: spec.capacity,
-            jit.H_PRICE_MIN: spec.price_min,
-            jit.H_TICK: spec.tick,
-            jit.H_MAX_QTY: spec.max_qty,
-            jit.H_STP: jit.STP_CODES[spec.stp],
-            jit.H_SYMBOL: _symbol_word(spec.name),
-        }
-        for slot, want in expected.items():
-            if head[slot] != want:
+        snapshot is damaged or was taken under a different spec."""
+        words = np.frombuffer(snapshot, dtype=np.int64) if len(snapshot) % 8 == 0 else np.zeros(0, np.int64)
+        if len(words) < 3 + jit.HEADER_WORDS or words[0] != SNAPSHOT_MAGIC or words[1] != SNAPSHOT_VERSION:
+            raise ValueError("snapshot: not a book snapshot of this version")
+        count = int(words[2])
+        if count < 0 or len(words) != 3 + jit.HEADER_WORDS + 8 * count:
+            raise ValueError("snapshot: length does not match its order count")
+        head = words[3 : 3 + jit.HEADER_WORDS]
+        book = cls(spec)
+        expected = book._arena[: jit.HEADER_WORDS]
+        for slot in (jit.H_LEVELS, jit.H_CAPACITY, jit.H_PRICE_MIN, jit.H_TICK, jit.H_MAX_QTY, jit.H_STP, jit.H_SYMBOL):
+            if head[slot] != expected[slot]:
                 raise ValueError(
-                    f"snapshot: taken under a different spec for {spec.name} (header word {slot}: {head[slot]} != {want})"
+                    f"snapshot: taken under a different spec for {spec.name} (header word {slot}: {head[slot]} != {expected[slot]})"
                 )
-        if len(arena) != jit.arena_words(spec.levels, spec.capacity):
-            raise ValueError("snapshot: arena length does not match the spec")
-        book = cls(spec, _arena=arena)
-        book.validate()
+        orders = np.ascontiguousarray(words[3 + jit.HEADER_WORDS :].reshape(count, 8))
+        if jit.load_orders(book._arena, orders, count) != 0:
+            raise ValueError("snapshot: an order does not fit the book (damaged snapshot)")
+        book._arena[jit.H_LAST_SEQ] = head[jit.H_LAST_SEQ]
+        book._arena[jit.H_TRADE_COUNTER] = head[jit.H_TRADE_COUNTER]
+        try:
+            book.validate()
+        except BookCorrupt as exc:
+            raise ValueError(f"snapshot: {exc}") from None
         return book
 
     # ---- inspection -----------------------------------------------------------------

@@ -4,8 +4,10 @@ Why one arena: a numba call pays for every array argument it unboxes (DESIGN.md 
 ~130 ns for one int up to ~800 ns for 11 arrays). The whole book -- header scalars, both
 price ladders, the order pool and the order-id index -- lives in ONE ``int64`` array at
 fixed offsets recorded in its header, so a batch call passes four arguments (arena,
-commands, first sequence, events) and a snapshot is a copy of one array.
-``perf/matcher_bench.py`` measures this against passing the sub-arrays separately.
+commands, first sequence, events). ``perf/matcher_bench.py`` measures this against
+passing the sub-arrays separately. (Snapshots do not copy the arena: a default band of
+a million levels makes it ~54 MB, mostly empty ladder; ``Matcher.snapshot`` keeps the
+header and the resting orders, and ``load_orders`` re-rests them.)
 
 Commands and events are passed as ``int64`` word views of ``COMMAND`` (8 words) and
 ``EVENT`` (16 words) slots, so the kernels never touch numba record types and compile
@@ -49,6 +51,7 @@ __all__ = [
     "check_book",
     "collect_orders",
     "collect_depth",
+    "load_orders",
     "warm_up",
     "CHECK_MESSAGES",
 ]
@@ -874,6 +877,30 @@ def collect_orders(arena, out):
     return k
 
 
+@njit(cache=True)
+def load_orders(arena, orders, count):
+    """Rest ``orders[:count]`` (rows as ``collect_orders`` writes them, in priority
+    order) in an empty book; used to restore a snapshot. Returns 0, or -1 if a row is
+    out of the band or the pool is full (a damaged snapshot)."""
+    for k in range(count):
+        if arena[H_FREE_HEAD] < 0:
+            return -1
+        flags = orders[k, 3]
+        level = _price_level(arena, orders[k, 4])
+        if level < 0 or orders[k, 5] <= 0:
+            return -1
+        slot = _alloc(arena)
+        ob = _order_base(arena, slot)
+        arena[ob + P_ORDER_ID] = orders[k, 0]
+        arena[ob + P_CLIENT_ORDER_ID] = orders[k, 1]
+        arena[ob + P_ACCOUNT] = orders[k, 2]
+        arena[ob + P_QTY] = orders[k, 5]
+        arena[ob + P_FLAGS] = flags
+        _append(arena, slot, _side_ix(flags & 0xFF), level)
+        _index_insert(arena, orders[k, 0], slot)
+    return 0
+
+
 def warm_up() -> float:
     """Compile (first start) or load from numba's cache (later starts) every kernel by
     running a tiny book through all of them. Returns the seconds it took; call before a
@@ -894,5 +921,7 @@ def warm_up() -> float:
     )
     check_book(arena)
     collect_depth(arena, 0, 4, np.zeros((4, 3), np.int64))
-    collect_orders(arena, np.zeros((4, 8), np.int64))
+    orders = np.zeros((4, 8), np.int64)
+    count = collect_orders(arena, orders)
+    load_orders(make_book(levels=8, capacity=4, price_min=1, tick=1, max_qty=100, stp=0, symbol_word=0), orders, count)
     return time.perf_counter() - started

@@ -455,3 +455,13 @@ def test_ids_and_accounts_use_all_64_bits():
     ev = book.run(buy(big_id, 100, 5, account=big_account), sell(1 << 63, 100, 2, account=1))
     assert int(ev[1]["contra_order_id"]) == big_id and int(ev[1]["contra_account"]) == big_account
     assert kinds(book.run(cancel(big_id, account=big_account))) == [("C", EventReason.USER_REQUEST)]
+
+
+def test_snapshot_size_follows_the_orders_not_the_band():
+    spec = SymbolSpec("ACME", price_min=1, price_max=1_000_000)
+    m = Matcher(spec)
+    m.apply(batch([buy(i, 1000 + i, 5) for i in range(1, 101)]), 1)
+    snap = m.snapshot()
+    assert len(snap) < 100 * 64 + 1024
+    restored = Matcher.restore(spec, snap)
+    assert restored.state_hash() == m.state_hash() and restored.depth(3) == m.depth(3)
