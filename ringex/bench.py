@@ -83,12 +83,15 @@ PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 # live order ids a session remembers per symbol to cancel/replace (a ring: the newest
 # replace the oldest). Picked so a target is usually still resting, not derived.
 POOL = 256
-MID = 10_000  # starting mid price in ticks (well inside the default 1..1,000,000 band)
-# share of replaces that cross the mid and trade. A crossed order is often filled and
-# gone, and the sender (which does not read the fills) keeps replacing it, answered
-# "unknown order" by the matcher: a third crossing left ~75% of requests hitting dead
-# orders; a tenth keeps most targets alive while the book still trades steadily.
-CROSSING = 0.1
+# Prices as in perf/matcher_bench.py (modelled on exchange-core's benchmark): resting
+# orders sit 1..650 ticks from a drifting mid on their side, replaces move them to
+# -1..648 ticks (so a few cross), IOCs cross by 0..30 ticks and take up to 200 lots. Kept
+# wide on purpose: orders placed near the mid trade away quickly, and the sender (which
+# does not read fills) would keep replacing dead orders (a 1-3 tick spread left ~75% of
+# requests answered "unknown order" by the matcher).
+MID = 100_000  # starting mid price in ticks (well inside the default 1..1,000,000 band)
+HALF_SPREAD_LEVELS = 650
+IOC_REACH = 30
 # latencies are recorded in ns from 1 ns to 2 minutes at 3 significant digits
 HDR_MAX_NS = 120_000_000_000
 _MSG = {"N": ord("N"), "C": ord("C"), "R": ord("R"), "L": ord("L")}
@@ -126,8 +129,9 @@ class SessionPlan:
 def make_workload(rate: float, seconds: float, sessions: int, symbols: list[str], seed: int = 1) -> list[SessionPlan]:
     """The seeded flow of ``rate * seconds`` requests, evenly spaced in time, dealt out
     round robin to ``sessions`` sessions over ``symbols``. Each symbol's mid price is
-    a random walk; resting orders sit a few ticks from it on their side, IOCs cross it
-    by 3 ticks and a tenth of the replaces (``CROSSING``) cross it by one, so the flow trades."""
+    a random walk (a tick every 20 requests on average); prices and quantities follow
+    the matcher benchmark (see ``HALF_SPREAD_LEVELS``), so the flow trades mostly
+    through its IOCs."""
     rng = np.random.default_rng(seed)
     n = max(1, int(rate * seconds))
     t_ns = (np.arange(n, dtype=np.float64) * (1e9 / rate)).astype(np.int64)
@@ -135,19 +139,17 @@ def make_workload(rate: float, seconds: float, sessions: int, symbols: list[str]
     sym = rng.integers(0, len(symbols), size=n).astype(np.uint8)
     side = np.where(rng.random(n) < 0.5, Side.BUY, Side.SELL).astype(np.uint8)
     buy = side == Side.BUY
-    steps = rng.choice(np.array([-1, 0, 1]), size=n, p=[0.05, 0.9, 0.05])
+    steps = rng.choice(np.array([-1, 0, 1]), size=n, p=[0.025, 0.95, 0.025])
     mid = np.empty(n, dtype=np.int64)
     for s in range(len(symbols)):
         mask = sym == s
         mid[mask] = MID + np.cumsum(steps[mask])
-    passive = rng.geometric(0.35, size=n)  # 1, 2, ... ticks behind the mid: rests
-
+    passive = rng.integers(1, HALF_SPREAD_LEVELS + 1, size=n)
     gtc_price = np.where(buy, mid - passive, mid + passive)
-    ioc_price = np.where(buy, mid + 3, mid - 3)
-    # a replace moves the order to 1, 2, ... ticks behind the mid, or (CROSSING of them)
-    # one tick through it, where it takes liquidity
-    dist = np.where(rng.random(n) < CROSSING, -1, rng.geometric(0.35, size=n))
-    qty = rng.integers(1, 10, size=n)
+    reach = rng.integers(0, IOC_REACH + 1, size=n)
+    ioc_price = np.where(buy, mid + reach, mid - reach)
+    dist = rng.integers(1, HALF_SPREAD_LEVELS + 1, size=n) - 2  # <= 0 crosses the mid
+    qty = np.where(kind == IOC, rng.integers(1, 201, size=n), rng.integers(1, 101, size=n))
     slot = rng.integers(0, POOL, size=n).astype(np.uint16)
 
     frames = np.zeros(n, dtype=COMMAND)
