@@ -232,6 +232,9 @@ def run_shard(plan: ShardPlan) -> int:
     from ringex.logs import setup_child_logging
 
     setup_child_logging(plan.config, shard_role(plan.index))
+    from ringex.matcher_jit import warm_up
+
+    log.info("matching kernels ready in %.2f s", warm_up())
     control = None
     if plan.control:
         from ringex.control import ControlBlock
