@@ -412,9 +412,13 @@ def test_watch_shows_trades_and_the_top_of_the_book_and_an_accounts_orders(excha
     assert "ACME top 5" in book.stdout
     assert "105" in book.stdout and "99" in book.stdout  # the resting levels
     orders = subprocess.Popen([*base, "--orders"], stdout=subprocess.PIPE, text=True, env=env)
-    time.sleep(3.0)  # room for the watch to start and subscribe on a loaded machine
-    exchange.new("ACME", Side.BUY, 105, 1, TAKER)
-    exchange.journal()
+    # trade until the watch ends: however long it takes to start and subscribe on a
+    # loaded machine, fills arrive while it is subscribed
+    while orders.poll() is None:
+        exchange.new("ACME", Side.SELL, 105, 1, MAKER)
+        exchange.new("ACME", Side.BUY, 105, 1, TAKER)
+        exchange.journal()
+        time.sleep(0.3)
     out, _ = orders.communicate(timeout=60)
     assert orders.returncode == 0
     assert "my orders" in out and "fill" in out
