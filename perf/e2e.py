@@ -8,7 +8,7 @@ results where the project keeps them)::
   md process ◄──── trades + private fills ◄──── notifier ◄── journaler ◄───────┘
 
 Per offered rate: ack, trade print and taker fill latency from each request's
-intended send time (p50 ... p99.99, max), achieved acks/s, each process's CPU and
+intended send time (p50 ... p99.99, max), accepted requests/s, each process's CPU and
 the ring lag per stage; one exchange per durability mode on a temporary data dir.
 
     .venv/bin/python perf/e2e.py            # full sweep: perf/results/e2e.{json,png}, perf/RESULTS.md
@@ -48,12 +48,17 @@ def results_section(result: dict) -> str:
         f"load average {m['loadavg_at_start'][0]} at the start and {m['loadavg_at_end'][0]} at the end "
         "(other engineers' test runs share the machine)"
         + (f"; exchange and load generator reniced to {result['nice']}" if result.get("nice") is not None else "")
+        + (
+            f"; exchange and load generator under SCHED_FIFO {result['realtime']}"
+            if result.get("realtime") is not None
+            else ""
+        )
         + ".",
         "",
         "Mix: " + ", ".join(f"{v:.0%} {k}" for k, v in result["mix"].items()) + " (cancels and replaces target"
         " the session's own resting orders, learned from acks); 4 symbols unless `sym` says 1; "
-        "latency from each request's intended send time (open loop); times in µs. `acks/s` is the"
-        " achieved ack rate; `sender late` is how late the load generator itself sent (included in every"
+        "latency from each request's intended send time (open loop); times in µs. `accepted/s`"
+        " is requests answered K per second (the rest were rejected, e.g. THROTTLED); `sender late` is how late the load generator itself sent (included in every"
         " latency); CPU is % of one core over the measured window.",
         "",
         bench.markdown_table(result["steps"]),
@@ -76,6 +81,8 @@ def results_section(result: dict) -> str:
         lines.append(
             f"- {w['durability']}: the unmeasured warm-up step right after start-up saw ack max {w['ack_max_us']} µs"
         )
+    if result.get("note"):
+        lines.append(f"- note: {result['note']}")
     lines += ["", "![latency by percentile](results/e2e.png)", "", END]
     return "\n".join(lines) + "\n"
 
