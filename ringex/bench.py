@@ -1098,10 +1098,11 @@ def plot(steps: list[dict], path: str | os.PathLike[str]) -> None:
     from hdrh.histogram import HdrHistogram
 
     kinds = ("ack", "trade")
-    fig, axes = plt.subplots(len(kinds), 2, figsize=(14, 10), squeeze=False)
+    modes = list(dict.fromkeys(s["durability"] for s in steps))  # in sweep order
+    fig, axes = plt.subplots(len(kinds), len(modes), figsize=(7 * len(modes), 10), squeeze=False)
     nines = np.linspace(0, 5, 200)  # 0 .. 99.999%
     pct = 100 * (1 - 10.0 ** (-nines))
-    for col, mode in enumerate(("fsync", "async")):
+    for col, mode in enumerate(modes):
         mine = [s for s in steps if s["durability"] == mode]
         for row, kind in enumerate(kinds):
             ax = axes[row][col]
@@ -1144,7 +1145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offered orders/s, comma separated (1k = 1000)",
     )
     parser.add_argument(
-        "--durability", default="fsync,async", help="modes to sweep (each on its own temporary exchange)"
+        "--durability",
+        help="modes to sweep, each on its own temporary exchange (default fsync,async); with --host, only a label",
     )
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per step")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds sent before measuring, per step")
@@ -1178,7 +1180,7 @@ def execute(args: argparse.Namespace, console, command: str) -> dict:
     """Run the sweep ``args`` describe (see ``add_arguments``); the whole result."""
     from contextlib import contextmanager
 
-    modes = [m for m in args.durability.split(",") if m]
+    modes = [m for m in (args.durability or ("remote" if args.host else "fsync,async")).split(",") if m]
     if args.host:
 
         @contextmanager
