@@ -12,13 +12,14 @@ reordered) and payload matching its sequence (no slot overwritten under it).
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 
 import numpy as np
 
 from ringex.records import COMMAND
-from ringex.ring import Ring
+from ringex.ring import Ring, RingTimeout
 from ringex.wait import wait_strategy
 
 
@@ -27,9 +28,28 @@ def mix(seqs: np.ndarray) -> np.ndarray:
     return (seqs * 2654435761) & 0x7FFFFFFF
 
 
+class Orphaned(Exception):
+    """The test process that started this one is gone: stop, or run forever unseen."""
+
+
+def _watch_parent():
+    """A check that raises ``Orphaned`` once this process's parent has died (it is then
+    re-parented, so ``getppid`` changes). Endless producers and consumers call it now
+    and then, so a test run that crashes hard leaves nothing running."""
+    parent = os.getppid()
+
+    def check() -> None:
+        if os.getppid() != parent:
+            raise Orphaned
+
+    return check
+
+
 def _report(queue, who: str, body) -> None:
     try:
         queue.put(("ok", who, body()))
+    except Orphaned:
+        pass
     except BaseException:
         queue.put(("error", who, traceback.format_exc()))
         raise
@@ -59,9 +79,16 @@ def produce(
         if barrier is not None:
             barrier.wait()
         remaining = total if total is not None else 1 << 62
+        check_parent = _watch_parent()
         started = time.perf_counter()
         while remaining:
-            claim = producer.claim(min(batch, remaining))
+            try:
+                claim = producer.claim(min(batch, remaining), timeout=1.0)
+            except RingTimeout:
+                check_parent()
+                continue
+            if claim.lo & 0xFFFF < batch:
+                check_parent()
             for first, view in claim.segments():
                 seqs = np.arange(first, first + len(view), dtype=np.int64)
                 view["order_id"] = seqs
@@ -105,8 +132,11 @@ def consume(
         batches = 0
         idle_since = time.monotonic()
         end = last if last is not None else 1 << 62
+        check_parent = _watch_parent()
         while expected <= end:
             batch = me.wait_batch(timeout=0.5)
+            if not batch or batches & 0xFF == 0:
+                check_parent()
             if not batch:
                 if time.monotonic() - idle_since > idle_limit:
                     raise AssertionError(f"{consumer}: nothing after {expected - 1} for {idle_limit} s")
