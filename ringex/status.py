@@ -158,9 +158,9 @@ def render(now: dict, before: dict | None = None) -> Group:
             )
             first = False
 
-    durable = Table(title="journal (durable = next journal sequence not yet durable)", title_justify="left")
+    durable = Table(title="journal", title_justify="left")
     durable.add_column("symbol")
-    durable.add_column("durable", justify="right")
+    durable.add_column("next seq not yet durable", justify="right")
     for symbol, seq in now["durable"].items():
         durable.add_row(symbol, f"{seq:,}")
     return Group(head, procs, rings, durable)
