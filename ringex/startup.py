@@ -12,14 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from ringex.records import COMMAND, EVENT
+from ringex.records import COMMAND
 from ringex.ring import Ring
 from ringex.wal import Journal
 
-__all__ = ["gateway_start", "notifier_books", "ring_base", "wait_until"]
+__all__ = ["gateway_start", "ring_base", "wait_until"]
 
 JOURNAL_CONSUMER = "journaler"
-NOTIFIER_CONSUMER = "notifier"
 WAIT_TIMEOUT_S = 60.0
 
 
@@ -68,26 +67,3 @@ def gateway_start(data_dir: str, in_rings: Mapping[str, str]) -> tuple[dict[str,
     with Journal(data_dir, readonly=True) as journal:
         first_order_id = journal.max_order_id() + 1
     return bases, first_order_id
-
-
-def notifier_books(data_dir: str, out_rings: Mapping[str, str]) -> dict[str, list[tuple[int, int, int, int]]]:
-    """Each symbol's resting orders ``(order_id, side, price, open)`` as of the notifier's
-    cursor on its out-ring: the journaled events before that point, folded into a depth
-    view. Everything up to the cursor is journaled, since the notifier is gated on the
-    journaler."""
-    from ringex.marketdata import DepthView
-
-    ends: dict[str, int] = {}
-    for symbol, name in out_rings.items():
-        with Ring.attach(name, EVENT, readonly=True) as ring:
-            ends[symbol] = ring_base(data_dir, "evt", symbol, ring) + ring.consumer_cursor(NOTIFIER_CONSUMER) + 1
-    books: dict[str, list[tuple[int, int, int, int]]] = {}
-    # One environment per process, so the journal is opened only after ring_base is done with it.
-    with Journal(data_dir, readonly=True) as journal:
-        for symbol, upto in ends.items():
-            view = DepthView()
-            for _, events in journal.read_events(symbol, 0, upto):
-                for row in events.tolist():
-                    view.apply(row)
-            books[symbol] = [(oid, side, price, open_qty) for oid, (side, price, open_qty) in view.orders.items()]
-    return books

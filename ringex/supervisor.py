@@ -153,11 +153,9 @@ def _notifier_child(config: Config, layout: Layout) -> None:
 
     from ringex.logs import setup_child_logging
     from ringex.notifier import serve
-    from ringex.startup import notifier_books
 
     setup_child_logging(config, "notifier")
     control = _attach_control(layout.control, "notifier")
-    books = notifier_books(config.data_dir, layout.out_rings)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -166,7 +164,6 @@ def _notifier_child(config: Config, layout: Layout) -> None:
                     lambda: serve(
                         config,
                         ring_prefix=layout.prefix,
-                        books=books,
                         on_ready=lambda ports: control.set_ready("notifier", True),
                     )
                 )
