@@ -82,10 +82,13 @@ class ShardPlan:
 class _Book:
     """One symbol as the shard sees it: its matcher, rings and sequence bases."""
 
-    def __init__(self, spec: SymbolSpec, consumer: Consumer, producer: Producer, base: int, book) -> None:
+    def __init__(
+        self, spec: SymbolSpec, consumer: Consumer, producer: Producer, capacity: int, base: int, book
+    ) -> None:
         self.spec = spec
         self.consumer = consumer
         self.producer = producer
+        self.capacity = capacity  # of the out-ring: the most one claim may take
         self.base = base  # journal seq of in-ring seq 0
         self.matcher = book.matcher
         self.next_event_seq = book.next_event_seq
@@ -152,7 +155,7 @@ class Shard:
             book.matcher.best_ask(),
             len(book.pending_events),
         )
-        return _Book(spec, consumer, producer, base_in, book)
+        return _Book(spec, consumer, producer, out_ring.capacity, base_in, book)
 
     def stop(self) -> None:
         """Finish the current batch and return from ``run`` (safe from a signal handler)."""
@@ -164,15 +167,24 @@ class Shard:
         self.rings = []
 
     def _publish(self, book: _Book, events) -> None:
-        # A full out-ring means the journaler or the notifier is behind: wait for them,
-        # looking at the stop flag now and then so shutdown is not held up forever.
-        while True:
+        """Publish ``events`` claim by claim. A full out-ring means the journaler or the
+        notifier is behind: wait for them, looking at the stop flag now and then so
+        shutdown is not held up forever. Each claim is published before the next, so a
+        retry resumes after what is out and never publishes an event twice."""
+        producer = book.producer
+        done, n = 0, len(events)
+        while done < n:
             try:
-                book.producer.write(events, timeout=0.2)
-                return
+                batch = producer.claim(min(n - done, book.capacity), timeout=0.2)
             except RingTimeout:
                 if self._stop:
                     raise
+                continue
+            except posix_ipc.SignalError:
+                continue  # SIGTERM while waiting for space: the claim is simply retried
+            batch.fill(events[done : done + len(batch)])
+            producer.publish(batch.hi)
+            done += len(batch)
 
     def turn(self) -> int:
         """Match what every ring has now; returns the number of commands matched."""
