@@ -217,7 +217,15 @@ class Journal:
             if not (self.path / "data.mdb").exists():
                 raise FileNotFoundError(f"no journal in {data_dir} (expected {self.path}/data.mdb)")
             # lock=True: a reader must register in the lock file while the journaler writes.
-            self.env = lmdb.open(str(self.path), readonly=True, lock=True, max_dbs=MAX_DBS, map_size=map_size)
+            # The journaler may grow the map between our open and its first read
+            # transaction (MapResizedError): open again, which maps the new size.
+            for attempt in range(5):
+                try:
+                    self.env = lmdb.open(str(self.path), readonly=True, lock=True, max_dbs=MAX_DBS, map_size=map_size)
+                    break
+                except lmdb.MapResizedError:
+                    if attempt == 4:
+                        raise
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             sync = durability == "fsync"
