@@ -590,7 +590,8 @@ def analyse(sender: dict, md: dict, warmup_ns: int) -> dict:
 ##########################################################################################
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports that were free a moment ago."""
     socks = []
     try:
         for _ in range(n):
@@ -629,7 +630,7 @@ class LocalExchange:
         self.output = ""
 
     def __enter__(self) -> Target:
-        order, md, ws = _free_ports(3)
+        order, md, ws = free_ports(3)
         cmd = [sys.executable, "-m", "ringex", "up", "--data", str(self.data), "--durability", self.durability]
         cmd += ["--order-port", str(order), "--md-port", str(md), "--ws-port", str(ws), *self.extra]
         self.proc = subprocess.Popen(

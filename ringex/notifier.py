@@ -937,29 +937,33 @@ def main(argv: list[str] | None = None) -> int:
     def ready(ports: dict[str, int]) -> None:
         print(json.dumps({"ready": True, "pid": os.getpid(), **ports}), flush=True)
 
+    run_until_signal(
+        config,
+        ring_prefix=args.ring_prefix,
+        on_ready=ready,
+        max_queue_bytes=args.max_queue_bytes,
+        heartbeat_s=args.heartbeat,
+        fan_out_threads=args.fan_out_threads,
+        close_grace_s=args.close_grace,
+        sndbuf=args.sndbuf,
+    )
+    return 0
+
+
+def run_until_signal(config: Config, **serve_kwargs: Any) -> None:
+    """Run ``serve(config, **serve_kwargs)`` in a new trio run until SIGINT or SIGTERM:
+    the body of the notifier process, whoever starts it (``main``, the supervisor)."""
     import signal  # noqa: PLC0415
 
     async def _main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    lambda: serve(
-                        config,
-                        ring_prefix=args.ring_prefix,
-                        on_ready=ready,
-                        max_queue_bytes=args.max_queue_bytes,
-                        heartbeat_s=args.heartbeat,
-                        fan_out_threads=args.fan_out_threads,
-                        close_grace_s=args.close_grace,
-                        sndbuf=args.sndbuf,
-                    )
-                )
+                nursery.start_soon(lambda: serve(config, **serve_kwargs))
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
 
     trio.run(_main)
-    return 0
 
 
 if __name__ == "__main__":

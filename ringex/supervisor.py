@@ -149,30 +149,13 @@ def _shard_child(plan) -> None:
 
 
 def _notifier_child(config: Config, layout: Layout) -> None:
-    import trio
-
     from ringex.logs import setup_child_logging
-    from ringex.notifier import serve
+    from ringex.notifier import run_until_signal
 
     setup_child_logging(config, "notifier")
     control = _attach_control(layout.control, "notifier")
-
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    lambda: serve(
-                        config,
-                        ring_prefix=layout.prefix,
-                        on_ready=lambda ports: control.set_ready("notifier", True),
-                    )
-                )
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
     try:
-        trio.run(main)
+        run_until_signal(config, ring_prefix=layout.prefix, on_ready=lambda ports: control.set_ready("notifier", True))
     finally:
         control.set_ready("notifier", False)
 
