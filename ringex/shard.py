@@ -198,6 +198,7 @@ class Shard:
                 if len(events):
                     self._publish(book, events)
                     book.next_event_seq += len(events)
+            self._moved = book
             # Only now: a shard killed before this line sees the batch again.
             book.consumer.commit(batch.hi)
             book.since_snapshot += len(batch)
@@ -216,12 +217,14 @@ class Shard:
     def run(self) -> None:
         if self.control is not None:
             self.control.set_ready(self.role, True)
-        last = self.books[0]
+        # The ring that moved last is the one most likely to move next: sleep on it.
+        self._moved = self.books[0]
         beat_at = 0.0
         while not self._stop:
             if not self.turn():
                 try:
-                    last.consumer.wait_for(last.consumer.cursor + 1, IDLE_WAIT_S)
+                    moved = self._moved.consumer
+                    moved.wait_for(moved.cursor + 1, IDLE_WAIT_S)
                 except posix_ipc.SignalError:
                     pass  # SIGTERM while asleep: the loop looks at the stop flag next
             if self.control is not None:
