@@ -61,6 +61,7 @@ import numpy as np
 
 from ringex.accounts import AccountStore
 from ringex.config import Config, load_config
+from ringex.control import ExchangeState
 from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
@@ -299,6 +300,11 @@ class Gateway:
     def _tick(self, now: float) -> None:
         if self.control is not None:
             self.control.beat(ROLE)
+            if self.control.state is ExchangeState.HALTED:
+                # The journaler has stopped for good: what waits for it gets its X now.
+                for conn in list(self.conns.values()):
+                    if conn.session.waiting_for_journal and conn.session.refuse_pending():
+                        self._flush(conn)
         for conn in list(self.conns.values()):
             conn.session.poll_timers()
             if conn.closing_since is not None and now - conn.closing_since > CLOSE_LINGER_S:

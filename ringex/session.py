@@ -517,6 +517,24 @@ class Session:
             self.state = SessionState.CLOSED
         return bytes(out)
 
+    def refuse_pending(self) -> int:
+        """Turn every ``K`` still waiting for the journal into ``X`` NOT_READY; returns how
+        many. For a halted exchange: its journaler has stopped, so those commands will
+        never be durable (recovery replays only the journal), and the protocol owes each
+        request exactly one answer. Never for a journaler that is merely restarting: it
+        journals what is in the rings, and the ``K`` follows."""
+        refused = 0
+        for replies, reply_symbol, pos in self._queue:
+            rows = pos + np.flatnonzero(reply_symbol[pos:] >= 0)
+            if not len(rows):
+                continue
+            replies[rows, 0] = (replies[rows, 0] & np.uint64(0xFF00)) | np.uint64(_REJECT | _NOT_READY << 16)
+            replies[rows, 6] = 0  # an X carries no journal sequence
+            reply_symbol[rows] = -1
+            refused += len(rows)
+        self.pending_acks -= refused
+        return refused
+
     @property
     def waiting_for_journal(self) -> bool:
         """True while a ``K`` waits for a durable cursor (the gateway then watches them)."""

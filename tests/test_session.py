@@ -342,3 +342,20 @@ def test_a_client_waiting_for_its_acks_is_not_idle():
     clock.now += 0.5
     s.poll_timers()
     assert s.close_reason == Reason.IDLE_TIMEOUT
+
+
+def test_a_halt_turns_pending_acks_into_not_ready_in_request_order():
+    s, _, rings = logged_in()
+    data = encode_new_order("ACME", Side.BUY, 1, 1, client_order_id=1) + encode_new_order(
+        "ACME", Side.BUY, 0, 1, client_order_id=2
+    )
+    data += encode_new_order("BOLT", Side.SELL, 1, 1, client_order_id=3)
+    s.receive_data(data, True, rings.publish)
+    r = replies(s.data_to_send(np.array([1, 0])))  # ACME's order became durable before the halt
+    assert bytes(r["msg_type"]) == b"KX"
+    assert s.refuse_pending() == 1
+    assert not s.waiting_for_journal
+    r = replies(s.data_to_send(NOTHING_DURABLE))
+    assert bytes(r["msg_type"]) == b"X"
+    assert (r["client_order_id"][0], r["reason"][0], r["seq"][0]) == (3, Reason.NOT_READY, 0)
+    assert s.data_to_send(rings.all_durable()) == b"", "each request is answered exactly once"
