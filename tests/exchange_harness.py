@@ -3,6 +3,7 @@ and free loopback ports, for tests and benchmarks that need the real thing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,6 +62,29 @@ class RunningExchange:
         for account, token in re.findall(r"account (\d+)\s+token (\d+)", self.output):
             self.accounts[int(account)] = int(token)
         return self
+
+    @contextlib.contextmanager
+    def sessions(self, n: int):
+        """``n`` order entry clients, logged in as the first ``n`` demo accounts."""
+        from ringex.client import OrderClient
+
+        with contextlib.ExitStack() as stack:
+            clients = []
+            for account, token in list(self.accounts.items())[:n]:
+                client = stack.enter_context(OrderClient.connect("127.0.0.1", self.order_port))
+                assert client.login(account, token).ok
+                clients.append(client)
+            yield clients
+
+    @contextlib.contextmanager
+    def subscribed(self, channel: str, symbol: str):
+        """A market data client whose subscription has taken effect."""
+        from ringex.md_client import MdClient
+
+        with MdClient("127.0.0.1", self.md_port) as md:
+            md.subscribe(channel, symbol)
+            md.recv_until(lambda m: m["type"] == "subscribed")
+            yield md
 
     def status(self) -> dict:
         out = subprocess.run(

@@ -36,16 +36,8 @@ def _ringex(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def test_up_trades_stops_cleanly_and_recovers_the_book(exchange):
     exchange.start()
     assert "ACME" in exchange.output and "BOLT" in exchange.output
-    (maker, maker_token), (taker, taker_token) = list(exchange.accounts.items())[:2]
-    with MdClient("127.0.0.1", exchange.md_port) as md:
-        md.subscribe("trades", "ACME")
-        md.recv_until(lambda m: m["type"] == "subscribed")
-        with (
-            OrderClient.connect("127.0.0.1", exchange.order_port) as a,
-            OrderClient.connect("127.0.0.1", exchange.order_port) as b,
-        ):
-            a.login(maker, maker_token)
-            b.login(taker, taker_token)
+    with exchange.subscribed("trades", "ACME") as md:
+        with exchange.sessions(2) as (a, b):
             resting = a.buy("ACME", 10, 250)
             assert resting.ok, resting
             taking = b.sell("ACME", 4, 250)
@@ -69,8 +61,7 @@ def test_up_trades_stops_cleanly_and_recovers_the_book(exchange):
         md.subscribe("depth", "ACME")
         snapshot = md.recv_until(lambda m: m["type"] == "depth_snapshot", timeout=10)[-1]
     assert snapshot["bids"] == [[250, 6]] and snapshot["asks"] == []
-    with OrderClient.connect("127.0.0.1", exchange.order_port) as a:
-        a.login(maker, maker_token)
+    with exchange.sessions(1) as (a,):
         following = a.buy("ACME", 1, 1)
     assert following.order_id > taking.order_id, "order ids resume past the journal's highest"
     assert exchange.stop() == 0
@@ -198,16 +189,8 @@ def test_a_sweep_with_more_events_than_the_out_ring_holds_publishes_each_event_o
     ex = RunningExchange(tmp_path / "data", durability="async", config=config)
     try:
         ex.start()
-        (maker, maker_token), (taker, taker_token) = list(ex.accounts.items())[:2]
-        with MdClient("127.0.0.1", ex.md_port) as md:
-            md.subscribe("trades", "ACME")
-            md.recv_until(lambda m: m["type"] == "subscribed")
-            with (
-                OrderClient.connect("127.0.0.1", ex.order_port) as a,
-                OrderClient.connect("127.0.0.1", ex.order_port) as b,
-            ):
-                a.login(maker, maker_token)
-                b.login(taker, taker_token)
+        with ex.subscribed("trades", "ACME") as md:
+            with ex.sessions(2) as (a, b):
                 for i in range(40):
                     assert a.sell("ACME", 1, 100 + i % 5).ok
                 assert b.buy("ACME", 40, 104).ok
