@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ringex.config import Config
 
-__all__ = ["setup_logging", "setup_child_logging", "LOG_FILE"]
+__all__ = ["setup_logging", "LOG_FILE"]
 
 LOG_FILE = "ringex.log"
 _FORMAT = "%(asctime)s %(process)d {role} %(levelname)s %(name)s: %(message)s"
@@ -37,7 +37,3 @@ def setup_logging(config: Config, role: str, *, to_stderr: bool = True) -> Path:
         root.addHandler(handler)
     root.setLevel(config.log_level.upper())
     return path
-
-
-def setup_child_logging(config: Config, role: str) -> Path:
-    return setup_logging(config, role)

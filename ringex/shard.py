@@ -244,9 +244,9 @@ class Shard:
 def run_shard(plan: ShardPlan) -> int:
     """Process entry point (spawned by the supervisor): recover, report ready, match
     until SIGTERM/SIGINT, drain, snapshot, exit 0."""
-    from ringex.logs import setup_child_logging
+    from ringex.logs import setup_logging
 
-    setup_child_logging(plan.config, shard_role(plan.index))
+    setup_logging(plan.config, shard_role(plan.index))
     from ringex.matcher_jit import warm_up
 
     log.info("matching kernels ready in %.2f s", warm_up())

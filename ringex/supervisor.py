@@ -133,9 +133,9 @@ def _attach_control(name: str, role: str) -> ControlBlock:
 
 def _journaler_child(config: Config, layout: Layout) -> None:
     from ringex.journaler import RingPair, run_journaler
-    from ringex.logs import setup_child_logging
+    from ringex.logs import setup_logging
 
-    setup_child_logging(config, "journaler")
+    setup_logging(config, "journaler")
     control = _attach_control(layout.control, "journaler")
     pairs = [RingPair(s, layout.in_rings[s], layout.out_rings[s]) for s in layout.in_rings]
     sys.exit(run_journaler(config.data_dir, pairs, durability=config.durability, control=control))
@@ -149,10 +149,10 @@ def _shard_child(plan) -> None:
 
 
 def _notifier_child(config: Config, layout: Layout) -> None:
-    from ringex.logs import setup_child_logging
+    from ringex.logs import setup_logging
     from ringex.notifier import run_until_signal
 
-    setup_child_logging(config, "notifier")
+    setup_logging(config, "notifier")
     control = _attach_control(layout.control, "notifier")
     try:
         run_until_signal(config, ring_prefix=layout.prefix, on_ready=lambda ports: control.set_ready("notifier", True))
@@ -162,10 +162,10 @@ def _notifier_child(config: Config, layout: Layout) -> None:
 
 def _gateway_child(config: Config, layout: Layout) -> None:
     from ringex.gateway import serve
-    from ringex.logs import setup_child_logging
+    from ringex.logs import setup_logging
     from ringex.startup import gateway_start
 
-    setup_child_logging(config, "gateway")
+    setup_logging(config, "gateway")
     control = _attach_control(layout.control, "gateway")
     bases, first_order_id = gateway_start(config.data_dir, layout.in_rings)
     sys.exit(serve(config, ring_prefix=layout.prefix, control=control, seq_bases=bases, first_order_id=first_order_id))
