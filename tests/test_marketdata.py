@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import wsproto
 import wsproto.events as wse
+from command_streams import CommandStream
 
 from ringex.config import SymbolSpec
 from ringex.marketdata import (
@@ -26,9 +27,10 @@ from ringex.marketdata import (
 )
 from ringex.matcher import Matcher
 from ringex.md_client import LocalBook, SequenceGap
-from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
+from ringex.records import COMMAND, EventKind, Op, OrderType, Side, Tif, encode_symbol
 
 SYMBOLS = ("ACME", "BOLT")
+ACME = SymbolSpec("ACME", price_max=1000, capacity=4096)
 
 # ---- requests ---------------------------------------------------------------------
 
@@ -126,36 +128,6 @@ def test_ws_text_frame_is_read_back_by_a_websocket_client(size):
 # ---- depth views and streams against the real matcher ---------------------------------
 
 
-def _commands(rng: random.Random, symbol: str, n: int, live: list[int], next_id: list[int]) -> np.ndarray:
-    cmds = np.zeros(n, COMMAND)
-    for i in range(n):
-        r = rng.random()
-        rec = cmds[i]
-        rec["symbol"] = encode_symbol(symbol)
-        rec["account"] = rng.choice((1, 2, 3))
-        rec["client_order_id"] = rng.randrange(1, 1 << 40)
-        if r < 0.6 or not live:
-            next_id[0] += 1
-            rec["msg_type"] = Op.NEW
-            rec["order_id"] = next_id[0]
-            rec["side"] = rng.choice((Side.BUY, Side.SELL))
-            rec["order_type"] = OrderType.LIMIT
-            rec["tif"] = rng.choice((Tif.GTC, Tif.GTC, Tif.GTC, Tif.IOC))
-            rec["price"] = rng.randint(95, 105)
-            rec["qty"] = rng.randint(1, 20)
-            live.append(next_id[0])
-        elif r < 0.85:
-            rec["msg_type"] = Op.CANCEL
-            rec["order_id"] = rng.choice(live)
-        else:
-            rec["msg_type"] = Op.REPLACE
-            rec["order_id"] = rng.choice(live)
-            rec["price"] = rng.randint(95, 105)
-            rec["qty"] = rng.randint(1, 20)
-        rec["ts_ns"] = 1_000 + i
-    return cmds
-
-
 def _book_of(matcher: Matcher, levels: int) -> dict[str, list[tuple[int, int]]]:
     depth = matcher.depth(levels)
     return {side: [(p, q) for p, q, _ in depth[side]] for side in ("bids", "asks")}
@@ -168,19 +140,20 @@ def _messages(payloads) -> list[dict]:
 @pytest.mark.parametrize("seed", range(4))
 def test_depth_snapshot_plus_updates_equals_the_matchers_book_after_every_batch(seed):
     rng = random.Random(seed)
-    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=4096))
+    matcher = Matcher(ACME)
     md = MarketData(SYMBOLS)
     books = {levels: LocalBook() for levels in (1, 3, 10)}
     for levels, book in books.items():
         for msg in _messages(md.subscribe(("s", levels), Subscribe("depth", "ACME", levels), None)):
             book.on_message(msg)
     md.subscribe("bbo-watcher", Subscribe("bbo", "ACME"), None)
-    live: list[int] = []
-    next_id = [0]
+    stream = CommandStream(ACME, rng)
     seq = 0
+    kinds: set[int] = set()
     for _ in range(60):
-        cmds = _commands(rng, "ACME", rng.randint(1, 12), live, next_id)
+        cmds = stream.batch("ACME", rng.randint(1, 12))
         events = matcher.apply(cmds, seq)
+        kinds.update(np.unique(events["kind"]).tolist())
         seq += len(cmds)
         out = dict(md.apply(events))
         for levels, book in books.items():
@@ -194,12 +167,13 @@ def test_depth_snapshot_plus_updates_equals_the_matchers_book_after_every_batch(
     for msg in _messages(md.subscribe("late", Subscribe("depth", "ACME", 5), None)):
         late.on_message(msg)
     assert late.top(5) == _book_of(matcher, 5)
+    # The views followed fills, cancels and replaces, not only orders coming to rest.
+    assert kinds >= {EventKind.TRADE, EventKind.CANCELLED, EventKind.REPLACED, EventKind.ACCEPTED}
 
 
 def test_view_seeded_from_resting_orders_matches_the_book():
-    rng = random.Random(9)
-    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=4096))
-    matcher.apply(_commands(rng, "ACME", 200, [], [0]), 0)
+    matcher = Matcher(ACME)
+    matcher.apply(CommandStream(ACME, random.Random(9)).batch("ACME", 200), 0)
     md = MarketData(SYMBOLS)
     rest = matcher.resting_orders()
     md.load_book("ACME", zip(rest["order_id"], rest["side"], rest["price"], rest["qty"], strict=True))

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_streams import CommandStream
 
 from ringex.config import SymbolSpec
-from ringex.records import COMMAND, EVENT, Op, OrderType, Side, Tif, encode_symbol
+from ringex.records import COMMAND, EVENT, encode_symbol
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -46,60 +47,23 @@ RING_CAPACITY = 1024
 # Stage processes (run as scripts)
 
 
-def _commands(rng: random.Random, symbol: str, spec: SymbolSpec, n: int, next_oid: int, live: list[int]):
-    """``n`` random commands around the middle of the band; new orders get ids from ``next_oid``."""
-    out = np.zeros(n, COMMAND)
-    mid = (spec.price_min + spec.price_max) // 2 // spec.tick * spec.tick
-    for i in range(n):
-        r = out[i]
-        r["symbol"] = encode_symbol(symbol)
-        r["account"] = rng.randint(1, 5)
-        r["client_order_id"] = rng.randint(1, 1 << 40)
-        r["ts_ns"] = time.time_ns()
-        roll = rng.random()
-        if roll < 0.15 and live:
-            r["msg_type"] = Op.CANCEL
-            r["order_id"] = live.pop(rng.randrange(len(live)))
-        elif roll < 0.22 and live:
-            r["msg_type"] = Op.REPLACE
-            r["order_id"] = rng.choice(live)
-            r["price"] = mid + spec.tick * rng.randint(-10, 10)
-            r["qty"] = rng.randint(1, 50)
-        else:
-            r["msg_type"] = Op.NEW
-            r["order_id"] = next_oid
-            next_oid += 1
-            r["side"] = rng.choice((Side.BUY, Side.SELL))
-            if rng.random() < 0.1:
-                r["order_type"], r["tif"] = OrderType.MARKET, Tif.IOC
-            else:
-                r["order_type"] = OrderType.LIMIT
-                r["tif"] = rng.choice((Tif.GTC, Tif.GTC, Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_ONLY))
-                r["price"] = mid + spec.tick * rng.randint(-12, 12)
-                live.append(int(r["order_id"]))
-                del live[:-200]
-            r["qty"] = rng.randint(1, 100)
-    return out, next_oid
-
-
 def producer_main(argv: list[str]) -> None:
     """producer SEED FIRST_ORDER_ID SYM:IN ...: a steady stream of orders until killed."""
     import posix_ipc
 
     from ringex.ring import Ring, RingTimeout
 
-    seed, next_oid = int(argv[0]), int(argv[1])
-    rng = random.Random(seed)
+    rng = random.Random(int(argv[0]))
+    stream = CommandStream(SPECS, rng, first_order_id=int(argv[1]), clock=time.time_ns)
     targets = []
     for item in argv[2:]:
         symbol, ring_name = item.split(":")
-        ring = Ring.attach(ring_name, COMMAND)
-        targets.append((symbol, next(s for s in SPECS if s.name == symbol), ring.producer(), []))
+        targets.append((symbol, Ring.attach(ring_name, COMMAND).producer()))
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     while not stop:
-        for symbol, spec, producer, live in targets:
-            records, next_oid = _commands(rng, symbol, spec, rng.randint(1, 12), next_oid, live)
+        for symbol, producer in targets:
+            records = stream.batch(symbol, rng.randint(1, 12))
             while not stop:
                 try:
                     producer.write(records, timeout=0.2)
@@ -397,15 +361,7 @@ def test_kill_minus_nine_at_random_moments_loses_nothing_durable(pipeline, durab
     kills = []
     pipeline.wait_flowing()
     # Readers are safe while the journaler writes: the CLI reads a consistent prefix.
-    live = subprocess.run(
-        [PY, "-m", "ringex", "recover", "--verify", "--json", "--data", str(pipeline.data)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert live.returncode == 0, live.stderr
-    assert all(json.loads(line)["verified_commands"] > 0 for line in live.stdout.splitlines())
+    assert all(row["verified_commands"] > 0 for row in _cli_verify(pipeline.data))
     tail = subprocess.run(
         [PY, "-m", "ringex", "journal", "tail", "ACME", "--data", str(pipeline.data)],
         cwd=ROOT,
@@ -454,16 +410,14 @@ def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_event
     from ringex.wal import Journal, SnapshotStore
 
     spec = SPECS[0]
-    rng = random.Random(7)
-    live: list[int] = []
+    stream = CommandStream(spec, random.Random(7))
     live_book = Matcher(spec)
     store = SnapshotStore(tmp_path)
     seq = ev = 0
-    oid = 1
     with Journal(tmp_path) as journal:
         journal.ensure_specs([spec])
         for i in range(30):
-            cmds, oid = _commands(rng, spec.name, spec, 50, oid, live)
+            cmds = stream.batch(spec.name, 50)
             events = _copy(live_book.apply(cmds, seq))
             # The last group journals its commands but only part of their events.
             kept = events if i < 29 else events[: len(events) // 2]
@@ -473,9 +427,9 @@ def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_event
             if i in (9, 19):
                 store.write(spec.name, seq, ev, live_book.snapshot())
         # A snapshot ahead of the journal (the matcher ran ahead): must be ignored.
-        journaled_max_oid = oid - 1
+        journaled_max_oid = stream.next_order_id - 1
         ahead = Matcher.restore(spec, live_book.snapshot())
-        cmds, oid = _commands(rng, spec.name, spec, 10, oid, live)
+        cmds = stream.batch(spec.name, 10)
         ahead.apply(cmds, seq)
         store.write(spec.name, seq + 10, ev + 999, ahead.snapshot())
         tail = events[len(events) // 2 :]
@@ -504,8 +458,10 @@ def test_a_snapshot_of_commands_that_never_became_durable_is_never_used(tmp_path
     spec = SPECS[0]
     rng = random.Random(11)
     store = SnapshotStore(tmp_path)
-    first, oid = _commands(rng, spec.name, spec, 100, 1, [])
-    lost, _ = _commands(rng, spec.name, spec, 50, oid, [])
+    before_crash = CommandStream(spec, rng)
+    first = before_crash.batch(spec.name, 100)
+    oid = before_crash.next_order_id
+    lost = before_crash.batch(spec.name, 50)
     crashed = Matcher(spec)
     events = _copy(crashed.apply(first, 0))
     lost_events = len(crashed.apply(lost, 100))  # matched, snapshotted, never journaled
@@ -515,7 +471,8 @@ def test_a_snapshot_of_commands_that_never_became_durable_is_never_used(tmp_path
         journal.commit([(spec.name, 0, first)], [(spec.name, 0, events)])
         restarted = recover_book(journal, spec, store)  # the matcher's restart
         assert restarted.next_seq == 100 and store.paths(spec.name) == []
-        again, _ = _commands(rng, spec.name, spec, 80, oid, [])
+        # The restarted gateway reuses the lost commands' order ids too.
+        again = CommandStream(spec, rng, first_order_id=oid).batch(spec.name, 80)
         more = _copy(restarted.matcher.apply(again, 100))
         journal.commit([(spec.name, 100, again)], [(spec.name, len(events), more)])
         # Without the discard, the old snapshot would now pass every filter.
@@ -530,9 +487,8 @@ def test_verify_names_the_first_event_that_differs(tmp_path):
     from ringex.wal import Journal
 
     spec = SPECS[0]
-    rng = random.Random(3)
     book = Matcher(spec)
-    cmds, _ = _commands(rng, spec.name, spec, 200, 1, [])
+    cmds = CommandStream(spec, random.Random(3)).batch(spec.name, 200)
     events = _copy(book.apply(cmds, 0))
     bad = 57
     events[bad]["ts_ns"] += 1  # a journaled event the replay will not reproduce
@@ -559,7 +515,7 @@ def test_recover_cli_prints_a_summary_per_symbol(tmp_path):
         journal.ensure_specs(SPECS)
         for spec in SPECS:
             book = Matcher(spec)
-            cmds, _ = _commands(random.Random(spec.name), spec.name, spec, 300, 1, [])
+            cmds = CommandStream(spec, random.Random(spec.name)).batch(spec.name, 300)
             journal.commit([(spec.name, 0, cmds)], [(spec.name, 0, book.apply(cmds, 0))])
     proc = subprocess.run(
         [PY, "-m", "ringex", "recover", "--json", "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
@@ -585,7 +541,7 @@ def test_recover_stops_at_a_corrupt_record_and_says_where(tmp_path):
     spec = SPECS[0]
     with Journal(tmp_path) as journal:
         journal.ensure_specs([spec])
-        cmds, _ = _commands(random.Random(1), spec.name, spec, 100, 1, [])
+        cmds = CommandStream(spec, random.Random(1)).batch(spec.name, 100)
         journal.commit([(spec.name, 0, cmds)], [(spec.name, 0, Matcher(spec).apply(cmds, 0))])
     # Flip one byte of command 42's record behind the journal's back.
     env = lmdb.open(str(tmp_path / "journal"), max_dbs=8)
@@ -612,7 +568,7 @@ def test_journal_dump_and_tail_print_commands_each_followed_by_its_events(tmp_pa
 
     spec = SPECS[0]
     book = Matcher(spec)
-    cmds, _ = _commands(random.Random(5), spec.name, spec, 400, 1, [])
+    cmds = CommandStream(spec, random.Random(5)).batch(spec.name, 400)
     events = _copy(book.apply(cmds, 0))
     with Journal(tmp_path) as journal:
         journal.ensure_specs([spec])
