@@ -18,8 +18,8 @@ bytes  contents
 0      magic, version, consumer count, capacity, itemsize, dtype checksum,
        slot offset, creation time
 64     creator: pid, process start time, boot id (to tell a stale ring)
-128    producer line: cursor, sleeping flag, pid
-192    8 consumer lines: cursor, sleeping flag, pid, gate mask, name
+128    producer line: cursor, sleeping flag, pid, doorbell
+192    8 consumer lines: cursor, sleeping flag, pid, gate mask, doorbell, name
 4096   the slots
 ====== ===================================================================
 
@@ -33,6 +33,13 @@ Parts, named as in the Disruptor:
   A consumer gated on others (``gating={"notifier": ["journaler"]}``) never sees past
   the slowest of them.
 - wait strategies in ``ringex.wait``; blocking is the default.
+- doorbells: a waiter that serves several rings from one thread (the journaler, a
+  matcher shard, the gateway's durability watch) is given, when the rings are
+  created, one semaphore shared by all of them (``doorbells=``,
+  ``producer_doorbell=``), and sleeps on all at once with ``ringex.wait.Doorbell``
+  over their ``sleeper``s. The header keeps a 64-bit hash of the doorbell's name; the
+  semaphore is ``/ringex-bell.<hash>``. ``Ring.remove`` leaves doorbells alone (other
+  rings may still ring them): ``Ring.remove_doorbell`` removes one.
 
 Cursors are read and written from Python through a ``memoryview`` on the header (a
 third cheaper than a numpy scalar here), never inside numba code, which could hoist
@@ -67,12 +74,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import posix_ipc
 
-from ringex.wait import BlockingWait, Sleeper, WaitStrategy, Waker
+from ringex.wait import BlockingWait, Doorbell, Sleeper, WaitStrategy, Waker
 
 __all__ = [
     "Ring",
     "Producer",
     "Consumer",
+    "ConsumerSet",
     "Batch",
     "RingStatistics",
     "ConsumerStatistics",
@@ -92,7 +100,7 @@ __all__ = [
 ]
 
 MAGIC = int.from_bytes(b"RINGEX\x00\x01", "little")
-VERSION = 1
+VERSION = 2
 MAX_CONSUMERS = 8
 CONSUMER_NAME_LEN = 24
 LINE = 64
@@ -107,9 +115,9 @@ MAX_NAME_LEN = 200
 
 _CONSUMER_LINE = np.dtype(
     {
-        "names": ["cursor", "sleeping", "pid", "gate_mask", "name"],
-        "formats": ["<i8", "<i8", "<i8", "<u8", f"S{CONSUMER_NAME_LEN}"],
-        "offsets": [0, 8, 16, 24, 40],
+        "names": ["cursor", "sleeping", "pid", "gate_mask", "bell", "name"],
+        "formats": ["<i8", "<i8", "<i8", "<u8", "<u8", f"S{CONSUMER_NAME_LEN}"],
+        "offsets": [0, 8, 16, 24, 32, 40],
         "itemsize": LINE,
     }
 )
@@ -119,16 +127,16 @@ HEADER = np.dtype(
         "names": [
             "magic", "version", "n_consumers", "capacity", "itemsize", "dtype_hash", "slots_offset", "created_ns",
             "creator_pid", "creator_start", "boot_id",
-            "producer_cursor", "producer_sleeping", "producer_pid",
+            "producer_cursor", "producer_sleeping", "producer_pid", "producer_bell",
             "consumers",
         ],
         "formats": [
             "<u8", "<u4", "<u4", "<i8", "<i8", "<u8", "<i8", "<i8",
             "<i8", "<i8", "<u8",
-            "<i8", "<i8", "<i8",
+            "<i8", "<i8", "<i8", "<u8",
             (_CONSUMER_LINE, (MAX_CONSUMERS,)),
         ],
-        "offsets": [0, 8, 12, 16, 24, 32, 40, 48, 64, 72, 80, 128, 136, 144, 192],
+        "offsets": [0, 8, 12, 16, 24, 32, 40, 48, 64, 72, 80, 128, 136, 144, 152, 192],
         "itemsize": 192 + MAX_CONSUMERS * LINE,
     }
 )  # fmt: skip
@@ -247,6 +255,16 @@ def _shm_name(name: str) -> str:
 def _sem_names(shm_name: str) -> tuple[str, list[str]]:
     """The producer's and each consumer slot's semaphore names, derived from the ring's."""
     return f"{shm_name}.wp", [f"{shm_name}.w{i}" for i in range(MAX_CONSUMERS)]
+
+
+def _bell_id(doorbell: str) -> int:
+    if not doorbell or not doorbell.isprintable():
+        raise RingConfigError(f"doorbell name {doorbell!r}: must be printable and not empty")
+    return _hash64(doorbell.encode()) or 1  # 0 means "no doorbell"
+
+
+def _bell_sem_name(bell: int) -> str:
+    return f"/ringex-bell.{bell:016x}"
 
 
 def _unlink_quietly(unlink, name: str) -> bool:
@@ -398,11 +416,13 @@ class Ring:
         self._consumer_sems: list[posix_ipc.Semaphore] = []
         if not readonly:
             p_name, c_names = _sem_names(shm_name)
+            p_bell = int(h["producer_bell"])
+            bells = [int(h["consumers"]["bell"][i]) for i in range(n)]
             try:
-                self._producer_sem = posix_ipc.Semaphore(p_name)
+                self._producer_sem = posix_ipc.Semaphore(_bell_sem_name(p_bell) if p_bell else p_name)
                 self._sems.append(self._producer_sem)
                 for i in range(n):
-                    sem = posix_ipc.Semaphore(c_names[i])
+                    sem = posix_ipc.Semaphore(_bell_sem_name(bells[i]) if bells[i] else c_names[i])
                     self._sems.append(sem)
                     self._consumer_sems.append(sem)
             except posix_ipc.ExistentialError as exc:
@@ -436,9 +456,16 @@ class Ring:
         gating: Mapping[str, Iterable[str]] | None = None,
         *,
         replace_stale: bool = False,
+        doorbells: Mapping[str, str] | None = None,
+        producer_doorbell: str | None = None,
     ) -> Ring:
         """Create the ring ``name`` of ``capacity`` slots of ``dtype``, with its named
         consumers, each optionally gated on others (``{"notifier": ["journaler"]}``).
+
+        ``doorbells`` maps a consumer to the doorbell it sleeps on, and
+        ``producer_doorbell`` names the producer's: give every ring that one thread
+        waits on the same name for that waiter (see ``ringex.wait.Doorbell``). The
+        doorbell's semaphore is created if no ring made it yet.
 
         Error handling: an existing ring of that name is ``RingExistsError``, unless
         ``replace_stale`` is set and the process that created it is dead (a ring left
@@ -451,6 +478,12 @@ class Ring:
         dtype = np.dtype(dtype)
         consumers = list(consumers)
         masks = _gate_masks(consumers, gating or {})
+        doorbells = dict(doorbells or {})
+        unknown = set(doorbells) - set(consumers)
+        if unknown:
+            raise UnknownConsumerError(f"ring {name}: doorbell for {', '.join(sorted(unknown))}, not a consumer")
+        bells = [_bell_id(doorbells[c]) if c in doorbells else 0 for c in consumers]
+        p_bell = _bell_id(producer_doorbell) if producer_doorbell is not None else 0
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 2 or capacity & (capacity - 1):
             raise RingCapacityError(f"ring {name}: capacity must be a power of two >= 2, got {capacity!r}")
         if dtype.itemsize == 0:
@@ -479,7 +512,13 @@ class Ring:
             shm.close_fd()
         try:
             p_name, c_names = _sem_names(shm_name)
-            for sem_name in [p_name, *c_names[: len(consumers)]]:
+            for sem_name, bell in zip([p_name, *c_names[: len(consumers)]], [p_bell, *bells], strict=True):
+                if bell:
+                    # Shared with the group's other rings, which may already use it:
+                    # open, never re-create. A dead waiter's leftover posts are
+                    # drained by its successor's ``Sleeper.reset``.
+                    posix_ipc.Semaphore(_bell_sem_name(bell), posix_ipc.O_CREAT, mode=0o600, initial_value=0).close()
+                    continue
                 _unlink_quietly(posix_ipc.unlink_semaphore, sem_name)  # a crash's leftovers
                 posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode=0o600, initial_value=0).close()
             h = np.ndarray((), HEADER, buffer=mm)
@@ -494,10 +533,12 @@ class Ring:
             h["slots_offset"] = SLOTS_OFFSET
             h["created_ns"] = time.time_ns()
             h["producer_cursor"] = -1
+            h["producer_bell"] = p_bell
             lines = h["consumers"]
             for i, consumer in enumerate(consumers):
                 lines["cursor"][i] = -1
                 lines["gate_mask"][i] = masks[i]
+                lines["bell"][i] = bells[i]
                 lines["name"][i] = consumer.encode()
             h["magic"] = MAGIC  # last: an attacher that sees the magic sees a whole header
             del h, lines
@@ -576,6 +617,13 @@ class Ring:
         for sem_name in [p_name, *c_names]:
             _unlink_quietly(posix_ipc.unlink_semaphore, sem_name)
         return _unlink_quietly(posix_ipc.unlink_shared_memory, shm_name)
+
+    @staticmethod
+    def remove_doorbell(doorbell: str) -> bool:
+        """Unlink the doorbell ``doorbell``'s semaphore; whether it existed. For whoever
+        made the rings that share it, once they are all removed (or to clear a crash's
+        leftovers before making them anew)."""
+        return _unlink_quietly(posix_ipc.unlink_semaphore, _bell_sem_name(_bell_id(doorbell)))
 
     @classmethod
     def remove_stale(cls, name: str) -> bool:
@@ -813,6 +861,11 @@ class Producer:
         return self._words[_W_PRODUCER_CURSOR]
 
     @property
+    def sleeper(self) -> Sleeper:
+        """Where this producer sleeps: for a ``Doorbell`` over several rings' producers."""
+        return self._sleeper
+
+    @property
     def claimed(self) -> int:
         """The last claimed sequence; the next claim starts after it."""
         return self._claimed
@@ -943,6 +996,11 @@ class Consumer:
         """The last committed sequence; the next batch starts after it."""
         return self._sequence
 
+    @property
+    def sleeper(self) -> Sleeper:
+        """Where this consumer sleeps: for a ``Doorbell`` over several rings' consumers."""
+        return self._sleeper
+
     def wait_for(self, seq: int, timeout: float | None = None) -> int:
         """Wait until sequence ``seq`` is available and return the highest available
         one (often beyond ``seq``: read it all in one batch). After ``timeout`` seconds
@@ -985,3 +1043,47 @@ class Consumer:
         self._sequence = hi
         self._words[self._w_cursor] = hi
         self._waker.wake()
+
+
+#### Several consumers, one thread
+
+
+# Without a shared doorbell, ``ConsumerSet`` sleeps on one ring at most this long, so
+# a record on another ring waits up to this for the next look.
+UNBELLED_NAP_S = 0.001
+# Checks of every ring before sleeping. Low: the rings' producers are other processes
+# that rarely publish within microseconds of each other, and each check reads them all.
+SET_SPIN_TRIES = 4
+
+
+class ConsumerSet:
+    """The consumers one thread serves on several rings (the journaler's, a matcher
+    shard's), and one way to wait until any of them has something to read.
+
+    Rings made with a doorbell for this consumer (``Ring.create(..., doorbells=)``)
+    share its semaphore, and ``wait`` sleeps once for all of them. Rings made without
+    one fall back to sleeping on ``hint`` (the ring most likely to move next) for
+    ``UNBELLED_NAP_S`` at a time, so another ring's record waits up to that long.
+    """
+
+    def __init__(self, consumers: Sequence[Consumer]) -> None:
+        if not consumers:
+            raise ValueError("a consumer set needs at least one consumer")
+        self.consumers = tuple(consumers)
+        self.hint = self.consumers[0]
+        try:
+            self.doorbell: Doorbell | None = Doorbell([c.sleeper for c in self.consumers])
+        except ValueError:
+            self.doorbell = None
+
+    def ready(self) -> bool:
+        """Whether any consumer has a record after its cursor, now."""
+        return any(c.available() > c.cursor for c in self.consumers)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a record on any ring; whether one came."""
+        if self.doorbell is not None:
+            return self.doorbell.wait(self.ready, timeout, SET_SPIN_TRIES)
+        hint = self.hint
+        hint.wait_for(hint.cursor + 1, min(timeout, UNBELLED_NAP_S))
+        return self.ready()

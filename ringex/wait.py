@@ -20,6 +20,14 @@ other's store (Dekker), so no wake-up is lost, and a signaller whose waiters are
 awake pays no system call. The sleep still has a timeout, so even a wake-up lost by a
 process dying between the two steps costs at most that timeout.
 
+Doorbells. A process that serves several rings in one thread (the journaler reads
+every ring; a matcher shard reads its symbols' in-rings) can sleep on one semaphore
+only. Rings created with a *doorbell* for one of their waiters (``Ring.create(...,
+doorbells={"journaler": "x.bell.journaler"})``) give that waiter one semaphore shared
+by all of them instead of one per ring: ``Doorbell`` announces the sleep on every
+ring's flag, re-checks every ring, and sleeps once; whichever ring moves first posts.
+Without it the waiter must pick one ring to sleep on and poll the others on a timer.
+
 Every strategy has the same shape as Disruptor's ``WaitStrategy.waitFor``:
 ``wait_for(need, probe, sleeper, deadline) -> available``, where ``probe()`` reads
 the cursor(s) and returns the highest available sequence.
@@ -41,6 +49,7 @@ __all__ = [
     "BlockingWait",
     "Sleeper",
     "Waker",
+    "Doorbell",
     "full_fence",
     "wait_strategy",
 ]
@@ -106,6 +115,11 @@ class Sleeper:
         words[self._flag] = 0
         return available
 
+    @property
+    def semaphore_name(self) -> str:
+        """The semaphore this waiter sleeps on: shared by every ring of a doorbell."""
+        return self._sem.name
+
     def reset(self) -> None:
         """Forget what a dead predecessor left: its flag and any posts nobody took."""
         self._words[self._flag] = 0
@@ -116,6 +130,74 @@ class Sleeper:
                 self._sem.acquire(0)
             except posix_ipc.BusyError:
                 break
+
+
+class Doorbell:
+    """One waiter's sleep over several rings that share its semaphore (the doorbell).
+
+    The same protocol as ``Sleeper``, widened: set the sleeping flag on every ring,
+    fence, re-check them all with ``ready()``, then sleep once. Each ring's ``Waker``
+    sees its own flag, clears it and posts the one semaphore, so whichever ring moves
+    first wakes the waiter. Two rings may both post for one sleep; the extra count
+    only makes the next sleep return at once, and ``wait`` then sleeps again.
+
+    Only one thread may wait on a doorbell: two threads sleeping on one semaphore
+    could each take the post meant for the other's ring.
+    """
+
+    __slots__ = ("_flags", "_sem", "_fence", "sleeps", "rung")
+
+    def __init__(self, sleepers: Sequence[Sleeper]) -> None:
+        if not sleepers:
+            raise ValueError("a doorbell needs at least one sleeper")
+        names = {s.semaphore_name for s in sleepers}
+        if len(names) != 1:
+            raise ValueError(
+                f"these waiters sleep on {len(names)} different semaphores ({', '.join(sorted(names))}); "
+                "create their rings with one doorbell for this waiter"
+            )
+        self._flags = tuple((s._words, s._flag) for s in sleepers)
+        self._sem = sleepers[0]._sem
+        self._fence = threading.Lock()
+        self.sleeps = 0  # times the waiter slept
+        self.rung = 0  # sleeps a post ended (the others timed out)
+
+    def wait(
+        self,
+        ready: Callable[[], bool],
+        timeout: float,
+        spin_tries: int = BLOCKING_SPIN_TRIES,
+        max_sleep: float = MAX_SLEEP_S,
+    ) -> bool:
+        """Return True as soon as ``ready()`` is, False once ``timeout`` s passed
+        without. Spins ``spin_tries`` checks first, then sleeps on the doorbell,
+        ``max_sleep`` s at most per sleep, which bounds what a lost post costs."""
+        for _ in range(spin_tries):
+            if ready():
+                return True
+        deadline = time.monotonic() + timeout
+        flags = self._flags
+        while True:
+            for words, flag in flags:
+                words[flag] = 1
+            try:
+                full_fence(self._fence)  # StoreLoad: every flag visible before any cursor is re-read
+                if ready():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.sleeps += 1
+                try:
+                    self._sem.acquire(min(remaining, max_sleep))
+                    self.rung += 1
+                except posix_ipc.BusyError:
+                    pass
+                if ready():
+                    return True
+            finally:
+                for words, flag in flags:
+                    words[flag] = 0
 
 
 class Waker:

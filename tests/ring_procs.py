@@ -176,3 +176,24 @@ def publish_later(queue, name: str, delay: float, count: int, ready=None) -> Non
         return producer.write(np.zeros(count, COMMAND))
 
     _report(queue, "publisher", body)
+
+
+def ring_when_all_sleep(queue, names: list[str], consumer: str, target: int) -> None:
+    """Wait until ``consumer`` announces its sleep on every ring of ``names``, then
+    publish one record on ``names[target]`` only: the doorbell test's other process."""
+
+    def body():
+        rings = [Ring.attach(name, COMMAND) for name in names]
+        try:
+            index = rings[0].consumer_index(consumer)
+            alive = _watch_parent()
+            while not all(ring.statistics().consumers[index].sleeping for ring in rings):
+                alive()
+                time.sleep(0.001)
+            rings[target].producer().write(np.zeros(1, COMMAND))
+            return target
+        finally:
+            for ring in rings:
+                ring.close()
+
+    _report(queue, f"ring {target}", body)

@@ -36,7 +36,7 @@ from ringex.ring import (
     RingTimeout,
     UnknownConsumerError,
 )
-from ringex.wait import BlockingWait, BusySpinWait, YieldingWait, wait_strategy
+from ringex.wait import BlockingWait, BusySpinWait, Doorbell, YieldingWait, wait_strategy
 
 SPAWN = multiprocessing.get_context("spawn")
 QUICK = os.environ.get("RINGEX_QUICK") == "1"
@@ -643,3 +643,68 @@ async def test_event_loop_waits_in_a_worker_thread_without_blocking(ring_name, p
         assert available == 1 and isinstance(consumer.poll(), Batch) and len(consumer.poll()) == 2
         assert ticks > 5  # the loop ran while the thread slept
         collect(results, 1)
+
+
+#### Doorbells: one sleep over several rings
+
+
+@pytest.fixture
+def bell_group():
+    """Three rings whose consumer "c" sleeps on one doorbell; all removed afterwards."""
+    stem = f"rx-test-{os.getpid()}-{secrets.token_hex(4)}"
+    names = [f"{stem}-{i}" for i in range(3)]
+    bell = f"{stem}.bell"
+    rings = [Ring.create(n, COMMAND, 16, consumers=["c", "d"], doorbells={"c": bell}) for n in names]
+    yield names, rings, bell
+    for ring in rings:
+        ring.close()
+    for n in names:
+        Ring.remove(n)
+    Ring.remove_doorbell(bell)
+
+
+@pytest.mark.parametrize("target", [0, 2])
+def test_a_doorbell_wakes_its_waiter_for_a_publish_on_any_of_its_rings(bell_group, procs, results, target):
+    names, rings, _ = bell_group
+    consumers = [ring.consumer("c") for ring in rings]
+    bell = Doorbell([c.sleeper for c in consumers])
+    procs(ring_procs.ring_when_all_sleep, results, names, "c", target)
+    # One long sleep: were the post lost, this would time out after a minute with
+    # ``rung`` still 0, not pass late.
+    woke = bell.wait(lambda: any(c.available() > c.cursor for c in consumers), 60, spin_tries=0, max_sleep=60)
+    assert collect(results, 1) == {f"ring {target}": target}
+    assert woke and bell.rung == 1
+    assert [c.available() for c in consumers] == [0 if i == target else -1 for i in range(3)]
+    # every flag is down again: nobody posts for a waiter that is awake
+    assert not any(ring.statistics().consumers[0].sleeping for ring in rings)
+
+
+def test_a_doorbell_times_out_when_no_ring_moves(bell_group):
+    _, rings, _ = bell_group
+    consumers = [ring.consumer("c") for ring in rings]
+    bell = Doorbell([c.sleeper for c in consumers])
+    assert not bell.wait(lambda: any(c.available() > c.cursor for c in consumers), 0.02, spin_tries=0)
+    assert bell.sleeps >= 1
+
+
+def test_a_doorbell_refuses_waiters_on_separate_semaphores(bell_group):
+    _, rings, _ = bell_group
+    with pytest.raises(ValueError, match="different semaphores"):
+        Doorbell([rings[0].consumer("c").sleeper, rings[1].consumer("d").sleeper])
+    with pytest.raises(ValueError):
+        Doorbell([])
+
+
+def test_a_doorbell_for_an_unknown_consumer_is_refused(ring_name):
+    with pytest.raises(UnknownConsumerError):
+        Ring.create(ring_name, COMMAND, 8, consumers=["c"], doorbells={"x": "some.bell"})
+
+
+def test_removing_a_ring_leaves_its_doorbell_to_the_other_rings(bell_group):
+    names, rings, bell = bell_group
+    Ring.remove(names[0])
+    again = Ring.attach(names[1], COMMAND)  # opens the doorbell by name: still there
+    again.close()
+    assert Ring.remove_doorbell(bell)
+    with pytest.raises(RingMismatchError, match="semaphore is missing"):
+        Ring.attach(names[2], COMMAND)
