@@ -4,7 +4,7 @@
 
     clients ──TCP──► selectors loop ──► Session (sans-IO) ──publish──► in-ring[SYM] ──► matcher
                           ▲                                               │
-                          │ eventfd ◄── journal watcher thread per ring ◄─┘ "journaler" cursor
+                          │ eventfd ◄── journal watcher thread ◄──────────┘ "journaler" cursor
                           └── K once the journaler's cursor has passed the command
 
 The gateway is the single producer of every in-ring. One thread runs a selectors
@@ -19,9 +19,12 @@ after the LMDB commit). The loop cannot sleep on the ring's semaphore, and polli
 the cursors from the loop is poor here: epoll's timeout has 1 ms granularity
 (Python rounds it up), so polling would add up to 1 ms to every ack while an fsync
 commit takes ~0.2 ms; a loop that never sleeps while acks are pending would burn a
-core on a 2-core machine. So one small thread per in-ring blocks in the ring's own
-wait machinery (``Producer.wait_for_consumer``: the journaler's commit posts the
-producer's semaphore) and, when the cursor moves, writes the eventfd the loop watches. A watcher idles in 50 ms naps (the ring's MAX_SLEEP_S).
+core on a 2-core machine. So a small thread sleeps in the rings' own wait machinery
+(the journaler's commit posts the producer's semaphore) and, when a cursor moves,
+writes the eventfd the loop watches. In-rings made with one producer doorbell (the
+supervisor's) share that semaphore, so one thread watches them all
+(``ringex.wait.Doorbell``); otherwise there is one thread per ring. A watcher idles
+in 50 ms naps (the ring's MAX_SLEEP_S).
 
 Logins: a pair the ``AccountStore`` has verified before is answered at once; a new
 one needs a scrypt (~80 ms here), which runs on one worker thread (scrypt releases
@@ -66,6 +69,7 @@ from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
 from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
+from ringex.wait import Doorbell
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
 
@@ -115,31 +119,33 @@ class _Conn:
 
 
 class _JournalWatcher(threading.Thread):
-    """Blocks on one in-ring until the journaler's cursor moves, then pokes the loop.
+    """Sleeps until the journaler's cursor moves on any of its in-rings, then pokes
+    the loop.
 
-    ``Producer.wait_for_consumer`` sleeps on the producer's own semaphore, which every
-    consumer commit may post; the loop thread never sleeps on it (it only uses
+    It sleeps on the rings' producer semaphore (one doorbell for them all), which
+    every consumer commit may post; the loop thread never sleeps on it (it only uses
     ``try_claim``), so this thread may.
     """
 
-    def __init__(self, ring: Ring, producer: Producer, wake_fd: int, stop: threading.Event) -> None:
-        super().__init__(name=f"journal-watch {ring.name}", daemon=True)
-        self._ring = ring
-        self._producer = producer
+    def __init__(self, rings: list[Ring], producers: list[Producer], wake_fd: int, stop: threading.Event) -> None:
+        super().__init__(name=f"journal-watch {rings[0].name}+{len(rings) - 1}", daemon=True)
+        self._bell = Doorbell([p.sleeper for p in producers])
+        self._cursors = [functools.partial(ring.consumer_cursor, JOURNAL_CONSUMER) for ring in rings]
         self._wake_fd = wake_fd
         self._stopping = stop  # not ``_stop``: threading.Thread has a method of that name
 
-    def probe(self) -> int:
-        """The journaler's cursor on this ring, read now."""
-        return self._ring.consumer_cursor(JOURNAL_CONSUMER)
-
     def run(self) -> None:
-        seen = self.probe()
+        cursors = self._cursors
+        seen = [cursor() for cursor in cursors]
+
+        def moved() -> bool:
+            return any(cursor() > last for cursor, last in zip(cursors, seen, strict=True))
+
         while not self._stopping.is_set():
-            # the timeout only bounds how late a stop is noticed
-            now = self._producer.wait_for_consumer(JOURNAL_CONSUMER, seen + 1, timeout=0.5)
-            if now > seen:
-                seen = now
+            # the timeout only bounds how late a stop is noticed; no spin: the loop
+            # thread needs the GIL more than this thread needs a head start
+            if self._bell.wait(moved, 0.5, spin_tries=0):
+                seen[:] = [cursor() for cursor in cursors]
                 os.eventfd_write(self._wake_fd, 1)
 
 
@@ -190,10 +196,16 @@ class Gateway:
             for spec in self.table.specs:
                 ring = Ring.attach(in_ring_name(spec.name, ring_prefix), COMMAND)
                 self.rings.append(ring)
-                producer = ring.producer()
-                self.producers.append(producer)
-                self._watchers.append(_JournalWatcher(ring, producer, self._wake_fd, self._stop))
-            self._journal_probes = [w.probe for w in self._watchers]
+                self.producers.append(ring.producer())
+            # one watcher per semaphore the producers sleep on: one for doorbelled rings
+            by_sem: dict[str, list[int]] = {}
+            for i, producer in enumerate(self.producers):
+                by_sem.setdefault(producer.sleeper.semaphore_name, []).append(i)
+            for group in by_sem.values():
+                rings = [self.rings[i] for i in group]
+                producers = [self.producers[i] for i in group]
+                self._watchers.append(_JournalWatcher(rings, producers, self._wake_fd, self._stop))
+            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNAL_CONSUMER) for r in self.rings]
             # A previous gateway on these rings may have issued ids the journal has not
             # got yet (the supervisor's first_order_id comes from the journal): start
             # above every new order still in a ring, so no id is ever issued twice.

@@ -50,7 +50,7 @@ import time
 import posix_ipc
 
 from ringex.records import COMMAND, EVENT
-from ringex.ring import Consumer, Ring
+from ringex.ring import Consumer, ConsumerSet, Ring
 from ringex.wal import Journal, JournalError, JournalWriteError
 
 __all__ = ["Journaler", "RingPair", "JournalerHalted", "CONSUMER_NAME", "EXIT_HALTED", "main"]
@@ -60,11 +60,10 @@ log = logging.getLogger("ringex.journaler")
 CONSUMER_NAME = "journaler"
 ROLE = "journaler"
 EXIT_HALTED = 3
-# Idle wait: the journaler serves many rings but can sleep on one semaphore only, so
-# it sleeps on the ring most likely to move next with this timeout. 1 ms bounds the
-# delay a record on another ring sees when the exchange is idle, at ~1,000 cheap
-# wake-ups a second (a few % of a core); under load it never sleeps.
-IDLE_WAIT_S = 0.001
+# Longest idle sleep before the loop looks at its stop flag and heartbeat. Not a
+# latency: every ring rings the journaler's doorbell when it moves (rings made
+# without one fall back to ``ConsumerSet``'s 1 ms naps).
+IDLE_WAIT_S = 0.05
 # Cap on records per ring per round, so one commit stays well under a map growth step
 # and a burst on one ring cannot starve the others' acks for long. Picked, not measured.
 MAX_PER_RING = 65536
@@ -160,6 +159,7 @@ class Journaler:
         self.records = 0
         self._stop = threading.Event()
         self._expect: _Feed | None = None
+        self._waiting = ConsumerSet([f.consumer for f in self.in_feeds + self.out_feeds])
 
     def stop(self) -> None:
         """Ask the loop to finish its round and return (safe from a signal handler)."""
@@ -205,12 +205,13 @@ class Journaler:
             self.control.set_ready(ROLE, False)
 
     def _idle_wait(self) -> None:
-        # Sleep where the next record is most likely: after commands, their events on
-        # the same symbol's out-ring; otherwise the first in-ring.
+        # Without a doorbell, nap where the next record is most likely: after
+        # commands, their events on the same symbol's out-ring; else the first in-ring.
         feed = self._expect or (self.in_feeds[0] if self.in_feeds else self.out_feeds[0])
         self._expect = None
+        self._waiting.hint = feed.consumer
         try:
-            feed.consumer.wait_for(feed.consumer.cursor + 1, IDLE_WAIT_S)
+            self._waiting.wait(IDLE_WAIT_S)
         except posix_ipc.SignalError:
             pass  # SIGTERM while asleep: the loop checks the stop flag next
 

@@ -84,6 +84,13 @@ class Layout:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def doorbell(self, role: str) -> str:
+        """The doorbell process ``role`` sleeps on for all the rings it serves."""
+        return f"{self.prefix}.bell.{role}"
+
+    def doorbells(self, shards: int) -> list[str]:
+        return [self.doorbell(r) for r in ("journaler", "gateway", *(f"matcher-{i}" for i in range(shards)))]
+
 
 def layout_for(config: Config) -> Layout:
     from ringex.gateway import in_ring_name
@@ -234,13 +241,27 @@ class Supervisor:
         layout = self.layout
         self.control = ControlBlock.create(layout.control)
         capacity = self.config.ring_capacity
+        shards = shard_symbols(self.config)
+        shard_of = {symbol: index for index, symbols in enumerate(shards) for symbol in symbols}
+        # A clean start: rings and doorbells left by a killed supervisor are stale by
+        # definition (we hold the data directory's lock, so their owner is gone).
+        for bell in layout.doorbells(len(shards)):
+            Ring.remove_doorbell(bell)
         for symbol in layout.in_rings:
             for name in (layout.in_rings[symbol], layout.out_rings[symbol]):
-                # A clean start: rings left by a killed supervisor are stale by definition
-                # (we hold the data directory's lock, so their owner is gone).
                 Ring.remove(name)
+            # Doorbells: the journaler, each shard and the gateway's durability watch
+            # each serve several rings from one thread, and sleep once for them all.
+            journaler = layout.doorbell("journaler")
             self.rings.append(
-                Ring.create(layout.in_rings[symbol], COMMAND, capacity, consumers=["matcher", "journaler"])
+                Ring.create(
+                    layout.in_rings[symbol],
+                    COMMAND,
+                    capacity,
+                    consumers=["matcher", "journaler"],
+                    doorbells={"matcher": layout.doorbell(f"matcher-{shard_of[symbol]}"), "journaler": journaler},
+                    producer_doorbell=layout.doorbell("gateway"),
+                )
             )
             self.rings.append(
                 Ring.create(
@@ -249,6 +270,7 @@ class Supervisor:
                     capacity,
                     consumers=["journaler", "notifier"],
                     gating={"notifier": ["journaler"]},
+                    doorbells={"journaler": journaler},
                 )
             )
 
@@ -452,6 +474,8 @@ class Supervisor:
             ring.unlink()
             ring.close()
         self.rings = []
+        for bell in self.layout.doorbells(len(shard_symbols(self.config))):
+            Ring.remove_doorbell(bell)
         if self.control is not None:
             self.control.close()
             self.control.unlink()
