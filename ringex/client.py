@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import socket
+import time
 from collections import deque
 
 import numpy as np
@@ -231,16 +232,18 @@ class ClientConnection:
 
 
 class OrderClient:
-    """Blocking client over a plain socket. ``timeout`` (s) bounds each wait for a reply."""
+    """Blocking client over a plain socket. ``timeout`` (s) bounds each wait for a reply
+    (``None``: wait for ever) and each send."""
 
-    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+    def __init__(self, sock: socket.socket, timeout: float | None = 10.0) -> None:
         self.sock = sock
+        self.timeout = timeout
         self.sock.settimeout(timeout)
         self.conn = ClientConnection()
         self.session: int | None = None
 
     @classmethod
-    def connect(cls, host: str = "127.0.0.1", port: int = 7001, timeout: float = 10.0) -> OrderClient:
+    def connect(cls, host: str = "127.0.0.1", port: int = 7001, timeout: float | None = 10.0) -> OrderClient:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock, timeout)
@@ -261,15 +264,33 @@ class OrderClient:
         """The next reply in request order (heartbeats skipped); waits for it.
 
         Error handling: ``SessionClosed`` when the exchange closes the connection
-        (carrying its ``E`` if one came first), ``TimeoutError`` after ``timeout``."""
-        while (reply := self.conn.next_reply()) is None:
-            try:
-                data = self.sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError) as exc:
-                raise SessionClosed(f"connection lost: {exc}") from None
-            if not data:
-                raise SessionClosed("the exchange closed the session")
-            self.conn.receive_data(data)
+        (carrying its ``E`` if one came first), ``TimeoutError`` when no reply has come
+        ``timeout`` after the call. The session stays usable after a timeout: the reply,
+        when it comes, is the next one returned."""
+        # The socket timeout bounds one recv, and every heartbeat ends a recv: so the
+        # first recv gets the whole timeout and each later one only what is left of it.
+        # (Set only when needed: settimeout is a syscall, and most replies take one recv.)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        waited = shortened = False
+        try:
+            while (reply := self.conn.next_reply()) is None:
+                if waited and deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"no reply within {self.timeout} s")
+                    self.sock.settimeout(left)
+                    shortened = True
+                waited = True
+                try:
+                    data = self.sock.recv(65536)
+                except (ConnectionResetError, BrokenPipeError) as exc:
+                    raise SessionClosed(f"connection lost: {exc}") from None
+                if not data:
+                    raise SessionClosed("the exchange closed the session")
+                self.conn.receive_data(data)
+        finally:
+            if shortened:
+                self.sock.settimeout(self.timeout)  # for sends and the next call
         if reply.msg_type == "E":
             raise SessionClosed(str(reply), reply)
         return reply

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 import trio
@@ -70,6 +72,71 @@ def test_blocking_client_login_rejected(exchange):
     with OrderClient.connect("127.0.0.1", exchange.port) as c, pytest.raises(LoginRejected) as exc:
         c.login(ACCOUNT, TOKEN + 1)
     assert exc.value.reply.reason == Reason.BAD_CREDENTIALS
+
+
+class HeartbeatingGateway:
+    """A real listening socket standing in for a gateway that is alive but never answers:
+    to the one connection it accepts it sends a heartbeat every 50 ms, until ``answer``
+    is set (then it sends one ACK, order 42) or 100 heartbeats have gone (then it hangs
+    up, so a client whose wait restarts on each heartbeat fails the test, not hangs it).
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)  # a client that never connects must not hang the thread
+        self.port = self.listener.getsockname()[1]
+        self.answer = threading.Event()
+        self.heartbeats = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            while not self.answer.wait(0.05) and self.heartbeats < 100:
+                conn.sendall(encode_reply(ReplyType.HEARTBEAT))
+                self.heartbeats += 1
+            if self.answer.is_set():
+                conn.sendall(encode_reply(ReplyType.ACK, symbol=b"ACME", order_id=42))
+                conn.recv(1)  # until the client hangs up
+
+    def __enter__(self) -> HeartbeatingGateway:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.answer.set()
+        self._thread.join(15)
+        self.listener.close()
+        assert not self._thread.is_alive()
+
+
+def test_blocking_client_times_out_waiting_for_a_reply_while_heartbeats_keep_arriving():
+    """The timeout is a deadline for the reply: heartbeats arriving meanwhile are
+    skipped and do not restart the wait."""
+    with HeartbeatingGateway() as gateway, OrderClient.connect("127.0.0.1", gateway.port, timeout=0.5) as c:
+        with pytest.raises(TimeoutError):
+            c.next_reply()
+        assert gateway.heartbeats >= 2  # they did arrive during the wait
+        gateway.answer.set()
+        reply = c.next_reply()  # the session is still usable after a timeout
+        assert (reply.msg_type, reply.order_id) == ("K", 42)
+
+
+async def test_trio_client_deadline_holds_while_heartbeats_keep_arriving():
+    """The trio client has no timeout of its own: the caller's cancel scope is already a
+    deadline, and heartbeats must not swallow its cancellation."""
+    with HeartbeatingGateway() as gateway:
+        async with await TrioOrderClient.connect("127.0.0.1", gateway.port) as c:
+            with trio.move_on_after(0.5) as scope:
+                await c.next_reply()
+            assert scope.cancelled_caught and gateway.heartbeats >= 2
+            gateway.answer.set()
+            with trio.fail_after(5):
+                reply = await c.next_reply()
+            assert (reply.msg_type, reply.order_id) == ("K", 42)
 
 
 async def test_trio_client(exchange):
