@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
-from md_load import MdExchange, NotifierProcess, load_main, raise_nofile, temp_dir  # noqa: E402
+from md_load import MdExchange, NotifierProcess, expected_bytes, load_main, raise_nofile, temp_dir  # noqa: E402
 
 from ringex.records import Side  # noqa: E402
 
@@ -55,12 +55,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def softirq_seconds() -> float:
-    """Machine-wide softirq CPU time: loopback TCP receive processing is charged here,
-    not to the sending process."""
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu() -> dict[str, float]:
+    """Machine-wide CPU seconds by kind, from /proc/stat. Loopback TCP receive
+    processing is charged to softirq when the kernel defers it, else to the system
+    time of whichever process sent."""
     with open("/proc/stat") as fh:
-        fields = fh.readline().split()
-    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+        fields = fh.readline().split()[1:]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {name: int(v) / tick for name, v in zip(CPU_FIELDS, fields, strict=False)}
+
+
+def percentiles(ms: np.ndarray) -> dict[str, float]:
+    if not len(ms):
+        return {}
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 2),
+        "p99": round(float(np.percentile(ms, 99)), 2),
+        "p99.9": round(float(np.percentile(ms, 99.9)), 2),
+        "max": round(float(ms.max()), 2),
+    }
 
 
 def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = ()) -> dict:
@@ -68,7 +84,10 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
     ctx = mp.get_context("spawn")
     ex = MdExchange(symbols=(SYMBOL,), capacity=1 << 16)
     data = temp_dir()
-    notifier = NotifierProcess(ex, data, extra=["--max-queue-bytes", str(8 << 20), *extra], heartbeat=3600)
+    stats_path = data / "notifier-stats.json"
+    notifier = NotifierProcess(
+        ex, data, extra=["--max-queue-bytes", str(8 << 20), "--stats-out", str(stats_path), *extra], heartbeat=3600
+    )
     loaders = []
     try:
         total = int(rate * seconds)
@@ -91,20 +110,29 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         t_sub = time.monotonic() - t_sub
         # warm the matcher kernels before timing anything
         publish_ns = np.zeros(total + 2, np.int64)
+        # events in the ring once trade seq i was published: the notifier logs, per
+        # batch, the events it had read and when the batch's last send returned
+        events_upto = np.zeros(total + 2, np.int64)
+        events = 0
+        published = []
         period = 1.0 / rate
         # batch trades within one ms, as a busy matcher would hand them over
         per_tick = max(1, int(round(rate / 1000)))
         tick = period * per_tick
         seq = 0
         cpu_before = cpu_seconds(notifier.pid)
-        softirq_before = softirq_seconds()
+        machine_before = machine_cpu()
+        producer_cpu = time.process_time()
         start = time.perf_counter()
         next_t = start
         while seq < total:
             k = min(per_tick, total - seq)
-            for _ in range(k):
-                ex.new(SYMBOL, Side.SELL, 100, 1, 2)
-                ex.new(SYMBOL, Side.BUY, 100, 1, 1)
+            for i in range(k):
+                for side, account in ((Side.SELL, 2), (Side.BUY, 1)):
+                    out = ex.new(SYMBOL, side, 100, 1, account)[2]
+                    published.append(out)
+                    events += len(out)
+                events_upto[seq + 1 + i] = events
             ex.journal()
             now = time.time_ns()
             publish_ns[seq + 1 : seq + k + 1] = now
@@ -114,18 +142,38 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             if delay > 0:
                 time.sleep(delay)
         produce_s = time.perf_counter() - start
+        producer_cpu = time.process_time() - producer_cpu
         last = np.zeros(total + 2, np.int64)
         counts = []
+        client_recvs = 0
+        client_cpu = 0.0
+        client_bytes = 0
+        sizes = []
         for _ in loaders:
             kind, *body = queue.get(timeout=seconds + 180)
             if kind == "error":
                 raise RuntimeError(body[0])
             counts.extend(body[0])
             last = np.maximum(last, np.asarray(body[1], np.int64))
+            client_recvs += body[2]
+            client_cpu += body[3]
+            client_bytes += body[4]
+            sizes.extend(body[5])
         notifier_cpu = cpu_seconds(notifier.pid) - cpu_before
-        softirq = softirq_seconds() - softirq_before
+        machine_after = machine_cpu()
+        machine = {k: round(machine_after[k] - machine_before[k], 2) for k in machine_after}
+        notifier.stop()
+        stats = json.loads(stats_path.read_text())
+        log = np.asarray(stats["fan_out_log"], np.int64).reshape(-1, 2)
+        k = np.searchsorted(log[:, 0], events_upto[1 : total + 1])  # the batch that carried each trade
+        sent = k < len(log)
+        done_ms = (log[k[sent], 1] - publish_ns[1 : total + 1][sent]) / 1e6
+        nstats = stats["statistics"]
         end_ns = int(last.max())
         counts = np.asarray(counts)
+        # the last line each socket got was trade ``counts[i]``; with the right byte
+        # count, every line before it came too, once and unaltered
+        whole = np.asarray(sizes) == expected_bytes(SYMBOL, np.concatenate(published))
         got_all = last[1 : total + 1] > 0
         lat_ms = (last[1 : total + 1][got_all] - publish_ns[1 : total + 1][got_all]) / 1e6
         delivered = int(counts.sum())
@@ -138,19 +186,28 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             "rate_target_per_s": rate,
             "rate_achieved_per_s": round(total / produce_s, 1),
             "subscribe_all_s": round(t_sub, 2),
-            "subscribers_with_every_trade": int((counts >= total).sum()),
+            "subscribers_with_every_trade": int(((counts >= total) & whole).sum()),
             "min_trades_per_subscriber": int(counts.min()),
-            "fanout_latency_ms": {
-                "p50": round(float(np.percentile(lat_ms, 50)), 2),
-                "p99": round(float(np.percentile(lat_ms, 99)), 2),
-                "p99.9": round(float(np.percentile(lat_ms, 99.9)), 2),
-                "max": round(float(lat_ms.max()), 2),
-            },
+            "fanout_latency_ms": percentiles(lat_ms),
+            "notifier_done_ms": percentiles(done_ms),
+            "trades_notifier_done": int(sent.sum()),
             "messages_delivered": delivered,
+            "bytes_per_message": round(client_bytes / delivered, 1) if delivered else None,
+            "bytes_delivered_per_s": round(client_bytes / span_s) if span_s > 0 else None,
             "messages_delivered_per_s": round(delivered / span_s) if span_s > 0 else None,
+            "span_s": round(span_s, 2),
+            "notifier_batches": len(log),
+            "notifier_sends": nstats["sends"],
+            "notifier_short_sends": nstats["short_sends"],
+            "notifier_slow_consumers": nstats["slow_consumers"],
+            "client_recvs": client_recvs,
             "notifier_cpu_s": round(notifier_cpu, 2),
+            "notifier_cpu_us_per_send": round(notifier_cpu / nstats["sends"] * 1e6, 2) if nstats["sends"] else None,
             "notifier_cpu_us_per_message": round(notifier_cpu / delivered * 1e6, 3) if delivered else None,
-            "machine_softirq_s": round(softirq, 2),
+            "client_cpu_s": round(client_cpu, 2),
+            "client_cpu_us_per_recv": round(client_cpu / client_recvs * 1e6, 2) if client_recvs else None,
+            "producer_cpu_s": round(producer_cpu, 2),
+            "machine_cpu_s": machine,
         }
         print(json.dumps(result), flush=True)
         return result
@@ -169,14 +226,14 @@ def core_throughput(n_commands: int = 50_000) -> dict:
     subscriber, and with trades, bbo, depth and every account's orders subscribed."""
     import random
 
-    from test_marketdata import _commands
+    from command_streams import CommandStream
 
     from ringex.config import SymbolSpec
     from ringex.marketdata import MarketData, Subscribe
     from ringex.matcher import Matcher
 
     matcher = Matcher(SymbolSpec(SYMBOL, price_max=1000, capacity=1 << 16))
-    events = matcher.apply(_commands(random.Random(1), SYMBOL, n_commands, [], [0]), 0).copy()
+    events = matcher.apply(CommandStream(matcher.spec, random.Random(1)).batch(SYMBOL, n_commands), 0).copy()
     out = {"events": len(events)}
     for label, subscribed in (("no_subscribers", False), ("all_channels_subscribed", True)):
         md = MarketData([SYMBOL])
@@ -203,9 +260,10 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=0, help="load processes (default: 2 up to 5k subs, else 4)")
     parser.add_argument("--out", default=str(HERE / "results" / "notifier.json"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--skip-core", action="store_true", help="skip the MarketData.apply throughput")
     parser.add_argument("--fan-out-threads", type=int, default=None)
     args = parser.parse_args()
-    core = core_throughput()
+    core = None if args.skip_core else core_throughput()
     results = []
     for subs in args.subs:
         for rate in args.rate:

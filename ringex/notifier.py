@@ -50,6 +50,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import itertools
 import json
 import logging
 import os
@@ -120,6 +121,10 @@ RECV_BYTES = 65536
 # Below this many sessions on a stream, handing sends to another thread costs more
 # than it saves (a thread hand-off is ~50-100 µs; a send ~15-35 µs).
 PARALLEL_FAN_OUT_MIN = 64
+# Sessions per fan-out slice (see ``Notifier.publish``): a slice's sends take a few ms
+# (~25 µs each on loopback), short enough that reading the ring between two slices
+# puts a new trade into the sweep within that time.
+SLICE_SESSIONS = 256
 # Threads that share the fan-out sends with the trio thread: one per spare core.
 DEFAULT_FAN_OUT_THREADS = max(0, min(3, (os.cpu_count() or 1) - 1))
 
@@ -183,6 +188,7 @@ class Session:
         "_max_bytes",
         "_wake",
         "_cancel",
+        "fan_out_slice",
         "__weakref__",
     )
 
@@ -205,6 +211,7 @@ class Session:
         self._max_bytes = max_bytes
         self._wake = trio.Event()
         self._cancel: trio.CancelScope | None = None
+        self.fan_out_slice: _Slice | None = None  # set by the notifier
 
     @property
     def queued_bytes(self) -> int:
@@ -341,6 +348,42 @@ def _send_each(socks: list[socket.socket], blob: bytes) -> list[tuple[int, int |
     return short
 
 
+class _Batch:
+    """One batch of events read from a ring, as the fan-out needs it: the messages per
+    stream, their blobs (built once, on first use, for every slice), and how many
+    events had been read once it was (for ``fan_out_log``)."""
+
+    __slots__ = ("id", "events", "outputs", "tcp", "ws")
+
+    def __init__(self, batch_id: int, events: int, outputs: list[tuple[Any, list[bytes]]]) -> None:
+        self.id = batch_id
+        self.events = events
+        self.outputs = outputs
+        self.tcp: list[bytes | None] = [None] * len(outputs)
+        self.ws: list[bytes | None] = [None] * len(outputs)
+
+    def blob(self, k: int, websocket: bool) -> bytes:
+        blobs = self.ws if websocket else self.tcp
+        blob = blobs[k]
+        if blob is None:
+            payloads = self.outputs[k][1]
+            blob = blobs[k] = _ws_blob(payloads) if websocket else _tcp_blob(payloads)
+        return blob
+
+
+class _Slice:
+    """Up to ``SLICE_SESSIONS`` sessions that the fan-out serves together: their
+    subscriptions by stream, and ``sent``, the id of the first batch not yet sent to
+    them."""
+
+    __slots__ = ("subs", "members", "sent")
+
+    def __init__(self, sent: int) -> None:
+        self.subs: dict[Any, set[Session]] = {}
+        self.members = 0
+        self.sent = sent
+
+
 @dataclasses.dataclass(frozen=True)
 class NotifierStats:
     """What ``Notifier.statistics()`` reports."""
@@ -351,6 +394,10 @@ class NotifierStats:
     batches: int
     slow_consumers: int
     ports: dict[str, int]
+    # fan-out ``send`` calls, and those the kernel did not take whole (the rest was
+    # queued for the session's writer task)
+    sends: int = 0
+    short_sends: int = 0
 
 
 class Notifier:
@@ -404,6 +451,17 @@ class Notifier:
         self._events = 0
         self._batches = 0
         self._slow = 0
+        self._sends = 0
+        self._short_sends = 0
+        # The fan-out: batches applied but not yet sent to every slice, oldest first.
+        self._slices: list[_Slice] = []
+        self._backlog: collections.deque[_Batch] = collections.deque()
+        self._next_batch = 0
+        self._turn = 0  # the slice the pump serves next
+        # With ``record_fan_out()``: per batch, (events read so far, time.time_ns() once
+        # the last fan-out ``send`` of the batch returned). For benchmarks: it tells
+        # "the notifier handed it to the kernel" apart from "the client received it".
+        self.fan_out_log: list[tuple[int, int]] | None = None
 
     def statistics(self) -> NotifierStats:
         return NotifierStats(
@@ -413,51 +471,153 @@ class Notifier:
             batches=self._batches,
             slow_consumers=self._slow,
             ports=dict(self.ports),
+            sends=self._sends,
+            short_sends=self._short_sends,
         )
+
+    def record_fan_out(self) -> None:
+        """Start keeping ``fan_out_log`` (one tuple per batch: for benchmarks)."""
+        if self.fan_out_log is None:
+            self.fan_out_log = []
 
     # -- publishing -----------------------------------------------------------------
 
     def publish(self, events) -> None:
-        """Apply one batch and fan the resulting messages out. Never awaits, so a
-        subscriber's snapshot and the updates after it are always consistent.
+        """Apply one batch and send what it produced to every session before returning.
 
-        Each stream's messages become one blob per transport, built once. A session
-        subscribed to several streams that moved in this batch gets their blobs joined
-        into one ``send``: sessions are grouped by the set of streams they get, and
-        each group's joined blob is also built once.
+        The ring pump does not wait like this (see ``_take`` and ``_serve_next``);
+        this is the whole fan-out in one synchronous step, for callers that hand over
+        events themselves.
         """
+        self._take(events)
+        self._catch_up_all()
+
+    # The fan-out sweeps the sessions slice by slice, reading the ring between two
+    # slices. Sending one batch to all 10,000 sessions before reading the next takes a
+    # few hundred ms on loopback; a trade that arrived just after such a round started
+    # waited for it to end, then for a whole round of its own: up to two rounds. Swept
+    # slice by slice, every slice's next turn sends it all that it has not had yet, so
+    # a new trade reaches the last session within one sweep. Each session still gets
+    # one ``send`` per turn (the same sends per second as whole rounds) and every
+    # batch in order: a slice's turn sends the batches it missed oldest first. A
+    # session's request (subscribe, unsubscribe, ping) first brings its slice up to
+    # date, so an ack or a snapshot comes after every message it already covers.
+
+    def _take(self, events) -> None:
+        """Apply one batch; queue its messages for the fan-out. Never awaits, so a
+        snapshot taken later reflects exactly the batches queued before it."""
         self._events += len(events)
         self._batches += 1
         outputs = [(stream, payloads) for stream, payloads in self.md.apply(events) if stream in self.md.subscribers]
-        if not outputs:
+        if not outputs and (not self._backlog or self.fan_out_log is None):
+            # nothing to send (and nothing before it to keep the fan-out log in order)
+            if self.fan_out_log is not None:
+                self.fan_out_log.append((self._events, time.time_ns()))
             return
-        if len(outputs) == 1:
-            stream, payloads = outputs[0]
-            groups = {(0,): list(self.md.subscribers[stream])}
+        self._backlog.append(_Batch(self._next_batch, self._events, outputs))
+        self._next_batch += 1
+
+    def _serve_next(self) -> None:
+        """Give the next slice that is behind its turn (round robin)."""
+        slices = self._slices
+        for _ in range(len(slices)):
+            sl = slices[self._turn % len(slices)]
+            self._turn = (self._turn + 1) % len(slices)
+            if self._serve(sl):
+                return
+        self._trim()  # no slice is behind: nothing queued is needed any more
+
+    def _catch_up_all(self) -> None:
+        for sl in self._slices:
+            self._serve(sl)
+        self._trim()
+
+    def _serve(self, sl: _Slice) -> bool:
+        """Send ``sl``'s sessions every queued batch they have not had; False if it
+        had them all."""
+        backlog = self._backlog
+        if not backlog or backlog[-1].id < sl.sent:
+            return False
+        start = max(0, sl.sent - backlog[0].id)
+        pending = list(itertools.islice(backlog, start, None))
+        sl.sent = self._next_batch
+        self._send_batches(sl, pending)
+        self._trim()
+        return True
+
+    def _trim(self) -> None:
+        """Forget the batches every slice has been sent (and log when that was)."""
+        backlog = self._backlog
+        low = min((sl.sent for sl in self._slices), default=self._next_batch)
+        log = self.fan_out_log
+        now = time.time_ns() if log is not None else 0
+        while backlog and backlog[0].id < low:
+            batch = backlog.popleft()
+            if log is not None:
+                log.append((batch.events, now))
+
+    def _send_batches(self, sl: _Slice, pending: list[_Batch]) -> None:
+        """Send ``pending`` to ``sl``'s subscribers, one ``send`` per session.
+
+        Each stream's messages are one blob per transport, built once per batch. A
+        session gets the blobs of its streams, batch after batch, joined; sessions that
+        get the same ones are grouped so each joined blob is also built once.
+        """
+        subs = sl.subs
+        items: list[tuple[_Batch, int, set[Session]]] = []
+        for batch in pending:
+            for k, (stream, _) in enumerate(batch.outputs):
+                members = subs.get(stream)
+                if members:
+                    items.append((batch, k, members))
+        if not items:
+            return
+        groups: dict[tuple[int, ...], list[Session]]
+        if all(members is items[0][2] for _, _, members in items):
+            # one stream moved (the usual case): everyone gets every item
+            groups = {tuple(range(len(items))): list(items[0][2])}
         else:
-            streams_of: dict[Session, list[int]] = {}
-            for k, (stream, _) in enumerate(outputs):
-                for session in self.md.subscribers[stream]:
-                    got = streams_of.get(session)
+            got_of: dict[Session, list[int]] = {}
+            for j, (_, _, members) in enumerate(items):
+                for session in members:
+                    got = got_of.get(session)
                     if got is None:
-                        streams_of[session] = [k]
+                        got_of[session] = [j]
                     else:
-                        got.append(k)
+                        got.append(j)
             groups = {}
-            for session, ks in streams_of.items():
-                groups.setdefault(tuple(ks), []).append(session)
-        tcp_blobs: list[bytes | None] = [None] * len(outputs)
-        ws_blobs: list[bytes | None] = [None] * len(outputs)
-        for ks, sessions in groups.items():
+            for session, js in got_of.items():
+                groups.setdefault(tuple(js), []).append(session)
+        for js, sessions in groups.items():
             tcp = [s for s in sessions if s.ws is None]
             ws = [s for s in sessions if s.ws is not None]
-            for members, blobs, frame in ((tcp, tcp_blobs, _tcp_blob), (ws, ws_blobs, _ws_blob)):
+            for members, websocket in ((tcp, False), (ws, True)):
                 if not members:
                     continue
-                for k in ks:
-                    if blobs[k] is None:
-                        blobs[k] = frame(outputs[k][1])
-                self._fan_out(members, b"".join([blobs[k] for k in ks]) if len(ks) > 1 else blobs[ks[0]])
+                blobs = [items[j][0].blob(items[j][1], websocket) for j in js]
+                self._fan_out(members, blobs[0] if len(blobs) == 1 else b"".join(blobs))
+
+    def _join_slice(self, session: Session) -> None:
+        for sl in self._slices:
+            if sl.members < SLICE_SESSIONS:
+                break
+        else:
+            sl = _Slice(self._next_batch)
+            self._slices.append(sl)
+        sl.members += 1
+        session.fan_out_slice = sl
+
+    def _leave_slice(self, session: Session) -> None:
+        sl = session.fan_out_slice
+        if sl is not None:
+            sl.members -= 1
+            session.fan_out_slice = None
+
+    def _catch_up(self, session: Session) -> None:
+        """Bring ``session``'s slice up to date: what it is sent next follows every
+        message of every batch applied so far."""
+        if session.fan_out_slice is not None:
+            self._serve(session.fan_out_slice)
 
     def _fan_out(self, sessions: list[Session], blob: bytes) -> None:
         """Give ``blob`` to every session. With many sessions, the ``send`` calls are
@@ -468,7 +628,13 @@ class Notifier:
         pool = self._pool
         if pool is None or len(sessions) < PARALLEL_FAN_OUT_MIN:
             for session in sessions:
-                session.write(blob)
+                if session.direct:
+                    self._sends += 1
+                    session.write(blob)
+                    if session._pending:
+                        self._short_sends += 1
+                else:
+                    session.write(blob)
         else:
             direct = []
             for session in sessions:
@@ -483,7 +649,9 @@ class Notifier:
             futures = [pool.submit(_send_each, [s.sock for s in chunk], blob) for chunk in chunks[1:]]
             results = [_send_each([s.sock for s in chunks[0]], blob)] if chunks else []
             results += [f.result() for f in futures]
+            self._sends += len(direct)
             for chunk, short in zip(chunks, results, strict=True):
+                self._short_sends += len(short)
                 for i, result in short:
                     chunk[i].sent_elsewhere(blob, result)
         for session in sessions:
@@ -494,14 +662,16 @@ class Notifier:
         """Read one out-ring forever (see the module docstring for why this way)."""
         while True:
             events = source.read_nowait()
-            if events is None or not len(events):
+            if events is not None and len(events):
+                self._take(events)
+            elif not self._backlog:
                 # Not abandoned on cancel: the thread must be out of the ring's wait before
                 # ``serve`` closes the ring (unmapping it or closing its semaphore under a
                 # waiting thread could crash). Shutdown waits at most RING_WAIT_S for it.
                 await trio.to_thread.run_sync(source.wait, RING_WAIT_S)
                 continue
-            self.publish(events)
-            # let sessions run between batches: under a flood the ring is never empty
+            self._serve_next()
+            # let sessions run between slices: under a flood the ring is never empty
             await trio.lowlevel.checkpoint()
 
     async def heartbeats(self) -> None:
@@ -517,9 +687,19 @@ class Notifier:
 
     def _forget(self, session: Session) -> None:
         self.md.drop(session, session.streams)
+        sl = session.fan_out_slice
+        if sl is not None:
+            for stream in session.streams:
+                members = sl.subs.get(stream)
+                if members is not None:
+                    members.discard(session)
+                    if not members:
+                        del sl.subs[stream]
         session.streams.clear()
 
     async def _handle(self, session: Session, request) -> None:
+        # a reply follows everything already published (see ``publish``)
+        self._catch_up(session)
         if isinstance(request, Ping):
             session.send_message(session_message("pong", ts_ns=time.time_ns()))
         elif isinstance(request, Login):
@@ -543,10 +723,19 @@ class Notifier:
         elif isinstance(request, Subscribe):
             for payload in self.md.subscribe(session, request, session.account):
                 session.send_message(payload)
-            session.streams.add(self.md.stream_of(request, session.account))
+            stream = self.md.stream_of(request, session.account)
+            session.streams.add(stream)
+            if session.fan_out_slice is not None:
+                session.fan_out_slice.subs.setdefault(stream, set()).add(session)
         elif isinstance(request, Unsubscribe):
             session.send_message(self.md.unsubscribe(session, request, session.account))
-            session.streams.discard(self.md.stream_of(request, session.account))
+            stream = self.md.stream_of(request, session.account)
+            session.streams.discard(stream)
+            sl = session.fan_out_slice
+            if sl is not None and stream in sl.subs:
+                sl.subs[stream].discard(session)
+                if not sl.subs[stream]:
+                    del sl.subs[stream]
 
     async def _request(self, session: Session, raw: bytes | str) -> None:
         try:
@@ -630,6 +819,7 @@ class Notifier:
     async def _run_session(self, sock: socket.socket, websocket: bool) -> None:
         session = Session(sock, websocket, self.max_queue_bytes)
         self.sessions.add(session)
+        self._join_slice(session)
         try:
             with trio.CancelScope() as scope:
                 session._cancel = scope
@@ -638,6 +828,7 @@ class Notifier:
                     await session.writer()
         finally:
             self._forget(session)
+            self._leave_slice(session)
             self.sessions.discard(session)
             if session.closing and session.closing.startswith("slow consumer"):
                 self._slow += 1
@@ -848,6 +1039,7 @@ async def serve(
     fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
     close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
     sndbuf: int | None = None,
+    stats_out: str | os.PathLike[str] | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the notifier for ``config`` until cancelled.
@@ -863,6 +1055,8 @@ async def serve(
     - ``on_ready(ports)``: called once the listeners are bound and the pumps run, with
       ``{"tcp": port, "ws": port}``.
     - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``.
+    - ``stats_out``: a path; on the way out, ``statistics()`` and the per-batch
+      ``fan_out_log`` are written there as JSON (for benchmarks).
     """
     raise_nofile_limit()
     owned: list[RingEventSource] = []
@@ -886,6 +1080,8 @@ async def serve(
         close_grace_s=close_grace_s,
         sndbuf=sndbuf,
     )
+    if stats_out is not None:
+        notifier.record_fan_out()
     try:
         if owned and books is None:
             replayed = replay_journal(notifier.md, config.data_dir, owned)
@@ -898,6 +1094,10 @@ async def serve(
     finally:
         for source in owned:
             source.close()
+        if stats_out is not None:
+            doc = {"statistics": dataclasses.asdict(notifier.statistics()), "fan_out_log": notifier.fan_out_log}
+            with open(stats_out, "w") as fh:
+                json.dump(doc, fh)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -921,6 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
     parser.add_argument("--fan-out-threads", type=int, default=DEFAULT_FAN_OUT_THREADS)
     parser.add_argument("--sndbuf", type=int, default=None, help="kernel send buffer per session (bytes)")
+    parser.add_argument("--stats-out", help="on exit, write statistics and the per-batch fan-out log here (JSON)")
     parser.add_argument(
         "--close-grace",
         type=float,
@@ -946,6 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
         fan_out_threads=args.fan_out_threads,
         close_grace_s=args.close_grace,
         sndbuf=args.sndbuf,
+        stats_out=args.stats_out,
     )
     return 0
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from md_load import MdExchange, NotifierProcess, command, load_main, raise_nofile
+from md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile
 from reference_book import ReferenceBook
 
 from ringex.accounts import AccountStore
@@ -382,15 +382,19 @@ def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, t
             kind, *body = queue.get(timeout=240)
             assert kind != "error", body[0]
             ready += body[0]
-        exchange.cross_burst("ACME", trades)
+        events = exchange.cross_burst("ACME", trades)
         exchange.journal()
-        counts = []
+        counts, sizes = [], []
         for _ in loaders:
             kind, *body = queue.get(timeout=240)
             assert kind != "error", body[0]
             counts += body[0]
+            sizes += body[5]
         assert len(counts) == subs
         assert min(counts) == trades and max(counts) == trades
+        # the last line each socket got was trade ``trades``; the byte count says
+        # every line before it came too, once and unaltered
+        assert set(sizes) == {expected_bytes("ACME", events)}
     finally:
         for p in loaders:
             p.join(30)
