@@ -38,8 +38,10 @@ Parts, named as in the Disruptor:
   created, one semaphore shared by all of them (``doorbells=``,
   ``producer_doorbell=``), and sleeps on all at once with ``ringex.wait.Doorbell``
   over their ``sleeper``s. The header keeps a 64-bit hash of the doorbell's name; the
-  semaphore is ``/ringex-bell.<hash>``. ``Ring.remove`` leaves doorbells alone (other
-  rings may still ring them): ``Ring.remove_doorbell`` removes one.
+  semaphore is ``/ringex-bell.<hash>``. A waiter that is an event loop gets a
+  ``PipeDoorbell`` instead (a FIFO ``/dev/shm/ringex-bell.<hash>.pipe`` its selector
+  watches). ``Ring.remove`` leaves doorbells alone (other rings may still ring them):
+  ``Ring.remove_doorbell`` removes one.
 
 Cursors are read and written from Python through a ``memoryview`` on the header (a
 third cheaper than a numpy scalar here), never inside numba code, which could hoist
@@ -68,19 +70,21 @@ import dataclasses
 import hashlib
 import mmap
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import posix_ipc
 
-from ringex.wait import BlockingWait, Doorbell, Sleeper, WaitStrategy, Waker
+from ringex.wait import BlockingWait, Doorbell, PipeSemaphore, Sleeper, WaitStrategy, Waker
 
 __all__ = [
     "Ring",
     "Producer",
     "Consumer",
     "ConsumerSet",
+    "PipeDoorbell",
     "Batch",
     "RingStatistics",
     "ConsumerStatistics",
@@ -257,14 +261,51 @@ def _sem_names(shm_name: str) -> tuple[str, list[str]]:
     return f"{shm_name}.wp", [f"{shm_name}.w{i}" for i in range(MAX_CONSUMERS)]
 
 
-def _bell_id(doorbell: str) -> int:
-    if not doorbell or not doorbell.isprintable():
-        raise RingConfigError(f"doorbell name {doorbell!r}: must be printable and not empty")
-    return _hash64(doorbell.encode()) or 1  # 0 means "no doorbell"
+@dataclasses.dataclass(frozen=True)
+class PipeDoorbell:
+    """Names a doorbell for an event loop: a FIFO its selector can watch, not a
+    semaphore (``ringex.wait.PipeSemaphore``). A plain string names a semaphore."""
+
+    name: str
+
+
+_PIPE_BIT = 1 << 63
+
+
+def _bell_id(doorbell: str | PipeDoorbell) -> int:
+    name = doorbell.name if isinstance(doorbell, PipeDoorbell) else doorbell
+    if not name or not isinstance(name, str) or not name.isprintable():
+        raise RingConfigError(f"doorbell name {name!r}: must be printable and not empty")
+    bell = (_hash64(name.encode()) & ~_PIPE_BIT) or 1  # 0 means "no doorbell"
+    return bell | _PIPE_BIT if isinstance(doorbell, PipeDoorbell) else bell
 
 
 def _bell_sem_name(bell: int) -> str:
     return f"/ringex-bell.{bell:016x}"
+
+
+def _bell_pipe_path(bell: int) -> str:
+    return os.path.join(SHM_DIR, f"ringex-bell.{bell:016x}.pipe")
+
+
+def _make_bell(bell: int) -> None:
+    """Create doorbell ``bell`` unless a ring of its group already did."""
+    if bell & _PIPE_BIT:
+        try:
+            os.mkfifo(_bell_pipe_path(bell), 0o600)
+        except FileExistsError:
+            pass
+    else:
+        posix_ipc.Semaphore(_bell_sem_name(bell), posix_ipc.O_CREAT, mode=0o600, initial_value=0).close()
+
+
+def _open_bell(bell: int):
+    if bell & _PIPE_BIT:
+        try:
+            return PipeSemaphore(_bell_pipe_path(bell))
+        except FileNotFoundError as exc:
+            raise posix_ipc.ExistentialError(str(exc)) from None
+    return posix_ipc.Semaphore(_bell_sem_name(bell))
 
 
 def _unlink_quietly(unlink, name: str) -> bool:
@@ -419,10 +460,10 @@ class Ring:
             p_bell = int(h["producer_bell"])
             bells = [int(h["consumers"]["bell"][i]) for i in range(n)]
             try:
-                self._producer_sem = posix_ipc.Semaphore(_bell_sem_name(p_bell) if p_bell else p_name)
+                self._producer_sem = _open_bell(p_bell) if p_bell else posix_ipc.Semaphore(p_name)
                 self._sems.append(self._producer_sem)
                 for i in range(n):
-                    sem = posix_ipc.Semaphore(_bell_sem_name(bells[i]) if bells[i] else c_names[i])
+                    sem = _open_bell(bells[i]) if bells[i] else posix_ipc.Semaphore(c_names[i])
                     self._sems.append(sem)
                     self._consumer_sems.append(sem)
             except posix_ipc.ExistentialError as exc:
@@ -456,16 +497,17 @@ class Ring:
         gating: Mapping[str, Iterable[str]] | None = None,
         *,
         replace_stale: bool = False,
-        doorbells: Mapping[str, str] | None = None,
-        producer_doorbell: str | None = None,
+        doorbells: Mapping[str, str | PipeDoorbell] | None = None,
+        producer_doorbell: str | PipeDoorbell | None = None,
     ) -> Ring:
         """Create the ring ``name`` of ``capacity`` slots of ``dtype``, with its named
         consumers, each optionally gated on others (``{"notifier": ["journaler"]}``).
 
         ``doorbells`` maps a consumer to the doorbell it sleeps on, and
         ``producer_doorbell`` names the producer's: give every ring that one thread
-        waits on the same name for that waiter (see ``ringex.wait.Doorbell``). The
-        doorbell's semaphore is created if no ring made it yet.
+        waits on the same name for that waiter (see ``ringex.wait.Doorbell``), and a
+        ``PipeDoorbell`` to a waiter that is an event loop. The doorbell is created
+        if no ring made it yet.
 
         Error handling: an existing ring of that name is ``RingExistsError``, unless
         ``replace_stale`` is set and the process that created it is dead (a ring left
@@ -517,7 +559,7 @@ class Ring:
                     # Shared with the group's other rings, which may already use it:
                     # open, never re-create. A dead waiter's leftover posts are
                     # drained by its successor's ``Sleeper.reset``.
-                    posix_ipc.Semaphore(_bell_sem_name(bell), posix_ipc.O_CREAT, mode=0o600, initial_value=0).close()
+                    _make_bell(bell)
                     continue
                 _unlink_quietly(posix_ipc.unlink_semaphore, sem_name)  # a crash's leftovers
                 posix_ipc.Semaphore(sem_name, posix_ipc.O_CREX, mode=0o600, initial_value=0).close()
@@ -600,10 +642,18 @@ class Ring:
             if not entry.startswith(prefix) or entry.startswith("sem."):
                 continue
             try:
-                with open(os.path.join(SHM_DIR, entry), "rb") as fh:
-                    head = fh.read(8)
+                # O_NONBLOCK: opening a FIFO (a pipe doorbell) would otherwise wait for a writer
+                fd = os.open(os.path.join(SHM_DIR, entry), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError:
                 continue
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                head = os.pread(fd, 8, 0)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             if len(head) == 8 and int.from_bytes(head, "little") == MAGIC:
                 found.append(entry)
         return sorted(found)
@@ -619,11 +669,18 @@ class Ring:
         return _unlink_quietly(posix_ipc.unlink_shared_memory, shm_name)
 
     @staticmethod
-    def remove_doorbell(doorbell: str) -> bool:
-        """Unlink the doorbell ``doorbell``'s semaphore; whether it existed. For whoever
+    def remove_doorbell(doorbell: str | PipeDoorbell) -> bool:
+        """Unlink the doorbell's semaphore or FIFO; whether it existed. For whoever
         made the rings that share it, once they are all removed (or to clear a crash's
         leftovers before making them anew)."""
-        return _unlink_quietly(posix_ipc.unlink_semaphore, _bell_sem_name(_bell_id(doorbell)))
+        bell = _bell_id(doorbell)
+        if bell & _PIPE_BIT:
+            try:
+                os.unlink(_bell_pipe_path(bell))
+                return True
+            except FileNotFoundError:
+                return False
+        return _unlink_quietly(posix_ipc.unlink_semaphore, _bell_sem_name(bell))
 
     @classmethod
     def remove_stale(cls, name: str) -> bool:

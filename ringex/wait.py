@@ -28,6 +28,12 @@ by all of them instead of one per ring: ``Doorbell`` announces the sleep on ever
 ring's flag, re-checks every ring, and sleeps once; whichever ring moves first posts.
 Without it the waiter must pick one ring to sleep on and poll the others on a timer.
 
+An event loop (the gateway's selectors loop) must not block on a semaphore; its
+doorbell is a ``PipeSemaphore`` instead, a FIFO with a semaphore's ``acquire`` and
+``release``, whose descriptor the loop watches with the rest: the signaller's post
+wakes the loop directly, with no thread in between. The loop uses
+``Doorbell.announce`` before it polls and ``withdraw`` after.
+
 Every strategy has the same shape as Disruptor's ``WaitStrategy.waitFor``:
 ``wait_for(need, probe, sleeper, deadline) -> available``, where ``probe()`` reads
 the cursor(s) and returns the highest available sequence.
@@ -36,6 +42,7 @@ the cursor(s) and returns the highest available sequence.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +57,7 @@ __all__ = [
     "Sleeper",
     "Waker",
     "Doorbell",
+    "PipeSemaphore",
     "full_fence",
     "wait_strategy",
 ]
@@ -116,6 +124,11 @@ class Sleeper:
         return available
 
     @property
+    def semaphore(self):
+        """The semaphore (or ``PipeSemaphore``) this waiter sleeps on."""
+        return self._sem
+
+    @property
     def semaphore_name(self) -> str:
         """The semaphore this waiter sleeps on: shared by every ring of a doorbell."""
         return self._sem.name
@@ -130,6 +143,61 @@ class Sleeper:
                 self._sem.acquire(0)
             except posix_ipc.BusyError:
                 break
+
+
+class PipeSemaphore:
+    """A semaphore an event loop can wait on: posts are bytes in a named FIFO.
+
+    ``release`` writes one byte; ``acquire`` takes every byte there is (the wake-up
+    protocol posts once per announced sleep, so counting is not needed), waiting up
+    to ``timeout`` s, and raises ``posix_ipc.BusyError`` like a semaphore when none
+    came. ``fileno()`` is for a selector. Every user opens the FIFO read-write and
+    non-blocking: opening never waits for the other end, a post never blocks (a full
+    FIFO already holds more wake-ups than anyone needs), and a reader that is not
+    there yet finds the posts when it comes.
+    """
+
+    __slots__ = ("name", "_fd")
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def release(self) -> None:
+        try:
+            os.write(self._fd, b"\x01")
+        except BlockingIOError:
+            pass
+
+    def drain(self) -> bool:
+        """Take every post there is, without waiting; whether there was any."""
+        took = False
+        while True:
+            try:
+                chunk = os.read(self._fd, 4096)
+            except BlockingIOError:
+                return took
+            took = took or bool(chunk)
+            if len(chunk) < 4096:
+                return took
+
+    def acquire(self, timeout: float | None = None) -> None:
+        if self.drain():
+            return
+        if timeout is None or timeout > 0:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            if poller.poll(None if timeout is None else max(1, int(timeout * 1000 + 0.999))) and self.drain():
+                return
+        raise posix_ipc.BusyError("no post")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class Doorbell:
@@ -161,6 +229,23 @@ class Doorbell:
         self._fence = threading.Lock()
         self.sleeps = 0  # times the waiter slept
         self.rung = 0  # sleeps a post ended (the others timed out)
+
+    @property
+    def semaphore(self):
+        """The shared semaphore: a ``PipeSemaphore`` has the descriptor an event loop polls."""
+        return self._sem
+
+    def announce(self) -> None:
+        """For an event loop about to poll the doorbell's descriptor: set every flag and
+        fence. The loop must then re-check the rings itself and not block if one
+        moved, and ``withdraw()`` once it is awake."""
+        for words, flag in self._flags:
+            words[flag] = 1
+        full_fence(self._fence)
+
+    def withdraw(self) -> None:
+        for words, flag in self._flags:
+            words[flag] = 0
 
     def wait(
         self,

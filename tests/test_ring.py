@@ -24,6 +24,7 @@ from ringex.records import COMMAND, EVENT
 from ringex.ring import (
     MAX_CONSUMERS,
     Batch,
+    PipeDoorbell,
     Ring,
     RingCapacityError,
     RingClosedError,
@@ -36,7 +37,7 @@ from ringex.ring import (
     RingTimeout,
     UnknownConsumerError,
 )
-from ringex.wait import BlockingWait, BusySpinWait, Doorbell, YieldingWait, wait_strategy
+from ringex.wait import BlockingWait, BusySpinWait, Doorbell, PipeSemaphore, YieldingWait, wait_strategy
 
 SPAWN = multiprocessing.get_context("spawn")
 QUICK = os.environ.get("RINGEX_QUICK") == "1"
@@ -708,3 +709,71 @@ def test_removing_a_ring_leaves_its_doorbell_to_the_other_rings(bell_group):
     assert Ring.remove_doorbell(bell)
     with pytest.raises(RingMismatchError, match="semaphore is missing"):
         Ring.attach(names[2], COMMAND)
+
+
+@pytest.fixture
+def pipe_bell_group():
+    """Three rings whose producer's doorbell is a FIFO (an event loop's); all removed afterwards."""
+    stem = f"rx-test-{os.getpid()}-{secrets.token_hex(4)}"
+    names = [f"{stem}-{i}" for i in range(3)]
+    bell = PipeDoorbell(f"{stem}.bell")
+    rings = [Ring.create(n, COMMAND, 16, consumers=["c"], producer_doorbell=bell) for n in names]
+    yield names, rings, bell
+    for ring in rings:
+        ring.close()
+    for n in names:
+        Ring.remove(n)
+    Ring.remove_doorbell(bell)
+
+
+def test_an_event_loop_polls_a_pipe_doorbell_and_a_commit_on_any_ring_wakes_it(pipe_bell_group):
+    import select
+
+    names, rings, _ = pipe_bell_group
+    producers = [ring.producer() for ring in rings]
+    bell = Doorbell([p.sleeper for p in producers])
+    assert isinstance(bell.semaphore, PipeSemaphore)
+    for p in producers:
+        p.write(np.zeros(1, COMMAND))
+    poller = select.poll()
+    poller.register(bell.semaphore.fileno(), select.POLLIN)
+
+    # Announced: a commit in another process posts the FIFO, and the poll sees it.
+    bell.announce()
+    committer = Ring.attach(names[1], COMMAND)
+    try:
+        consumer = committer.consumer("c")
+        consumer.wait_for(0, timeout=5)
+        consumer.commit(0)
+        assert poller.poll(60_000), "the commit did not ring the doorbell"
+    finally:
+        committer.close()
+    bell.withdraw()
+    assert bell.semaphore.drain() and not bell.semaphore.drain()
+
+    # Withdrawn: commits cost no post, so the loop is not woken for nothing.
+    other = rings[2].consumer("c")
+    other.wait_for(0, timeout=5)
+    other.commit(0)
+    assert poller.poll(0) == []
+
+
+def test_a_pipe_doorbell_acquires_like_a_semaphore(pipe_bell_group):
+    _, rings, _ = pipe_bell_group
+    sem = rings[0].producer().sleeper.semaphore
+    with pytest.raises(posix_ipc.BusyError):
+        sem.acquire(0)
+    with pytest.raises(posix_ipc.BusyError):
+        sem.acquire(0.01)
+    sem.release()
+    sem.release()
+    sem.acquire(0)  # takes both posts: the protocol posts once per announced sleep
+    with pytest.raises(posix_ipc.BusyError):
+        sem.acquire(0)
+
+
+def test_names_skips_a_pipe_doorbell_instead_of_blocking_on_it(pipe_bell_group):
+    names, _, _ = pipe_bell_group
+    # the FIFO lives in /dev/shm beside the rings; opening it for reading would block
+    assert Ring.names("ringex-bell.") == []
+    assert Ring.names(names[0][:-2]) == sorted(names)
