@@ -118,6 +118,13 @@ def main() -> int:
     console.print_json(json.dumps(result["summary"]))
     if args.quick:
         return 0
+    if args.json:
+        # a side run (an A/B, a trial): its JSON only, the committed results untouched
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        if args.plot:
+            bench.plot(result["steps"], Path(args.plot))
+        console.print(f"wrote {args.json}")
+        return 0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "e2e.json").write_text(json.dumps(result, indent=1) + "\n")
     bench.plot(result["steps"], RESULTS / "e2e.png")

@@ -21,10 +21,15 @@ the cursors from the loop is poor here: epoll's timeout has 1 ms granularity
 commit takes ~0.2 ms; a loop that never sleeps while acks are pending would burn a
 core on a 2-core machine. So a small thread sleeps in the rings' own wait machinery
 (the journaler's commit posts the producer's semaphore) and, when a cursor moves,
-writes the eventfd the loop watches. In-rings made with one producer doorbell (the
-supervisor's) share that semaphore, so one thread watches them all
-(``ringex.wait.Doorbell``); otherwise there is one thread per ring. A watcher idles
-in 50 ms naps (the ring's MAX_SLEEP_S).
+writes the eventfd the loop watches.
+
+The supervisor's in-rings do better: they share one *pipe doorbell* for their
+producer (``ringex.ring.PipeDoorbell``), a FIFO the loop polls with its sockets.
+While acks are pending the loop announces itself on every in-ring
+(``Doorbell.announce``), re-checks the cursors, and polls; the journaler's commit
+then writes the FIFO and wakes the loop itself, one hop fewer than through a thread.
+On rings without it (tests that build their own) the watcher threads remain, one per
+semaphore the rings' producer sleeps on; they idle in 50 ms naps.
 
 Logins: a pair the ``AccountStore`` has verified before is answered at once; a new
 one needs a scrypt (~80 ms here), which runs on one worker thread (scrypt releases
@@ -69,7 +74,7 @@ from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
 from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
-from ringex.wait import Doorbell
+from ringex.wait import Doorbell, PipeSemaphore
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
 
@@ -197,15 +202,19 @@ class Gateway:
                 ring = Ring.attach(in_ring_name(spec.name, ring_prefix), COMMAND)
                 self.rings.append(ring)
                 self.producers.append(ring.producer())
-            # one watcher per semaphore the producers sleep on: one for doorbelled rings
+            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNAL_CONSUMER) for r in self.rings]
             by_sem: dict[str, list[int]] = {}
             for i, producer in enumerate(self.producers):
                 by_sem.setdefault(producer.sleeper.semaphore_name, []).append(i)
-            for group in by_sem.values():
-                rings = [self.rings[i] for i in group]
-                producers = [self.producers[i] for i in group]
-                self._watchers.append(_JournalWatcher(rings, producers, self._wake_fd, self._stop))
-            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNAL_CONSUMER) for r in self.rings]
+            self._bell: Doorbell | None = None
+            if len(by_sem) == 1 and isinstance(self.producers[0].sleeper.semaphore, PipeSemaphore):
+                self._bell = Doorbell([p.sleeper for p in self.producers])
+                self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
+            else:  # one watcher thread per semaphore the producers sleep on
+                for group in by_sem.values():
+                    rings = [self.rings[i] for i in group]
+                    producers = [self.producers[i] for i in group]
+                    self._watchers.append(_JournalWatcher(rings, producers, self._wake_fd, self._stop))
             # A previous gateway on these rings may have issued ids the journal has not
             # got yet (the supervisor's first_order_id comes from the journal): start
             # above every new order still in a ring, so no id is ever issued twice.
@@ -250,6 +259,10 @@ class Gateway:
         for i, probe in enumerate(self._journal_probes):
             self.durable[i] = self.bases[i] + probe() + 1
 
+    def _durable_moved(self) -> bool:
+        durable, bases = self.durable, self.bases
+        return any(bases[i] + probe() + 1 > durable[i] for i, probe in enumerate(self._journal_probes))
+
     def _publish(self, sym: int, commands: np.ndarray) -> int | None:
         producer = self.producers[sym]
         if len(commands) > self.rings[sym].capacity:
@@ -280,12 +293,25 @@ class Gateway:
             self.control.set_ready(ROLE, True)
         next_tick = time.monotonic() + TICK_S
         select = self.sel.select
+        bell = self._bell
         while not self._stop.is_set():
             touched: set[_Conn] = set()
-            for key, mask in select(max(0.0, next_tick - time.monotonic())):
+            timeout = max(0.0, next_tick - time.monotonic())
+            armed = bell is not None and bool(self._waiting)
+            if armed:
+                # acks are pending: ask the journaler to ring, then look once more
+                bell.announce()
+                if self._durable_moved():
+                    timeout = 0.0
+            events = select(timeout)
+            if armed:
+                bell.withdraw()
+            for key, mask in events:
                 what = key.data
                 if what == "listen":
                     self._accept()
+                elif what == "durable":
+                    bell.semaphore.drain()
                 elif what == "wake":
                     try:
                         os.eventfd_read(self._wake_fd)

@@ -48,7 +48,7 @@ from pathlib import Path
 from ringex.config import Config, ConfigError, load_config
 from ringex.control import ControlBlock, ExchangeState
 from ringex.records import COMMAND, EVENT
-from ringex.ring import Ring
+from ringex.ring import PipeDoorbell, Ring
 
 __all__ = ["Layout", "Supervisor", "layout_for", "add_arguments", "run", "RUN_FILE", "LOCK_FILE"]
 
@@ -88,8 +88,16 @@ class Layout:
         """The doorbell process ``role`` sleeps on for all the rings it serves."""
         return f"{self.prefix}.bell.{role}"
 
-    def doorbells(self, shards: int) -> list[str]:
-        return [self.doorbell(r) for r in ("journaler", "gateway", *(f"matcher-{i}" for i in range(shards)))]
+    def gateway_doorbell(self) -> PipeDoorbell:
+        """The gateway's: its selectors loop polls it (a FIFO, not a semaphore)."""
+        return PipeDoorbell(self.doorbell("gateway"))
+
+    def doorbells(self, shards: int) -> list[str | PipeDoorbell]:
+        return [
+            self.doorbell("journaler"),
+            self.gateway_doorbell(),
+            *(self.doorbell(f"matcher-{i}") for i in range(shards)),
+        ]
 
 
 def layout_for(config: Config) -> Layout:
@@ -260,7 +268,7 @@ class Supervisor:
                     capacity,
                     consumers=["matcher", "journaler"],
                     doorbells={"matcher": layout.doorbell(f"matcher-{shard_of[symbol]}"), "journaler": journaler},
-                    producer_doorbell=layout.doorbell("gateway"),
+                    producer_doorbell=layout.gateway_doorbell(),
                 )
             )
             self.rings.append(

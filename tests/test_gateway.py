@@ -36,7 +36,7 @@ from ringex.protocol import (
     encode_replace,
 )
 from ringex.records import EVENT, OrderType, Side, Tif
-from ringex.ring import Ring
+from ringex.ring import PipeDoorbell, Ring
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,10 +93,16 @@ def _wait_line(proc: subprocess.Popen, want: str, timeout: float = 30.0) -> str:
 class Exchange:
     """In-rings, a control block, accounts, a stand-in journaler and a gateway process."""
 
-    def __init__(self, tmp: Path, real_journaler: bool = False, durability: str = "fsync", **limits) -> None:
+    def __init__(
+        self, tmp: Path, real_journaler: bool = False, durability: str = "fsync", pipe_bell: bool = True, **limits
+    ) -> None:
+        """``pipe_bell``: in-rings with a pipe doorbell for the gateway, as the
+        supervisor makes them (the loop polls the journaler's wake-ups itself);
+        without, the gateway falls back to a journal watcher thread."""
         self.real_journaler = real_journaler
         self.durability = durability
         self.prefix = f"rgxt{os.getpid()}{secrets.token_hex(3)}"
+        self.bell = PipeDoorbell(f"{self.prefix}.bell.gateway") if pipe_bell else None
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
         self.rings: list[Ring] = []
@@ -114,7 +120,11 @@ class Exchange:
         store.add(ACCOUNT, TOKEN)
         store.add(OTHER, OTHER_TOKEN)
         for sym in SYMBOLS:
-            self.rings.append(Ring.create(in_ring_name(sym, self.prefix), COMMAND, RING_CAPACITY, ["journaler"]))
+            self.rings.append(
+                Ring.create(
+                    in_ring_name(sym, self.prefix), COMMAND, RING_CAPACITY, ["journaler"], producer_doorbell=self.bell
+                )
+            )
         self.control = ControlBlock.create(f"/{self.prefix}-control")
         self.control.set_state(ExchangeState.READY)
         if self.real_journaler:
@@ -188,6 +198,8 @@ class Exchange:
         for ring in self.rings:
             ring.close()
             ring.unlink()
+        if self.bell is not None:
+            Ring.remove_doorbell(self.bell)
         if self.control is not None:
             self.control.close()
             self.control.unlink()
@@ -532,10 +544,11 @@ def test_client_heartbeats_keep_a_session_alive(make_exchange):
 ##########################################################################################
 
 
-def test_every_k_is_already_in_the_lmdb_journal_when_it_arrives(make_exchange):
+@pytest.mark.parametrize("pipe_bell", [True, False], ids=["loop-polls-doorbell", "watcher-thread"])
+def test_every_k_is_already_in_the_lmdb_journal_when_it_arrives(make_exchange, pipe_bell):
     from ringex.wal import Journal
 
-    ex = make_exchange(real_journaler=True)
+    ex = make_exchange(real_journaler=True, pipe_bell=pipe_bell)
     acked = []
     with ex.client() as c:
         for i in range(30):
