@@ -426,6 +426,7 @@ class Notifier:
         close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
         fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
         sndbuf: int | None = None,
+        slice_sessions: int = SLICE_SESSIONS,
     ) -> None:
         self.symbols = tuple(symbols)
         self.md = MarketData(self.symbols)
@@ -458,6 +459,7 @@ class Notifier:
         self._backlog: collections.deque[_Batch] = collections.deque()
         self._next_batch = 0
         self._turn = 0  # the slice the pump serves next
+        self.slice_sessions = slice_sessions
         # With ``record_fan_out()``: per batch, (events read so far, time.time_ns() once
         # the last fan-out ``send`` of the batch returned). For benchmarks: it tells
         # "the notifier handed it to the kernel" apart from "the client received it".
@@ -599,7 +601,7 @@ class Notifier:
 
     def _join_slice(self, session: Session) -> None:
         for sl in self._slices:
-            if sl.members < SLICE_SESSIONS:
+            if sl.members < self.slice_sessions:
                 break
         else:
             sl = _Slice(self._next_batch)
@@ -1039,6 +1041,7 @@ async def serve(
     fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
     close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
     sndbuf: int | None = None,
+    slice_sessions: int = SLICE_SESSIONS,
     stats_out: str | os.PathLike[str] | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -1079,6 +1082,7 @@ async def serve(
         fan_out_threads=fan_out_threads,
         close_grace_s=close_grace_s,
         sndbuf=sndbuf,
+        slice_sessions=slice_sessions,
     )
     if stats_out is not None:
         notifier.record_fan_out()
@@ -1121,6 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
     parser.add_argument("--fan-out-threads", type=int, default=DEFAULT_FAN_OUT_THREADS)
     parser.add_argument("--sndbuf", type=int, default=None, help="kernel send buffer per session (bytes)")
+    parser.add_argument(
+        "--slice-sessions", type=int, default=SLICE_SESSIONS, help="sessions per fan-out slice (%(default)s)"
+    )
     parser.add_argument("--stats-out", help="on exit, write statistics and the per-batch fan-out log here (JSON)")
     parser.add_argument(
         "--close-grace",
@@ -1147,6 +1154,7 @@ def main(argv: list[str] | None = None) -> int:
         fan_out_threads=args.fan_out_threads,
         close_grace_s=args.close_grace,
         sndbuf=args.sndbuf,
+        slice_sessions=args.slice_sessions,
         stats_out=args.stats_out,
     )
     return 0

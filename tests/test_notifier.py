@@ -562,3 +562,94 @@ def test_the_websocket_port_closes_a_client_that_does_not_speak_websocket(notifi
     c = client(notifier, websocket=True)  # and the port still serves real clients
     c.ping()
     assert c.recv()["type"] == "pong"
+
+
+async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_replies_after_what_it_covers():
+    """In-process, through the ring pump, with 3 sessions per slice so the sweep has
+    many slices and trades arrive while it is mid-sweep: every session gets every
+    trade once and in seq order; a session subscribing mid-stream continues exactly
+    from its ack's seq; and a pong comes after every trade applied before the ping,
+    even for a session whose slice the sweep had not reached yet."""
+    import trio
+
+    from ringex.notifier import Notifier, RingEventSource
+
+    ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
+    source = RingEventSource(ex.rings["ACME"], "ACME")
+    notifier = Notifier(["ACME"], [source], tcp_port=0, ws_port=None, fan_out_threads=1, slice_sessions=3)
+    n_sessions, bursts, per_burst = 30, 40, 25
+    total = bursts * per_burst
+    subscribe = b'{"op":"subscribe","channel":"trades","symbol":"ACME"}\n'
+
+    async def lines_of(sock, buf=b""):
+        while True:
+            data = await sock.recv(1 << 16)
+            assert data, "connection closed"
+            buf += data
+            *complete, buf = buf.split(b"\n")
+            for line in complete:
+                yield json.loads(line)
+
+    async def read_trades(sock, got, key):
+        """Trades up to seq ``total``, checked contiguous from the ack's seq."""
+        expect = None
+        async for m in lines_of(sock):
+            if m["type"] == "subscribed":
+                expect = m["seq"] + 1
+                got[key] = []
+                continue
+            assert m["type"] == "trade" and m["seq"] == expect, (key, expect, m)
+            got[key].append(m["seq"])
+            expect += 1
+            if m["seq"] == total:
+                return
+
+    async def connect(port):
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", port))
+        await sock.send(subscribe)
+        return sock
+
+    try:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                ports = await nursery.start(notifier.run)
+                socks = [await connect(ports["tcp"]) for _ in range(n_sessions)]
+                while notifier.statistics().subscriptions < n_sessions:
+                    await trio.sleep(0.01)
+                assert len(notifier._slices) == n_sessions // 3
+                got: dict[object, list[int]] = {}
+                async with trio.open_nursery() as readers:
+                    for i, sock in enumerate(socks):
+                        readers.start_soon(read_trades, sock, got, i)
+                    for b in range(bursts):
+                        ex.cross_burst("ACME", per_burst)
+                        ex.journal()
+                        if b == bursts // 2:
+                            late = await connect(ports["tcp"])
+                            readers.start_soon(read_trades, late, got, "late")
+                        await trio.sleep(0.002)
+                assert all(got[i] == list(range(1, total + 1)) for i in range(n_sessions))
+                # it joined mid-stream: from its ack's seq + 1 (checked by read_trades) to the end
+                assert 1 < got["late"][0] <= total and got["late"] == list(range(got["late"][0], total + 1))
+
+                # a pong follows every trade applied before the ping
+                events = ex.published("ACME") + 1
+                ex.cross_burst("ACME", per_burst)
+                ex.journal()
+                while notifier.statistics().events < events + 2 * per_burst:
+                    await trio.sleep(0)
+                last = socks[-1]  # in the last slice: the one the sweep reaches last
+                await last.send(b'{"op":"ping"}\n')
+                seen = []
+                async for m in lines_of(last):
+                    seen.append(m["type"] if m["type"] != "trade" else m["seq"])
+                    if m["type"] == "pong":
+                        break
+                assert seen == [*range(total + 1, total + per_burst + 1), "pong"]
+                for sock in [*socks, late]:
+                    sock.close()
+                nursery.cancel_scope.cancel()
+    finally:
+        source.close()
+        ex.close()
