@@ -11,7 +11,11 @@ bench writes the events into a real out-ring and commits the "journaler" cursor
 (the moment the notifier may publish: t0). Every subscriber is subscribed to trades
 of the symbol. Per trade, fan-out latency = max over all subscribers of its receive
 time (t1) - t0. Reports p50/p99/p99.9/max of that, the trades every subscriber got,
-and messages delivered per second.
+and messages delivered per second. ``notifier_done_ms`` is the same per trade but up
+to the moment the notifier's last ``send`` of it returned (its ``--stats-out`` log):
+the notifier's own share, whatever the clients do. Client, producer and machine CPU
+(user/system/softirq/idle) are reported per case, and ``loopback_floor`` is what one
+200-byte message to N sockets costs this machine with no notifier at all.
 
     .venv/bin/python perf/notifier_bench.py                 # 1,000 and 10,000 subscribers
     .venv/bin/python perf/notifier_bench.py --subs 1000 --rate 1000 --seconds 5
@@ -221,6 +225,100 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         shutil.rmtree(data, ignore_errors=True)
 
 
+def _floor_receiver(port: int, n: int, total: int, queue) -> None:
+    """``n`` connections that read until each has ``total`` bytes; reports CPU and recvs."""
+    import select
+    import socket
+
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    ep = select.epoll(n)
+    by_fd = {}
+    for s in socks:
+        s.setblocking(False)
+        ep.register(s.fileno(), select.EPOLLIN)
+        by_fd[s.fileno()] = s
+    queue.put("ready")
+    buf = bytearray(1 << 18)
+    got = recvs = 0
+    cpu = None
+    while got < total * n:
+        for fd, _ in ep.poll(1.0):
+            if cpu is None:
+                cpu = os.times()
+            try:
+                got += by_fd[fd].recv_into(buf)
+            except BlockingIOError:
+                continue
+            recvs += 1
+    end = os.times()
+    queue.put((end.user + end.system - cpu.user - cpu.system, recvs))
+    for s in socks:
+        s.close()
+
+
+def loopback_floor(subs: int, size: int = 200, rounds: int = 20, procs: int = 4) -> dict:
+    """What this machine charges for one message to ``subs`` TCP sockets with no
+    notifier at all: one plain Python loop sends ``size`` bytes to every socket per
+    round, ``procs`` processes receive as the load processes do. Any notifier's sweep
+    over ``subs`` sessions costs at least this, so it bounds fan-out latency."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    per = subs // procs
+    receivers = [
+        ctx.Process(target=_floor_receiver, args=(listener.getsockname()[1], per, size * rounds, queue))
+        for _ in range(procs)
+    ]
+    for p in receivers:
+        p.start()
+    conns = []
+    try:
+        while len(conns) < per * procs:
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conns.append(conn)
+        for _ in receivers:
+            queue.get(timeout=120)
+        blob = b"x" * size
+        machine_before = machine_cpu()
+        cpu = time.process_time()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            for conn in conns:
+                conn.sendall(blob)
+        send_cpu = time.process_time() - cpu
+        results = [queue.get(timeout=120) for _ in receivers]
+        wall = time.perf_counter() - start
+        machine_after = machine_cpu()
+    finally:
+        for p in receivers:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        for conn in conns:
+            conn.close()
+        listener.close()
+    sends = len(conns) * rounds
+    recv_cpu = sum(r[0] for r in results)
+    softirq = machine_after["softirq"] - machine_before["softirq"]
+    out = {
+        "subscribers": len(conns),
+        "message_bytes": size,
+        "rounds": rounds,
+        "ms_per_round": round(wall / rounds * 1e3, 1),
+        "sender_cpu_us_per_send": round(send_cpu / sends * 1e6, 2),
+        "receiver_cpu_us_per_recv": round(recv_cpu / sum(r[1] for r in results) * 1e6, 2),
+        "softirq_us_per_send": round(softirq / sends * 1e6, 2),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps({"loopback_floor": out}), flush=True)
+    return out
+
+
 def core_throughput(n_commands: int = 50_000) -> dict:
     """Events/s through ``MarketData.apply`` alone (CPU time, batches of 100): with no
     subscriber, and with trades, bbo, depth and every account's orders subscribed."""
@@ -260,10 +358,13 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=0, help="load processes (default: 2 up to 5k subs, else 4)")
     parser.add_argument("--out", default=str(HERE / "results" / "notifier.json"))
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--skip-core", action="store_true", help="skip the MarketData.apply throughput")
+    parser.add_argument(
+        "--skip-core", action="store_true", help="skip the MarketData.apply throughput and the loopback floor"
+    )
     parser.add_argument("--fan-out-threads", type=int, default=None)
     args = parser.parse_args()
     core = None if args.skip_core else core_throughput()
+    floor = None if args.skip_core else [loopback_floor(n) for n in args.subs if n >= 1000]
     results = []
     for subs in args.subs:
         for rate in args.rate:
@@ -281,6 +382,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "target": "10,000 subscribers, 1,000 trades/s: p99 fan-out latency < 100 ms",
         "marketdata_apply": core,
+        "loopback_floor": floor,
         "results": results,
     }
     if not args.no_write:
