@@ -122,7 +122,10 @@ class _Feed:
         self.batch = None
 
     def take(self):
-        self.batch = self.consumer.poll(MAX_PER_RING)
+        """This ring's unread records, or None (checked first without building a batch:
+        most rounds find most rings empty)."""
+        consumer = self.consumer
+        self.batch = consumer.poll(MAX_PER_RING) if consumer.available() > consumer.cursor else None
         return self.batch
 
     def segments(self):
@@ -159,6 +162,7 @@ class Journaler:
         self.records = 0
         self._stop = threading.Event()
         self._expect: _Feed | None = None
+        self._out_of = {f.symbol: f for f in self.out_feeds}
         self._waiting = ConsumerSet([f.consumer for f in self.in_feeds + self.out_feeds])
 
     def stop(self) -> None:
@@ -173,24 +177,22 @@ class Journaler:
     def round(self) -> int:
         """Journal everything available now; returns how many records it committed."""
         # Out-rings first: see the module docstring for why this order matters.
-        for feed in self.out_feeds:
-            feed.take()
-        for feed in self.in_feeds:
-            feed.take()
-        commands = [seg for f in self.in_feeds if f.batch for seg in f.segments()]
-        self._expect = next((o for i, o in zip(self.in_feeds, self.out_feeds, strict=True) if i.batch), None)
-        events = [seg for f in self.out_feeds if f.batch for seg in f.segments()]
-        if not commands and not events:
+        outs = [f for f in self.out_feeds if f.take()]
+        ins = [f for f in self.in_feeds if f.take()]
+        if not outs and not ins:
             return 0
+        commands = [seg for f in ins for seg in f.segments()]
+        self._expect = self._out_of[ins[0].symbol] if ins else None
+        events = [seg for f in outs for seg in f.segments()]
         try:
             stats = self.journal.commit(commands, events)
         except JournalWriteError as exc:
             self._halt(exc)
             raise JournalerHalted(str(exc)) from exc
         # Durable now: only from here may anyone treat these sequences as journaled.
-        for feed in self.in_feeds:
+        for feed in ins:
             feed.commit()
-        for feed in self.out_feeds:
+        for feed in outs:
             feed.commit()
         self.rounds += 1
         self.records += stats.commands + stats.events
