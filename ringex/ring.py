@@ -382,10 +382,20 @@ class Batch:
             self.second[:] = records[split:]
 
     def to_array(self) -> np.ndarray:
-        """A copy of the records, in sequence order."""
-        if len(self.second):
-            return np.concatenate((self.first, self.second))
-        return self.first.copy()
+        """A copy of the records, in sequence order, byte for byte: copied as opaque
+        slots, so padding between fields is kept (a structured copy goes field by
+        field, leaves padding as it finds it, and is slower) and the copy compares
+        equal to the journal's bytes."""
+        raw = self._raw
+        n = len(self)
+        if raw is None or not n:
+            return self.first.copy()
+        out = np.empty(n, raw.dtype)
+        start = self.lo & (len(raw) - 1)
+        split = len(self.first)
+        out[:split] = raw[start : start + split]
+        out[split:] = raw[: n - split]
+        return out.view(self.first.dtype)
 
 
 #### Statistics

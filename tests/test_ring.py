@@ -777,3 +777,21 @@ def test_names_skips_a_pipe_doorbell_instead_of_blocking_on_it(pipe_bell_group):
     # the FIFO lives in /dev/shm beside the rings; opening it for reading would block
     assert Ring.names("ringex-bell.") == []
     assert Ring.names(names[0][:-2]) == sorted(names)
+
+
+def test_to_array_copies_whole_slots_padding_included(ring_name):
+    padded = np.dtype({"names": ["a", "b"], "formats": ["<i8", "<i8"], "offsets": [0, 16], "itemsize": 32})
+    with Ring.create(ring_name, padded, 4, consumers=["c"]) as ring:
+        producer, consumer = ring.producer(), ring.consumer("c")
+        raw = ring.slots.view(np.uint8).reshape(4, 32)
+        raw[:] = np.arange(128, dtype=np.uint8).reshape(4, 32)  # padding bytes included
+        for _ in range(3):  # the next batch wraps: slots 3, 0, 1
+            producer.publish(producer.claim(1).hi)
+            consumer.commit(consumer.poll().hi)
+        batch = producer.claim(3)
+        producer.publish(batch.hi)
+        batch = consumer.poll()
+        assert len(batch.second) == 2
+        copy = batch.to_array()
+        assert copy.dtype == padded
+        assert copy.view(np.uint8).reshape(3, 32).tolist() == raw[[3, 0, 1]].tolist()
