@@ -34,6 +34,7 @@ Snapshots are files, not LMDB records; see ``SnapshotStore`` for why.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -145,19 +146,64 @@ def checksums(keys: np.ndarray, records: np.ndarray) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _pack_rows(symbol, first_seq, records, keys, values, table):  # pragma: no cover - jitted
+    """Fill ``keys`` (n, 16: symbol, big-endian seq) and ``values`` (n, size + 4:
+    record, little-endian CRC-32 of key + record) from ``records`` (n, size), all
+    uint8, in one pass: a commit of one record would otherwise spend more time in a
+    dozen small numpy calls than in LMDB."""
+    size = records.shape[1]
+    for i in range(records.shape[0]):
+        seq = np.uint64(first_seq + i)
+        c = np.uint32(0xFFFFFFFF)
+        for j in range(8):
+            b = symbol[j]
+            keys[i, j] = b
+            c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+        for j in range(8):
+            b = np.uint8((seq >> np.uint64(56 - 8 * j)) & np.uint64(0xFF))
+            keys[i, 8 + j] = b
+            c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+        for j in range(size):
+            b = records[i, j]
+            values[i, j] = b
+            c = table[(c ^ b) & 0xFF] ^ (c >> 8)
+        c = c ^ np.uint32(0xFFFFFFFF)
+        for j in range(4):
+            values[i, size + j] = np.uint8((c >> np.uint32(8 * j)) & np.uint32(0xFF))
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_new_order_id(records, op_new):  # pragma: no cover - jitted
+    """The highest ``order_id`` among new orders in COMMAND records (n, 64) as uint8; 0 if none."""
+    best = np.uint64(0)
+    for i in range(records.shape[0]):
+        if records[i, 0] == op_new:
+            oid = np.uint64(0)
+            for j in range(8):
+                oid |= np.uint64(records[i, 24 + j]) << np.uint64(8 * j)
+            if oid > best:
+                best = oid
+    return best
+
+
+def _pack(symbol: np.ndarray, first_seq: int, records: np.ndarray, value_dtype: np.dtype):
+    """``(keys, values)`` for ``records``: ``JOURNAL_KEY`` and ``value_dtype`` arrays."""
+    n = len(records)
+    rows = np.ascontiguousarray(records).view(np.uint8).reshape(n, -1)
+    keys = np.empty(n, JOURNAL_KEY)
+    values = np.empty(n, value_dtype)
+    _pack_rows(
+        symbol, first_seq, rows, keys.view(np.uint8).reshape(n, -1), values.view(np.uint8).reshape(n, -1), _CRC_TABLE
+    )
+    return keys, values
+
+
 def _keys(symbol: bytes, first_seq: int, n: int) -> np.ndarray:
     keys = np.empty(n, dtype=JOURNAL_KEY)
     keys["symbol"] = symbol
     keys["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint64)
     return keys
-
-
-def _values(keys: np.ndarray, records: np.ndarray, value_dtype: np.dtype) -> np.ndarray:
-    records = np.ascontiguousarray(records)
-    values = np.empty(len(records), dtype=value_dtype)
-    values["record"] = records.view(value_dtype["record"])
-    values["crc"] = checksums(keys, records)
-    return values
 
 
 # ---------------------------------------------------------------------------------
@@ -307,6 +353,12 @@ class Journal:
     def _name(kind: str, symbol: str) -> bytes:
         return f"{kind}:{symbol}".encode("ascii")
 
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def _symbol_bytes(symbol: str) -> np.ndarray:
+        """The symbol's 8 key bytes, for ``_pack_rows``."""
+        return np.frombuffer(encode_symbol(symbol), dtype=np.uint8)
+
     # -- metadata --------------------------------------------------------------
 
     def specs(self) -> tuple[SymbolSpec, ...]:
@@ -445,14 +497,12 @@ class Journal:
                         f"{kind} of {symbol}: segment starts at {first_seq}, journal continues at {want}"
                     )
                 expected[name] = first_seq + len(records)
-                keys = _keys(encode_symbol(symbol), first_seq, len(records))
-                puts.append((name, keys, _values(keys, records, value_dtype)))
+                keys, values = _pack(self._symbol_bytes(symbol), first_seq, records, value_dtype)
+                puts.append((name, keys, values))
                 if kind == "cmd":
                     n_cmd += len(records)
-                    typed = records.view(COMMAND)
-                    new = typed["order_id"][typed["msg_type"] == _OP_NEW]
-                    if len(new):
-                        max_oid = max(max_oid, int(new.max()))
+                    rows = values.view(np.uint8).reshape(len(values), -1)
+                    max_oid = max(max_oid, int(_max_new_order_id(rows, _OP_NEW)))
                 else:
                     n_evt += len(records)
         if not puts:

@@ -23,6 +23,8 @@ from ringex.wal import (
     JournalFullError,
     JournalWriteError,
     SnapshotStore,
+    _max_new_order_id,
+    _pack,
     checksums,
 )
 
@@ -97,6 +99,28 @@ def test_checksums_match_zlib():
     recs = np.frombuffer(os.urandom(64 * 50), dtype="V64")
     expect = [zlib.crc32(bytes(r), zlib.crc32(bytes(k))) for k, r in zip(keys, recs, strict=True)]
     assert checksums(keys, recs).tolist() == expect
+
+
+def test_pack_builds_big_endian_keys_and_checksummed_values():
+    from ringex.wal import EVENT_VALUE
+
+    rng = np.random.default_rng(7)
+    events = np.frombuffer(rng.integers(0, 256, 128 * 40, dtype=np.uint8).tobytes(), dtype=EVENT)
+    first = (1 << 40) + 123
+    keys, values = _pack(np.frombuffer(b"DYNE\0\0\0\0", np.uint8), first, events, EVENT_VALUE)
+    for i, (key, value) in enumerate(zip(keys.view("V16").tolist(), values.view("V132").tolist(), strict=True)):
+        assert key == b"DYNE\0\0\0\0" + (first + i).to_bytes(8, "big")
+        assert value[:128] == events[i : i + 1].tobytes()
+        assert int.from_bytes(value[128:], "little") == zlib.crc32(value[:128], zlib.crc32(key))
+
+
+def test_the_highest_new_order_id_ignores_other_commands():
+    cmds = commands(10, 5)
+    cmds["order_id"] = [10, 99, 12, 13, 14]
+    cmds["msg_type"][1] = Op.CANCEL  # a cancel names another order's id: not issued here
+    rows = cmds.view(np.uint8).reshape(5, -1)
+    assert _max_new_order_id(rows, int(Op.NEW)) == 14
+    assert _max_new_order_id(rows[1:2], int(Op.NEW)) == 0
 
 
 def test_a_gap_or_overlap_is_refused_before_anything_is_written(tmp_path):
