@@ -49,6 +49,7 @@ import time
 
 import posix_ipc
 
+from ringex import wal
 from ringex.records import COMMAND, EVENT
 from ringex.ring import Consumer, ConsumerSet, Ring
 from ringex.wal import Journal, JournalError, JournalWriteError
@@ -219,6 +220,7 @@ class Journaler:
 
     def run(self) -> None:
         """Loop until ``stop()``; raises ``JournalerHalted`` after halting the exchange."""
+        wal.warm_up()
         if self.control is not None:
             self.control.set_ready(ROLE, True)
         beat_at = 0.0

@@ -199,6 +199,16 @@ def _pack(symbol: np.ndarray, first_seq: int, records: np.ndarray, value_dtype: 
     return keys, values
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the commit and read kernels now, so the
+    first command after start is not the one that waits for them."""
+    symbol = np.zeros(8, np.uint8)
+    for dtype, value_dtype in ((COMMAND, COMMAND_VALUE), (EVENT, EVENT_VALUE)):
+        keys, values = _pack(symbol, 0, np.zeros(1, dtype), value_dtype)
+        checksums(keys, np.zeros(1, dtype))
+    _max_new_order_id(np.zeros((1, COMMAND.itemsize), np.uint8), _OP_NEW)
+
+
 def _keys(symbol: bytes, first_seq: int, n: int) -> np.ndarray:
     keys = np.empty(n, dtype=JOURNAL_KEY)
     keys["symbol"] = symbol
