@@ -72,6 +72,15 @@ def machine_cpu() -> dict[str, float]:
     return {name: int(v) / tick for name, v in zip(CPU_FIELDS, fields, strict=False)}
 
 
+def gc_summary(pauses: list, start_ns: int, end_ns: int) -> dict:
+    """The notifier's garbage collector pauses while trading, per generation."""
+    out = {}
+    for gen in (0, 1, 2):
+        ms = [d / 1e6 for g, t, d in pauses if g == gen and start_ns <= t <= end_ns]
+        out[f"gen{gen}"] = {"count": len(ms), "total_ms": round(sum(ms), 1), "max_ms": round(max(ms, default=0), 1)}
+    return out
+
+
 def percentiles(ms: np.ndarray) -> dict[str, float]:
     if not len(ms):
         return {}
@@ -194,6 +203,11 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             "min_trades_per_subscriber": int(counts.min()),
             "fanout_latency_ms": percentiles(lat_ms),
             "notifier_done_ms": percentiles(done_ms),
+            # p50/max per second of trading: a start-up transient or a periodic stall shows here
+            "fanout_latency_by_second_ms": [
+                [round(float(np.percentile(lat_ms[i : i + int(rate)], q)), 1) for q in (50, 100)]
+                for i in range(0, len(lat_ms), int(rate))
+            ],
             "trades_notifier_done": int(sent.sum()),
             "messages_delivered": delivered,
             "bytes_per_message": round(client_bytes / delivered, 1) if delivered else None,
@@ -204,6 +218,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             "notifier_sends": nstats["sends"],
             "notifier_short_sends": nstats["short_sends"],
             "notifier_slow_consumers": nstats["slow_consumers"],
+            "notifier_gc_pauses": gc_summary(stats["gc_pauses"], int(publish_ns[1]), end_ns),
             "client_recvs": client_recvs,
             "notifier_cpu_s": round(notifier_cpu, 2),
             "notifier_cpu_us_per_send": round(notifier_cpu / nstats["sends"] * 1e6, 2) if nstats["sends"] else None,
