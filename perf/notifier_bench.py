@@ -365,6 +365,42 @@ def core_throughput(n_commands: int = 50_000) -> dict:
     return out
 
 
+def summary(results: list[dict]) -> list[dict]:
+    """Per case (subscribers, rate), the median over its runs of each headline figure."""
+    cases: dict[tuple, list[dict]] = {}
+    for r in results:
+        cases.setdefault((r["subscribers"], r["rate_target_per_s"]), []).append(r)
+
+    def med(runs, *path):
+        values = []
+        for r in runs:
+            for key in path:
+                r = r[key]
+            values.append(r)
+        return round(float(np.median(values)), 2)
+
+    return [
+        {
+            "subscribers": subs,
+            "rate_per_s": rate,
+            "runs": len(runs),
+            "all_delivered_every_run": all(r["subscribers_with_every_trade"] == subs for r in runs),
+            "load_average_1m": med(runs, "load_average_1m_at_end"),
+            "client_received_ms_p50": med(runs, "fanout_latency_ms", "p50"),
+            "client_received_ms_p99": med(runs, "fanout_latency_ms", "p99"),
+            "notifier_done_ms_p50": med(runs, "notifier_done_ms", "p50"),
+            "notifier_done_ms_p99": med(runs, "notifier_done_ms", "p99"),
+            "notifier_cpu_s_per_s": round(float(np.median([r["notifier_cpu_s"] / r["span_s"] for r in runs])), 2),
+            "notifier_cpu_us_per_send": med(runs, "notifier_cpu_us_per_send"),
+            "client_cpu_s_per_s": round(float(np.median([r["client_cpu_s"] / r["span_s"] for r in runs])), 2),
+            "client_cpu_us_per_recv": med(runs, "client_cpu_us_per_recv"),
+            "softirq_s_per_s": round(float(np.median([r["machine_cpu_s"]["softirq"] / r["span_s"] for r in runs])), 2),
+            "idle_s_per_s": round(float(np.median([r["machine_cpu_s"]["idle"] / r["span_s"] for r in runs])), 2),
+        }
+        for (subs, rate), runs in cases.items()
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subs", type=int, nargs="*", default=[1000, 10000])
@@ -377,15 +413,21 @@ def main() -> int:
         "--skip-core", action="store_true", help="skip the MarketData.apply throughput and the loopback floor"
     )
     parser.add_argument("--fan-out-threads", type=int, default=None)
+    parser.add_argument("--slice-sessions", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; the summary gives their medians")
     args = parser.parse_args()
     core = None if args.skip_core else core_throughput()
     floor = None if args.skip_core else [loopback_floor(n) for n in args.subs if n >= 1000]
+    extra = [] if args.fan_out_threads is None else ["--fan-out-threads", str(args.fan_out_threads)]
+    extra += [] if args.slice_sessions is None else ["--slice-sessions", str(args.slice_sessions)]
     results = []
-    for subs in args.subs:
-        for rate in args.rate:
-            procs = args.procs or (2 if subs <= 5000 else 4)
-            extra = [] if args.fan_out_threads is None else ["--fan-out-threads", str(args.fan_out_threads)]
-            results.append(run_case(subs, rate, args.seconds, procs, extra))
+    # repeats interleaved, so a burst of other work on the machine hits one run of
+    # each case rather than every run of one
+    for _ in range(args.repeat):
+        for subs in args.subs:
+            for rate in args.rate:
+                procs = args.procs or (2 if subs <= 5000 else 4)
+                results.append(run_case(subs, rate, args.seconds, procs, extra))
     doc = {
         "bench": "notifier fan-out: out-ring -> notifier -> N TCP subscribers of trades",
         "note": (
@@ -398,6 +440,7 @@ def main() -> int:
         "target": "10,000 subscribers, 1,000 trades/s: p99 fan-out latency < 100 ms",
         "marketdata_apply": core,
         "loopback_floor": floor,
+        "summary": summary(results),
         "results": results,
     }
     if not args.no_write:
