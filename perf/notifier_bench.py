@@ -92,7 +92,7 @@ def percentiles(ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = ()) -> dict:
+def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = (), client_nice: int = 0) -> dict:
     raise_nofile()
     ctx = mp.get_context("spawn")
     ex = MdExchange(symbols=(SYMBOL,), capacity=1 << 16)
@@ -109,7 +109,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         for n in per:
             p = ctx.Process(
                 target=load_main,
-                args=(queue, "127.0.0.1", notifier.tcp_port, n, SYMBOL, total, total, seconds + 120),
+                args=(queue, "127.0.0.1", notifier.tcp_port, n, SYMBOL, total, total, seconds + 120, client_nice),
             )
             p.start()
             loaders.append(p)
@@ -195,6 +195,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
             "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             "subscribers": subs,
             "load_processes": procs,
+            "load_processes_nice": client_nice,
             "trades": total,
             "rate_target_per_s": rate,
             "rate_achieved_per_s": round(total / produce_s, 1),
@@ -414,12 +415,20 @@ def main() -> int:
     )
     parser.add_argument("--fan-out-threads", type=int, default=None)
     parser.add_argument("--slice-sessions", type=int, default=None)
+    parser.add_argument("--coalesce-ms", type=float, default=None)
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="lower the load processes' priority (stand-ins for subscribers on other machines)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the summary gives their medians")
     args = parser.parse_args()
     core = None if args.skip_core else core_throughput()
     floor = None if args.skip_core else [loopback_floor(n) for n in args.subs if n >= 1000]
     extra = [] if args.fan_out_threads is None else ["--fan-out-threads", str(args.fan_out_threads)]
     extra += [] if args.slice_sessions is None else ["--slice-sessions", str(args.slice_sessions)]
+    extra += [] if args.coalesce_ms is None else ["--coalesce-ms", str(args.coalesce_ms)]
     results = []
     # repeats interleaved, so a burst of other work on the machine hits one run of
     # each case rather than every run of one
@@ -427,7 +436,7 @@ def main() -> int:
         for subs in args.subs:
             for rate in args.rate:
                 procs = args.procs or (2 if subs <= 5000 else 4)
-                results.append(run_case(subs, rate, args.seconds, procs, extra))
+                results.append(run_case(subs, rate, args.seconds, procs, extra, args.client_nice))
     doc = {
         "bench": "notifier fan-out: out-ring -> notifier -> N TCP subscribers of trades",
         "note": (

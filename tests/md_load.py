@@ -324,7 +324,9 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def load_main(queue, host: str, port: int, n: int, symbol: str, expect: int, max_seq: int, timeout: float):
+def load_main(
+    queue, host: str, port: int, n: int, symbol: str, expect: int, max_seq: int, timeout: float, nice: int = 0
+):
     """Open ``n`` connections subscribed to ``trades`` of ``symbol``; report
     ``("subscribed", n)`` when every ack arrived, then count trades until every socket
     has ``expect`` of them (or ``timeout`` passes).
@@ -335,6 +337,7 @@ def load_main(queue, host: str, port: int, n: int, symbol: str, expect: int, max
     ``expected_bytes``), per trade seq (index) the latest time any socket here
     received it (0: never), and from the moment every ack had arrived: the ``recv``
     calls made, this process's CPU seconds (user + system) and the bytes received.
+    ``nice`` lowers this process's priority by that much.
 
     Built to cost the machine as little as possible per receive, because it shares
     the two cores with the notifier it measures: ``epoll`` directly (no selector key
@@ -344,6 +347,9 @@ def load_main(queue, host: str, port: int, n: int, symbol: str, expect: int, max
     """
     try:
         raise_nofile()
+        if nice:
+            # a stand-in for subscribers on other machines: yield the cores to the notifier
+            os.nice(nice)
         socks: list[socket.socket | None] = []
         sub = (json.dumps({"op": "subscribe", "channel": "trades", "symbol": symbol}) + "\n").encode()
         for _ in range(n):

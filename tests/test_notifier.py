@@ -564,19 +564,25 @@ def test_the_websocket_port_closes_a_client_that_does_not_speak_websocket(notifi
     assert c.recv()["type"] == "pong"
 
 
-async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_replies_after_what_it_covers():
+@pytest.mark.parametrize("coalesce_s", [0.0, 0.005])
+async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_replies_after_what_it_covers(
+    coalesce_s,
+):
     """In-process, through the ring pump, with 3 sessions per slice so the sweep has
     many slices and trades arrive while it is mid-sweep: every session gets every
     trade once and in seq order; a session subscribing mid-stream continues exactly
     from its ack's seq; and a pong comes after every trade applied before the ping,
-    even for a session whose slice the sweep had not reached yet."""
+    even for a session whose slice the sweep had not reached yet. With a coalescing
+    window too (turns of a slice at least 5 ms apart, so batches pile up per turn)."""
     import trio
 
     from ringex.notifier import Notifier, RingEventSource
 
     ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
     source = RingEventSource(ex.rings["ACME"], "ACME")
-    notifier = Notifier(["ACME"], [source], tcp_port=0, ws_port=None, fan_out_threads=1, slice_sessions=3)
+    notifier = Notifier(
+        ["ACME"], [source], tcp_port=0, ws_port=None, fan_out_threads=1, slice_sessions=3, coalesce_s=coalesce_s
+    )
     n_sessions, bursts, per_burst = 30, 40, 25
     total = bursts * per_burst
     subscribe = b'{"op":"subscribe","channel":"trades","symbol":"ACME"}\n'
