@@ -62,7 +62,7 @@ import resource
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -389,6 +389,23 @@ class _Slice:
         self.turn_at = 0.0  # trio.current_time() of its last turn
 
 
+# Sockets a fan-out thread claims at a time. Threads claim chunks until none is left,
+# rather than each taking a fixed share: on two shared cores a thread is often
+# preempted, and a fixed share would leave the other waiting for its rest.
+FAN_OUT_CHUNK = 32
+
+
+def _send_claimed(
+    socks: list[socket.socket], blob: bytes, claims: Iterator[int], short: list[tuple[int, int | OSError]]
+) -> None:
+    """``_send_each`` over chunks of ``socks`` claimed from ``claims`` until none is
+    left; appends ``(index into socks, result)`` for each short send to ``short``."""
+    n = len(socks)
+    while (lo := next(claims) * FAN_OUT_CHUNK) < n:
+        for i, result in _send_each(socks[lo : lo + FAN_OUT_CHUNK], blob):
+            short.append((lo + i, result))
+
+
 @dataclasses.dataclass(frozen=True)
 class NotifierStats:
     """What ``Notifier.statistics()`` reports."""
@@ -670,17 +687,17 @@ class Notifier:
                     direct.append(session)
                 else:
                     session.write(blob)
-            parts = self._fan_out_threads + 1
-            step = max(1, -(-len(direct) // parts))  # ceil; 1 keeps range() valid when none is direct
-            chunks = [direct[i : i + step] for i in range(0, len(direct), step)]
-            futures = [pool.submit(_send_each, [s.sock for s in chunk], blob) for chunk in chunks[1:]]
-            results = [_send_each([s.sock for s in chunks[0]], blob)] if chunks else []
-            results += [f.result() for f in futures]
+            socks = [s.sock for s in direct]
+            short: list[tuple[int, int | OSError]] = []
+            claims = itertools.count()  # next() is atomic under the GIL
+            futures = [pool.submit(_send_claimed, socks, blob, claims, short) for _ in range(self._fan_out_threads)]
+            _send_claimed(socks, blob, claims, short)
+            for f in futures:
+                f.result()
             self._sends += len(direct)
-            for chunk, short in zip(chunks, results, strict=True):
-                self._short_sends += len(short)
-                for i, result in short:
-                    chunk[i].sent_elsewhere(blob, result)
+            self._short_sends += len(short)
+            for i, result in short:
+                direct[i].sent_elsewhere(blob, result)
         for session in sessions:
             if session.closing is not None:
                 self._forget(session)
