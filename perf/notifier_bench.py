@@ -3,7 +3,7 @@
 ```
  bench process                          notifier process              load processes (2-4)
   Matcher ─► Producer ─► out-ring ──► "notifier" (gated) ──► TCP ──►  N/k sockets each,
-             "journaler" commit = t0                                  selectors loop, recv time t1
+             "journaler" commit = t0                                  epoll loop, recv time t1
 ```
 
 Each trade is a resting sell and a crossing buy matched by the real ``Matcher``; the
@@ -19,6 +19,7 @@ the notifier's own share, whatever the clients do. Client, producer and machine 
 
     .venv/bin/python perf/notifier_bench.py                 # 1,000 and 10,000 subscribers
     .venv/bin/python perf/notifier_bench.py --subs 1000 --rate 1000 --seconds 5
+    .venv/bin/python perf/notifier_bench.py --subs 10 1000 10000 --rate 100 1000 --repeat 3
 
 Writes perf/results/notifier.json. The machine has 2 cores shared by the notifier,
 the load processes, this producer and whatever else runs, so latency depends on the
