@@ -17,6 +17,10 @@ blocking wait (semaphore, ~0% CPU while idle) in a worker thread with
 task never leaves the trio thread and the batch grows with the load; at idle it costs
 one thread hop (~0.1 ms) per wake-up. Polling with ``trio.sleep`` instead would have
 to choose between burning CPU while idle and adding its period to every latency.
+The supervisor's out-rings do better: they share a *pipe doorbell* for the notifier
+(``ringex.ring.PipeDoorbell``), a FIFO the journaler's commit writes, so one task
+reads every ring and waits with ``trio.lowlevel.wait_readable`` on the FIFO: no
+worker thread at all (``pump_rings``).
 The notifier is consumer ``"notifier"`` on each out-ring, gated on ``"journaler"``:
 the journaler moves its cursor only after the LMDB commit that covers each event
 and its cause, so everything read here is durable.
@@ -87,6 +91,7 @@ from ringex.marketdata import (
 )
 from ringex.records import EVENT
 from ringex.ring import Ring
+from ringex.wait import Doorbell, PipeSemaphore
 
 __all__ = [
     "EventSource",
@@ -721,6 +726,41 @@ class Notifier:
                 # let sessions run between slices: under a flood the ring is never empty
                 await trio.lowlevel.checkpoint()
 
+    async def pump_rings(self, sources: list[RingEventSource], bell: Doorbell) -> None:
+        """Read every out-ring in one task, when they share a pipe doorbell for the
+        notifier (the supervisor's rings do): the journaler's commit writes the FIFO and
+        trio polls it like a socket, so a wake-up costs no worker thread, no hand-off
+        back to trio, and one task instead of one per symbol."""
+        fd = bell.semaphore.fileno()
+        consumers = [source.consumer for source in sources]
+
+        def ready() -> bool:
+            return any(c.available() > c.cursor for c in consumers)
+
+        while True:
+            took = False
+            for source in sources:
+                events = source.read_nowait()
+                if events is not None and len(events):
+                    self._take(events)
+                    took = True
+            if not took and not self._backlog:
+                bell.announce()
+                try:
+                    if not ready():
+                        # the timeout only bounds what a post lost to a dying journaler costs
+                        with trio.move_on_after(RING_WAIT_S):
+                            await trio.lowlevel.wait_readable(fd)
+                finally:
+                    bell.withdraw()
+                bell.semaphore.drain()
+                continue
+            delay = self._serve_next()
+            if delay:
+                await trio.sleep(delay)
+            else:
+                await trio.lowlevel.checkpoint()
+
     async def heartbeats(self) -> None:
         while True:
             await trio.sleep(self.heartbeat_s)
@@ -954,8 +994,12 @@ class Notifier:
             async with trio.open_nursery() as nursery:
                 for listener, websocket in listeners:
                     nursery.start_soon(self._accept_loop, listener, websocket, nursery)
-                for source in self.sources:
-                    nursery.start_soon(self.pump, source)
+                bell = _shared_pipe_doorbell(self.sources)
+                if bell is not None:
+                    nursery.start_soon(self.pump_rings, list(self.sources), bell)
+                else:
+                    for source in self.sources:
+                        nursery.start_soon(self.pump, source)
                 nursery.start_soon(self.heartbeats)
                 task_status.started(dict(self.ports))
         finally:
@@ -1021,6 +1065,18 @@ class RingEventSource:
     def close(self) -> None:
         self.consumer = None  # type: ignore[assignment]
         self.ring.close()
+
+
+def _shared_pipe_doorbell(sources) -> Doorbell | None:
+    """The pipe doorbell every source's consumer sleeps on, or None (rings made without
+    one, or sources that are not rings): then each source gets its own pump."""
+    consumers = [getattr(source, "consumer", None) for source in sources]
+    if not consumers or any(c is None for c in consumers):
+        return None
+    sems = {c.sleeper.semaphore_name for c in consumers}
+    if len(sems) != 1 or not isinstance(consumers[0].sleeper.semaphore, PipeSemaphore):
+        return None
+    return Doorbell([c.sleeper for c in consumers])
 
 
 def ring_sources(config: Config, prefix: str = DEFAULT_RING_PREFIX) -> list[RingEventSource]:

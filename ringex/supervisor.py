@@ -88,14 +88,15 @@ class Layout:
         """The doorbell process ``role`` sleeps on for all the rings it serves."""
         return f"{self.prefix}.bell.{role}"
 
-    def gateway_doorbell(self) -> PipeDoorbell:
-        """The gateway's: its selectors loop polls it (a FIFO, not a semaphore)."""
-        return PipeDoorbell(self.doorbell("gateway"))
+    def loop_doorbell(self, role: str) -> PipeDoorbell:
+        """The doorbell of an event loop (gateway, notifier): a FIFO it polls, not a semaphore."""
+        return PipeDoorbell(self.doorbell(role))
 
     def doorbells(self, shards: int) -> list[str | PipeDoorbell]:
         return [
             self.doorbell("journaler"),
-            self.gateway_doorbell(),
+            self.loop_doorbell("gateway"),
+            self.loop_doorbell("notifier"),
             *(self.doorbell(f"matcher-{i}") for i in range(shards)),
         ]
 
@@ -258,7 +259,7 @@ class Supervisor:
         for symbol in layout.in_rings:
             for name in (layout.in_rings[symbol], layout.out_rings[symbol]):
                 Ring.remove(name)
-            # Doorbells: the journaler, each shard and the gateway's durability watch
+            # Doorbells: the journaler, each shard, the gateway's and the notifier's loops
             # each serve several rings from one thread, and sleep once for them all.
             journaler = layout.doorbell("journaler")
             self.rings.append(
@@ -268,7 +269,7 @@ class Supervisor:
                     capacity,
                     consumers=["matcher", "journaler"],
                     doorbells={"matcher": layout.doorbell(f"matcher-{shard_of[symbol]}"), "journaler": journaler},
-                    producer_doorbell=layout.gateway_doorbell(),
+                    producer_doorbell=layout.loop_doorbell("gateway"),
                 )
             )
             self.rings.append(
@@ -278,7 +279,7 @@ class Supervisor:
                     capacity,
                     consumers=["journaler", "notifier"],
                     gating={"notifier": ["journaler"]},
-                    doorbells={"journaler": journaler},
+                    doorbells={"journaler": journaler, "notifier": layout.loop_doorbell("notifier")},
                 )
             )
 

@@ -41,7 +41,7 @@ from ringex.marketdata import MarketData, Subscribe
 from ringex.matcher import Matcher
 from ringex.notifier import out_ring_name
 from ringex.records import COMMAND, EVENT, Op, OrderType, Side, Tif, encode_symbol
-from ringex.ring import Ring
+from ringex.ring import PipeDoorbell, Ring
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -81,8 +81,14 @@ def command(
 class MdExchange:
     """Real out-rings fed by real matchers; the test is producer and journaler."""
 
-    def __init__(self, symbols=("ACME", "BOLT"), capacity: int = 1 << 14, *, in_rings: bool = False) -> None:
+    def __init__(
+        self, symbols=("ACME", "BOLT"), capacity: int = 1 << 14, *, in_rings: bool = False, pipe_bell: bool = False
+    ) -> None:
+        """``pipe_bell``: out-rings with a pipe doorbell for the notifier, as the
+        supervisor makes them (one pump task polls it); without, a pump per ring
+        waits in a worker thread."""
         self.prefix = f"rxmd{os.getpid()}x{secrets.token_hex(3)}"
+        self.bell = PipeDoorbell(f"{self.prefix}.bell.notifier") if pipe_bell else None
         self.symbols = tuple(symbols)
         self.rings: dict[str, Ring] = {}
         self.in_rings: dict[str, Ring] = {}
@@ -102,6 +108,7 @@ class MdExchange:
                     capacity,
                     consumers=["journaler", "notifier"],
                     gating={"notifier": ["journaler"]},
+                    doorbells={"notifier": self.bell} if self.bell else None,
                 )
                 self.rings[s] = ring
                 self.producers[s] = ring.producer()
@@ -148,6 +155,8 @@ class MdExchange:
                 ring.unlink()
                 ring.close()
                 del group[s]
+        if self.bell is not None:
+            Ring.remove_doorbell(self.bell)
 
     # -- producing --------------------------------------------------------------------
 
