@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import wsproto
 import wsproto.events as wse
-from command_streams import CommandStream
+from command_streams import CommandStream, Mix
 
 from ringex.config import SymbolSpec
 from ringex.marketdata import (
@@ -22,6 +22,7 @@ from ringex.marketdata import (
     Ping,
     Subscribe,
     Unsubscribe,
+    encode,
     parse_request,
     ws_text_frame,
 )
@@ -196,6 +197,31 @@ def _cross(matcher: Matcher) -> np.ndarray:
     cmds["price"] = 100
     cmds["qty"] = (10, 4)
     return matcher.apply(cmds, 0)
+
+
+def test_private_messages_are_byte_for_byte_what_the_json_encoder_makes():
+    """Order events are encoded from templates for speed; they must stay exactly the
+    encoder's bytes (key order included) for every kind of event and both streams."""
+    rng = random.Random(5)
+    matcher = Matcher(ACME)
+    md = MarketData(SYMBOLS)
+    stream = CommandStream(ACME, rng)
+    for account in range(1, Mix().accounts + 1):
+        md.subscribe(("all", account), Subscribe("orders", None), account)
+        md.subscribe(("acme", account), Subscribe("orders", "ACME"), account)
+    seq, types = 0, set()
+    for _ in range(40):
+        cmds = stream.batch("ACME", rng.randint(1, 12))
+        events = matcher.apply(cmds, seq)
+        seq += len(cmds)
+        for (channel, *_), payloads in md.apply(events):
+            if channel != "orders":
+                continue
+            for payload in payloads:
+                message = json.loads(payload)
+                types.add(message["type"])
+                assert encode(message) == payload
+    assert types >= {"accepted", "fill", "cancelled", "replaced", "rejected"}
 
 
 def test_a_trade_goes_to_each_owner_with_their_own_ids_and_to_nobody_else():
