@@ -14,6 +14,12 @@ building keys and checksums, the transaction, the flush). Writes
 Checks its result: every record committed is read back with valid checksums, and
 group commit must pay off (1000-record groups reach more records/s than 1-record ones).
 
+Then the journaler's own cost at low rates, where latency lives: CPU per request
+of ``Journaler.round`` over the rings of 4 symbols (one round for a command, one for
+its event, as each isolated request costs), async mode, measured with the process's
+CPU clock (``time.process_time``, steadier than wall time on a shared machine); the
+median of 7 repetitions.
+
 Usage: ``python perf/journal_bench.py [--seconds 2] [--dir /path/on/the/disk/to/test]``.
 The figures depend on the disk and on neighbours: this machine's disk is shared.
 """
@@ -31,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ringex.records import COMMAND, Op, encode_symbol
+from ringex.journaler import Journaler, RingPair
+from ringex.records import COMMAND, EVENT, Op, encode_symbol
+from ringex.ring import Ring
 from ringex.wal import Journal
 
 GROUP_SIZES = (1, 100, 1000)
@@ -75,6 +83,64 @@ def bench(directory: Path, mode: str, group: int, seconds: float) -> dict:
     }
 
 
+def journaler_rounds(directory: Path, requests: int = 5000, repeats: int = 7) -> dict:
+    """CPU µs per request of the journaler's rounds: a command on one in-ring, a
+    round; its event on the out-ring, a round (4 symbols, so 8 rings to look at)."""
+    stem = f"rxjb{os.getpid()}"
+    symbols = ("ACME", "BOLT", "CRUX", "DYNE")
+    rings, pairs = [], []
+    try:
+        for sym in symbols:
+            in_ring = Ring.create(f"{stem}-{sym}-in", COMMAND, 4096, consumers=["matcher", "journaler"])
+            out_ring = Ring.create(
+                f"{stem}-{sym}-out",
+                EVENT,
+                4096,
+                consumers=["journaler", "notifier"],
+                gating={"notifier": ["journaler"]},
+            )
+            rings += [in_ring, out_ring]
+            pairs.append(RingPair(sym, in_ring.name, out_ring.name))
+        with Journal(directory, durability="async") as journal:
+            journaler = Journaler(journal, pairs)
+            producers = [ring.producer() for ring in rings]
+            readers = [r.consumer("matcher") for r in rings[0::2]] + [r.consumer("notifier") for r in rings[1::2]]
+            command, event = np.zeros(1, COMMAND), np.zeros(1, EVENT)
+            command["msg_type"] = Op.NEW
+            command["qty"] = 1
+
+            def one(k: int) -> None:
+                i = k % len(symbols)
+                producers[2 * i].write(command)
+                journaler.round()
+                producers[2 * i + 1].write(event)
+                journaler.round()
+                for reader in (readers[i], readers[len(symbols) + i]):  # keep the rings from filling
+                    reader.commit(reader.poll().hi)
+
+            for k in range(requests // 5):
+                one(k)  # warm: kernels, LMDB pages
+            per_request = []
+            for _ in range(repeats):
+                started = time.process_time()
+                for k in range(requests):
+                    one(k)
+                per_request.append((time.process_time() - started) / requests * 1e6)
+            journaler.close()
+    finally:
+        for ring in rings:
+            ring.close()
+            ring.unlink()
+    per_request.sort()
+    return {
+        "symbols": len(symbols),
+        "requests_per_repeat": requests,
+        "cpu_us_per_request_median": round(per_request[len(per_request) // 2], 1),
+        "cpu_us_per_request_min": round(per_request[0], 1),
+        "note": "two rounds per request plus the bench's own ring writes and reads",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
@@ -92,6 +158,11 @@ def main() -> None:
                     f"{row['commit_us_p50']:>8.1f} us  p99 {row['commit_us_p99']:>8.1f} us  "
                     f"p99.9 {row['commit_us_p999']:>8.1f} us  ({row['commits']} commits)"
                 )
+        rounds = journaler_rounds(root / "rounds")
+        print(
+            f"journaler rounds: {rounds['cpu_us_per_request_median']} us CPU per request "
+            f"(median; min {rounds['cpu_us_per_request_min']})"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     by = {(r["mode"], r["group"]): r for r in results}
@@ -112,6 +183,7 @@ def main() -> None:
         "seconds_per_case": args.seconds,
         "record_bytes": COMMAND.itemsize,
         "results": results,
+        "journaler_rounds": rounds,
     }
     path = Path(__file__).resolve().parent / "results" / "journal.json"
     path.parent.mkdir(exist_ok=True)
