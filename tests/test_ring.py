@@ -649,19 +649,25 @@ async def test_event_loop_waits_in_a_worker_thread_without_blocking(ring_name, p
 #### Doorbells: one sleep over several rings
 
 
-@pytest.fixture
-def bell_group():
-    """Three rings whose consumer "c" sleeps on one doorbell; all removed afterwards."""
+def _ring_group(make_bell, create):
+    """Three rings sharing one doorbell, ``create(bell)`` giving the ``Ring.create``
+    arguments; yields (names, rings, bell) and removes them all afterwards."""
     stem = f"rx-test-{os.getpid()}-{secrets.token_hex(4)}"
     names = [f"{stem}-{i}" for i in range(3)]
-    bell = f"{stem}.bell"
-    rings = [Ring.create(n, COMMAND, 16, consumers=["c", "d"], doorbells={"c": bell}) for n in names]
+    bell = make_bell(f"{stem}.bell")
+    rings = [Ring.create(n, COMMAND, 16, **create(bell)) for n in names]
     yield names, rings, bell
     for ring in rings:
         ring.close()
     for n in names:
         Ring.remove(n)
     Ring.remove_doorbell(bell)
+
+
+@pytest.fixture
+def bell_group():
+    """Three rings whose consumer "c" sleeps on one doorbell."""
+    yield from _ring_group(str, create=lambda bell: {"consumers": ["c", "d"], "doorbells": {"c": bell}})
 
 
 @pytest.mark.parametrize("target", [0, 2])
@@ -713,17 +719,8 @@ def test_removing_a_ring_leaves_its_doorbell_to_the_other_rings(bell_group):
 
 @pytest.fixture
 def pipe_bell_group():
-    """Three rings whose producer's doorbell is a FIFO (an event loop's); all removed afterwards."""
-    stem = f"rx-test-{os.getpid()}-{secrets.token_hex(4)}"
-    names = [f"{stem}-{i}" for i in range(3)]
-    bell = PipeDoorbell(f"{stem}.bell")
-    rings = [Ring.create(n, COMMAND, 16, consumers=["c"], producer_doorbell=bell) for n in names]
-    yield names, rings, bell
-    for ring in rings:
-        ring.close()
-    for n in names:
-        Ring.remove(n)
-    Ring.remove_doorbell(bell)
+    """Three rings whose producer's doorbell is a FIFO (an event loop's)."""
+    yield from _ring_group(PipeDoorbell, create=lambda bell: {"consumers": ["c"], "producer_doorbell": bell})
 
 
 def test_an_event_loop_polls_a_pipe_doorbell_and_a_commit_on_any_ring_wakes_it(pipe_bell_group):
