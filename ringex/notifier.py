@@ -719,12 +719,16 @@ class Notifier:
                 # waiting thread could crash). Shutdown waits at most RING_WAIT_S for it.
                 await trio.to_thread.run_sync(source.wait, RING_WAIT_S)
                 continue
-            delay = self._serve_next()
-            if delay:
-                await trio.sleep(delay)  # every slice that is behind had a turn just now
-            else:
-                # let sessions run between slices: under a flood the ring is never empty
-                await trio.lowlevel.checkpoint()
+            await self._serve_one()
+
+    async def _serve_one(self) -> None:
+        """Give the next slice its turn, then let the sessions run."""
+        delay = self._serve_next()
+        if delay:
+            await trio.sleep(delay)  # every slice that is behind had a turn just now
+        else:
+            # let sessions run between slices: under a flood the ring is never empty
+            await trio.lowlevel.checkpoint()
 
     async def pump_rings(self, sources: list[RingEventSource], bell: Doorbell) -> None:
         """Read every out-ring in one task, when they share a pipe doorbell for the
@@ -755,11 +759,7 @@ class Notifier:
                     bell.withdraw()
                 bell.semaphore.drain()
                 continue
-            delay = self._serve_next()
-            if delay:
-                await trio.sleep(delay)
-            else:
-                await trio.lowlevel.checkpoint()
+            await self._serve_one()
 
     async def heartbeats(self) -> None:
         while True:
