@@ -74,7 +74,7 @@ from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
 from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
-from ringex.wait import Doorbell, PipeSemaphore
+from ringex.wait import Doorbell
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
 
@@ -203,14 +203,13 @@ class Gateway:
                 self.rings.append(ring)
                 self.producers.append(ring.producer())
             self._journal_probes = [functools.partial(r.consumer_cursor, JOURNAL_CONSUMER) for r in self.rings]
-            by_sem: dict[str, list[int]] = {}
-            for i, producer in enumerate(self.producers):
-                by_sem.setdefault(producer.sleeper.semaphore_name, []).append(i)
-            self._bell: Doorbell | None = None
-            if len(by_sem) == 1 and isinstance(self.producers[0].sleeper.semaphore, PipeSemaphore):
-                self._bell = Doorbell([p.sleeper for p in self.producers])
+            self._bell = Doorbell.for_event_loop([p.sleeper for p in self.producers])
+            if self._bell is not None:
                 self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
             else:  # one watcher thread per semaphore the producers sleep on
+                by_sem: dict[str, list[int]] = {}
+                for i, producer in enumerate(self.producers):
+                    by_sem.setdefault(producer.sleeper.semaphore_name, []).append(i)
                 for group in by_sem.values():
                     rings = [self.rings[i] for i in group]
                     producers = [self.producers[i] for i in group]

@@ -91,7 +91,7 @@ from ringex.marketdata import (
 )
 from ringex.records import EVENT
 from ringex.ring import Ring
-from ringex.wait import Doorbell, PipeSemaphore
+from ringex.wait import Doorbell
 
 __all__ = [
     "EventSource",
@@ -1071,12 +1071,9 @@ def _shared_pipe_doorbell(sources) -> Doorbell | None:
     """The pipe doorbell every source's consumer sleeps on, or None (rings made without
     one, or sources that are not rings): then each source gets its own pump."""
     consumers = [getattr(source, "consumer", None) for source in sources]
-    if not consumers or any(c is None for c in consumers):
+    if any(c is None for c in consumers):
         return None
-    sems = {c.sleeper.semaphore_name for c in consumers}
-    if len(sems) != 1 or not isinstance(consumers[0].sleeper.semaphore, PipeSemaphore):
-        return None
-    return Doorbell([c.sleeper for c in consumers])
+    return Doorbell.for_event_loop([c.sleeper for c in consumers])
 
 
 def ring_sources(config: Config, prefix: str = DEFAULT_RING_PREFIX) -> list[RingEventSource]:

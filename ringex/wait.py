@@ -230,6 +230,14 @@ class Doorbell:
         self.sleeps = 0  # times the waiter slept
         self.rung = 0  # sleeps a post ended (the others timed out)
 
+    @classmethod
+    def for_event_loop(cls, sleepers: Sequence[Sleeper]) -> Doorbell | None:
+        """The doorbell of ``sleepers`` if they all sleep on one ``PipeSemaphore`` (an
+        event loop can poll it), else None: rings made without one."""
+        if not sleepers or len({s.semaphore_name for s in sleepers}) != 1:
+            return None
+        return cls(sleepers) if isinstance(sleepers[0].semaphore, PipeSemaphore) else None
+
     @property
     def semaphore(self):
         """The shared semaphore: a ``PipeSemaphore`` has the descriptor an event loop polls."""
