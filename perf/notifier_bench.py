@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
-from md_load import MdExchange, NotifierProcess, expected_bytes, load_main, raise_nofile, temp_dir  # noqa: E402
+from md_load import MdExchange, NotifierProcess, expected_bytes, load_main, raise_nofile, reap, temp_dir  # noqa: E402
 
 from ringex.records import Side  # noqa: E402
 
@@ -233,10 +233,7 @@ def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str
         print(json.dumps(result), flush=True)
         return result
     finally:
-        for p in loaders:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+        reap(loaders)
         notifier.stop()
         ex.close()
         shutil.rmtree(data, ignore_errors=True)

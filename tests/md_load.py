@@ -333,6 +333,14 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+def reap(loaders, timeout: float = 30.0) -> None:
+    """Wait for the load processes to report and exit; kill any still running then."""
+    for p in loaders:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+
+
 def load_main(
     queue, host: str, port: int, n: int, symbol: str, expect: int, max_seq: int, timeout: float, nice: int = 0
 ):

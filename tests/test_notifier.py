@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile
+from md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile, reap
 from reference_book import ReferenceBook
 
 from ringex.accounts import AccountStore
@@ -399,10 +399,7 @@ def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, t
         # every line before it came too, once and unaltered
         assert set(sizes) == {expected_bytes("ACME", events)}
     finally:
-        for p in loaders:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+        reap(loaders)
         proc.stop()
 
 
