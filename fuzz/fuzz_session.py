@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ringex.config import SymbolSpec  # noqa: E402
-from ringex.protocol import (  # noqa: E402
+from ringex.order_entry.protocol import (  # noqa: E402
     COMMAND,
     REPLY,
     SymbolTable,
@@ -44,8 +44,8 @@ from ringex.protocol import (  # noqa: E402
     encode_replace,
     validate_reference,
 )
+from ringex.order_entry.session import Limits, OrderIdCounter, Session, SessionState  # noqa: E402
 from ringex.records import OrderType, Side, Tif  # noqa: E402
-from ringex.session import Limits, OrderIdCounter, Session, SessionState  # noqa: E402
 
 TABLE = SymbolTable([SymbolSpec("ACME", tick=5, price_min=100, price_max=1000, max_qty=500), SymbolSpec("BOLT")])
 ACCOUNT, TOKEN = 1001, 42

@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from test_gateway import Exchange  # noqa: E402
 
-from ringex.protocol import COMMAND, REPLY, encode_new_order  # noqa: E402
+from ringex.order_entry.protocol import COMMAND, REPLY, encode_new_order  # noqa: E402
 from ringex.records import Side  # noqa: E402
 
 UNLIMITED = dict(rate_per_s=10_000_000, burst=1_000_000, max_in_flight=1_000_000, max_output_bytes=64 << 20)
@@ -198,8 +198,8 @@ def session_cpu(reps: int) -> dict:
     """The gateway's own CPU per ``recv``, without sockets: ``Session.receive_data`` +
     ``data_to_send`` for a recv of 1 and of 256 orders, publishing into a list."""
     from ringex.config import SymbolSpec
-    from ringex.protocol import SymbolTable, encode_login
-    from ringex.session import Limits, OrderIdCounter, Session
+    from ringex.order_entry.protocol import SymbolTable, encode_login
+    from ringex.order_entry.session import Limits, OrderIdCounter, Session
 
     table = SymbolTable([SymbolSpec("ACME", tick=5, price_min=100, price_max=1000, max_qty=500)])
     big = 10**12

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringex.journaler import Journaler, RingPair
+from ringex.journal.journaler import Journaler, RingPair
 from ringex.records import COMMAND, EVENT, Op, encode_symbol
 from ringex.ring import Ring
 from ringex.wal import Journal

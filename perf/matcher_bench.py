@@ -43,7 +43,7 @@ import numba  # noqa: E402
 from numba import njit  # noqa: E402
 
 from ringex.config import SymbolSpec  # noqa: E402
-from ringex.matcher import Matcher  # noqa: E402
+from ringex.engine.matcher import Matcher  # noqa: E402
 from ringex.matcher_jit import warm_up  # noqa: E402
 from ringex.records import COMMAND, EventKind, Op, OrderType, Side, Tif  # noqa: E402
 

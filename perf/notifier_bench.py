@@ -341,8 +341,8 @@ def core_throughput(n_commands: int = 50_000) -> dict:
     from command_streams import CommandStream
 
     from ringex.config import SymbolSpec
-    from ringex.marketdata import MarketData, Subscribe
-    from ringex.matcher import Matcher
+    from ringex.engine.matcher import Matcher
+    from ringex.market_data.messages import MarketData, Subscribe
 
     matcher = Matcher(SymbolSpec(SYMBOL, price_max=1000, capacity=1 << 16))
     events = matcher.apply(CommandStream(matcher.spec, random.Random(1)).batch(SYMBOL, n_commands), 0).copy()

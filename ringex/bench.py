@@ -295,7 +295,7 @@ class _Session:
 
 
 def _login(host: str, port: int, account: int, token: int) -> socket.socket:
-    from ringex.protocol import encode_login
+    from ringex.order_entry.protocol import encode_login
 
     sock = socket.create_connection((host, port), timeout=10.0)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -318,7 +318,7 @@ def _login(host: str, port: int, account: int, token: int) -> socket.socket:
 def _sender_main(conn) -> None:
     """Sender worker: for each step config from the parent, log sessions in, report
     the start time, run the open loop, then save what happened to an .npz."""
-    from ringex.protocol import REPLY
+    from ringex.order_entry.protocol import REPLY
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     while (cfg := conn.recv()) is not None:
@@ -553,7 +553,7 @@ def analyse(sender: dict, md: dict, warmup_ns: int) -> dict:
     out["to_gateway"] = sender["ts_ns"][stamped].astype(np.int64) - offset - sender["intended_ns"][stamped], 0
     out["gateway_to_ack"] = sender["ack_ns"][stamped] + offset - sender["ts_ns"][stamped].astype(np.int64), 0
     reasons: dict[str, int] = {}
-    from ringex.protocol import Reason
+    from ringex.order_entry.protocol import Reason
 
     for r in np.unique(sender["reason"][measured & acked & ~is_k]):
         reasons[Reason(int(r)).name] = int(np.count_nonzero(sender["reason"][measured & acked & ~is_k] == r))
@@ -738,7 +738,7 @@ def _expect(conn, what: str, timeout: float):
 def _process_pids(target: Target) -> dict[str, int]:
     if target.data_dir is None:
         return {}
-    from ringex.status import collect
+    from ringex.cli.status import collect
 
     reading = collect(target.data_dir)
     pids = {p["role"]: p["pid"] for p in reading["processes"]}
@@ -749,7 +749,7 @@ def _process_pids(target: Target) -> dict[str, int]:
 def _ring_sample(target: Target) -> dict | None:
     if target.data_dir is None:
         return None
-    from ringex.status import collect
+    from ringex.cli.status import collect
 
     try:
         return collect(target.data_dir)

@@ -102,8 +102,8 @@ class Layout:
 
 
 def layout_for(config: Config) -> Layout:
-    from ringex.gateway import in_ring_name
-    from ringex.notifier import out_ring_name
+    from ringex.market_data.notifier import out_ring_name
+    from ringex.order_entry.gateway import in_ring_name
 
     digest = hashlib.blake2b(str(Path(config.data_dir).resolve()).encode(), digest_size=5).hexdigest()
     prefix = f"ringex-{digest}"
@@ -148,7 +148,7 @@ def _attach_control(name: str, role: str) -> ControlBlock:
 
 
 def _journaler_child(config: Config, layout: Layout) -> None:
-    from ringex.journaler import RingPair, run_journaler
+    from ringex.journal.journaler import RingPair, run_journaler
     from ringex.logs import setup_logging
 
     setup_logging(config, "journaler")
@@ -158,7 +158,7 @@ def _journaler_child(config: Config, layout: Layout) -> None:
 
 
 def _shard_child(plan) -> None:
-    from ringex.shard import run_shard
+    from ringex.engine.shard import run_shard
 
     _detach()
     sys.exit(run_shard(plan))
@@ -166,7 +166,7 @@ def _shard_child(plan) -> None:
 
 def _notifier_child(config: Config, layout: Layout) -> None:
     from ringex.logs import setup_logging
-    from ringex.notifier import run_until_signal
+    from ringex.market_data.notifier import run_until_signal
 
     setup_logging(config, "notifier")
     control = _attach_control(layout.control, "notifier")
@@ -177,9 +177,9 @@ def _notifier_child(config: Config, layout: Layout) -> None:
 
 
 def _gateway_child(config: Config, layout: Layout) -> None:
-    from ringex.gateway import serve
+    from ringex.journal.bases import gateway_start
     from ringex.logs import setup_logging
-    from ringex.startup import gateway_start
+    from ringex.order_entry.gateway import serve
 
     setup_logging(config, "gateway")
     control = _attach_control(layout.control, "gateway")
@@ -284,7 +284,7 @@ class Supervisor:
             )
 
     def _plan_children(self) -> None:
-        from ringex.shard import ShardPlan, shard_role
+        from ringex.engine.shard import ShardPlan, shard_role
 
         config, layout = self.config, self.layout
         self.children = [_Child("journaler", _journaler_child, (config, layout))]
@@ -343,7 +343,7 @@ class Supervisor:
         os.replace(tmp, self.data / RUN_FILE)
 
     def start(self) -> None:
-        from ringex.accounts import create_demo_accounts
+        from ringex.order_entry.accounts import create_demo_accounts
 
         self._lock()
         from ringex.logs import setup_logging
@@ -409,7 +409,7 @@ class Supervisor:
             time.sleep(POLL_S)
 
     def _handle_death(self, child: _Child) -> None:
-        from ringex.journaler import EXIT_HALTED
+        from ringex.journal.journaler import EXIT_HALTED
 
         code = child.process.exitcode
         child.process.join()

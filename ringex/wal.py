@@ -426,7 +426,7 @@ class Journal:
 
     def ring_base(self, kind: str, symbol: str) -> tuple[int, int] | None:
         """``(ring created_ns, journal seq of ring seq 0)`` the journaler last used for
-        the symbol's ``cmd`` (in) or ``evt`` (out) ring; see ``ringex.journaler``."""
+        the symbol's ``cmd`` (in) or ``evt`` (out) ring; see ``ringex.journal.journaler``."""
         raw = self.get_meta(f"ring-base:{kind}:{symbol}".encode())
         return None if raw is None else _RING_BASE.unpack(raw)
 

@@ -66,7 +66,7 @@ class RunningExchange:
     @contextlib.contextmanager
     def sessions(self, n: int):
         """``n`` order entry clients, logged in as the first ``n`` demo accounts."""
-        from ringex.client import OrderClient
+        from ringex.order_entry.client import OrderClient
 
         with contextlib.ExitStack() as stack:
             clients = []
@@ -79,7 +79,7 @@ class RunningExchange:
     @contextlib.contextmanager
     def subscribed(self, channel: str, symbol: str):
         """A market data client whose subscription has taken effect."""
-        from ringex.md_client import MdClient
+        from ringex.market_data.client import MdClient
 
         with MdClient("127.0.0.1", self.md_port) as md:
             md.subscribe(channel, symbol)

@@ -11,7 +11,7 @@
   ``Matcher`` and writes its EVENT records into the ring as the matcher process
   would. ``journal()`` plays the journaler: it commits the "journaler" cursor,
   which is what lets the notifier see events.
-- ``NotifierProcess`` runs ``python -m ringex.notifier`` on those rings (ports 0) and
+- ``NotifierProcess`` runs ``python -m ringex.market_data.notifier`` on those rings (ports 0) and
   reads its ready line.
 - ``load_main`` is a load process: ``n`` TCP connections in one epoll loop,
   each subscribed to trades of one symbol. It counts the trades each socket got and,
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from ringex.config import SymbolSpec
-from ringex.marketdata import MarketData, Subscribe
-from ringex.matcher import Matcher
-from ringex.notifier import out_ring_name
+from ringex.engine.matcher import Matcher
+from ringex.market_data.messages import MarketData, Subscribe
+from ringex.market_data.notifier import out_ring_name
 from ringex.records import COMMAND, EVENT, Op, OrderType, Side, Tif, encode_symbol
 from ringex.ring import PipeDoorbell, Ring
 
@@ -137,7 +137,7 @@ class MdExchange:
     def journaler_args(self, data_dir: Path) -> list[str]:
         """The command line of the real journaler over these rings."""
         specs = [f"{s}:{self.in_ring_name(s)}:{out_ring_name(s, self.prefix)}" for s in self.symbols]
-        return [PYTHON, "-m", "ringex.journaler", "--data", str(data_dir), "--durability", "async", *specs]
+        return [PYTHON, "-m", "ringex.journal.journaler", "--data", str(data_dir), "--durability", "async", *specs]
 
     def wait_journaled(self, timeout: float = 30.0) -> None:
         """Wait until the real journaler has committed everything published."""
@@ -237,7 +237,7 @@ class MdExchange:
 
 
 class NotifierProcess:
-    """``python -m ringex.notifier`` on an ``MdExchange``'s rings, on ports 0."""
+    """``python -m ringex.market_data.notifier`` on an ``MdExchange``'s rings, on ports 0."""
 
     def __init__(self, exchange: MdExchange, data_dir: Path, *, extra: list[str] = (), heartbeat: float = 5.0):
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ class NotifierProcess:
             PYTHON,
             *(["-m", "cProfile", "-o", os.environ["MD_PROFILE"]] if os.environ.get("MD_PROFILE") else []),
             "-m",
-            "ringex.notifier",
+            "ringex.market_data.notifier",
             "--config",
             str(cfg),
             "--ring-prefix",

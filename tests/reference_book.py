@@ -3,7 +3,7 @@
 Written from the rules (PROTOCOL.md, docs/matching.md), not from ``matcher_jit``: plain
 dicts of price -> list of orders, one ``Order`` object per resting order, and a dry run
 on a deep copy to decide whether a fill-or-kill order can fill. It produces the same
-``EVENT`` records as ``ringex.matcher.Matcher``, so the two can be compared exactly.
+``EVENT`` records as ``ringex.engine.matcher.Matcher``, so the two can be compared exactly.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ringex.accounts import ACCOUNTS_FILE, AccountError, AccountStore, create_demo_accounts
 from ringex.cli import main as cli_main
+from ringex.order_entry.accounts import ACCOUNTS_FILE, AccountError, AccountStore, create_demo_accounts
 
 
 def test_added_account_verifies_with_its_token_only(tmp_path):

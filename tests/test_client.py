@@ -12,8 +12,8 @@ import pytest
 import trio
 from test_gateway import ACCOUNT, ROOT, TOKEN, Exchange
 
-from ringex.client import ClientConnection, LoginRejected, OrderClient, Reply, TrioOrderClient
-from ringex.protocol import Reason, ReplyType, encode_reply
+from ringex.order_entry.client import ClientConnection, LoginRejected, OrderClient, Reply, TrioOrderClient
+from ringex.order_entry.protocol import Reason, ReplyType, encode_reply
 
 
 @pytest.fixture(scope="module")

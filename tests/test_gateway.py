@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ringex.accounts import AccountStore
-from ringex.client import OrderClient, Reply, SessionClosed, replies_from_bytes
 from ringex.control import ControlBlock, ExchangeState
-from ringex.gateway import in_ring_name
-from ringex.protocol import (
+from ringex.order_entry.accounts import AccountStore
+from ringex.order_entry.client import OrderClient, Reply, SessionClosed, replies_from_bytes
+from ringex.order_entry.gateway import in_ring_name
+from ringex.order_entry.protocol import (
     COMMAND,
     Reason,
     encode_cancel,
@@ -133,12 +133,20 @@ class Exchange:
                 self.rings.append(Ring.create(f"{self.prefix}.out.{sym}", EVENT, 1024, ["journaler"]))
             pairs = [f"{sym}:{in_ring_name(sym, self.prefix)}:{self.prefix}.out.{sym}" for sym in SYMBOLS]
             self.journaler = self._spawn(
-                [PY, "-m", "ringex.journaler", "--data", str(self.tmp), "--durability", self.durability, *pairs]
+                [PY, "-m", "ringex.journal.journaler", "--data", str(self.tmp), "--durability", self.durability, *pairs]
             )
         else:
             self.journaler = self._spawn([PY, "-c", STANDIN_JOURNALER, *(r.name for r in self.rings)])
             _wait_line(self.journaler, "ready")
-        args = [PY, "-m", "ringex.gateway", "--config", str(self.tmp / "ringex.toml"), "--data", str(self.tmp)]
+        args = [
+            PY,
+            "-m",
+            "ringex.order_entry.gateway",
+            "--config",
+            str(self.tmp / "ringex.toml"),
+            "--data",
+            str(self.tmp),
+        ]
         args += ["--host", "127.0.0.1", "--port", "0", "--ring-prefix", self.prefix, "--control", self.control.name]
         if not self.real_journaler:
             args += ["--seq-base", "ACME=1000"]

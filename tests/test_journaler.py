@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ringex.control import ControlBlock, ExchangeState
-from ringex.journaler import EXIT_HALTED, Journaler, JournalerHalted, RingPair, _Feed
+from ringex.journal.journaler import EXIT_HALTED, Journaler, JournalerHalted, RingPair, _Feed
 from ringex.records import COMMAND, EVENT, Op, encode_symbol
 from ringex.ring import Ring
 from ringex.wal import Journal
@@ -202,7 +202,7 @@ def test_the_journaler_process_halts_on_a_full_disk(tmp_path, rings):
         control.set_state(ExchangeState.READY)
         pairs = [f"{p.symbol}:{p.in_ring}:{p.out_ring}" for p in pairs_of(rings)]
         proc = subprocess.Popen(
-            [PY, "-m", "ringex.journaler", "--data", str(disk / "data"), "--control", control.name, *pairs],
+            [PY, "-m", "ringex.journal.journaler", "--data", str(disk / "data"), "--control", control.name, *pairs],
             cwd=ROOT,
             stderr=subprocess.PIPE,
             text=True,
@@ -239,7 +239,7 @@ def test_the_journaler_process_halts_on_a_full_disk(tmp_path, rings):
 
 def test_the_journaler_process_drains_and_stops_on_sigterm(tmp_path, rings):
     pairs = [f"{p.symbol}:{p.in_ring}:{p.out_ring}" for p in pairs_of(rings)]
-    proc = subprocess.Popen([PY, "-m", "ringex.journaler", "--data", str(tmp_path), *pairs], cwd=ROOT)
+    proc = subprocess.Popen([PY, "-m", "ringex.journal.journaler", "--data", str(tmp_path), *pairs], cwd=ROOT)
     try:
         acme_in, acme_out = rings["ACME"]
         acme_in.producer().write(commands(1, 50, "ACME"))
@@ -283,9 +283,9 @@ def _reply_within(client, seconds: float):
 def test_a_full_disk_turns_new_orders_into_not_ready_and_loses_no_acked_order(tmp_path):
     """Real gateway, real journaler, real full filesystem: every K'd order is in the
     journal, and once the journaler halts the gateway answers NOT_READY."""
-    from ringex.accounts import AccountStore
-    from ringex.client import OrderClient
-    from ringex.gateway import in_ring_name
+    from ringex.order_entry.accounts import AccountStore
+    from ringex.order_entry.client import OrderClient
+    from ringex.order_entry.gateway import in_ring_name
 
     disk = Path(f"/tmp/ringex-tmpfs-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     disk.mkdir()
@@ -303,7 +303,7 @@ def test_a_full_disk_turns_new_orders_into_not_ready_and_loses_no_acked_order(tm
         control.register("journaler")
         control.set_state(ExchangeState.READY)
         journaler = subprocess.Popen(
-            [PY, "-m", "ringex.journaler", "--data", str(disk / "data"), "--control", control.name]
+            [PY, "-m", "ringex.journal.journaler", "--data", str(disk / "data"), "--control", control.name]
             + [f"ACME:{rings[0].name}:{rings[1].name}"],
             cwd=ROOT,
             stderr=subprocess.PIPE,
@@ -311,7 +311,7 @@ def test_a_full_disk_turns_new_orders_into_not_ready_and_loses_no_acked_order(tm
         )
         procs.append(journaler)
         gateway = subprocess.Popen(
-            [PY, "-m", "ringex.gateway", "--config", str(tmp_path / "ringex.toml"), "--data", str(tmp_path)]
+            [PY, "-m", "ringex.order_entry.gateway", "--config", str(tmp_path / "ringex.toml"), "--data", str(tmp_path)]
             + ["--host", "127.0.0.1", "--port", "0", "--ring-prefix", prefix, "--control", control.name],
             cwd=ROOT,
             stdout=subprocess.PIPE,

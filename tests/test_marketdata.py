@@ -13,7 +13,9 @@ import wsproto.events as wse
 from command_streams import CommandStream, Mix
 
 from ringex.config import SymbolSpec
-from ringex.marketdata import (
+from ringex.engine.matcher import Matcher
+from ringex.market_data.client import LocalBook, SequenceGap
+from ringex.market_data.messages import (
     MAX_LINE_BYTES,
     ClientError,
     LineDecoder,
@@ -26,8 +28,6 @@ from ringex.marketdata import (
     parse_request,
     ws_text_frame,
 )
-from ringex.matcher import Matcher
-from ringex.md_client import LocalBook, SequenceGap
 from ringex.records import COMMAND, EventKind, Op, OrderType, Side, Tif, encode_symbol
 
 SYMBOLS = ("ACME", "BOLT")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from reference_book import ReferenceBook
 
 from ringex.config import SymbolSpec
-from ringex.matcher import BookCorrupt, Matcher, SequenceGap
+from ringex.engine.matcher import BookCorrupt, Matcher, SequenceGap
 from ringex.matcher_jit import EVENT_SLACK
 from ringex.records import COMMAND, EVENT, EventKind, EventReason, Op, OrderType, Side, Tif
 

@@ -1,7 +1,7 @@
 """The notifier as a running process, fed by real out-rings.
 
 Each test creates real shared-memory out-rings (consumers "journaler" and
-"notifier", the notifier gated on the journaler), runs ``python -m ringex.notifier``
+"notifier", the notifier gated on the journaler), runs ``python -m ringex.market_data.notifier``
 on them, matches orders with the real ``Matcher`` and writes its events into the
 ring, then commits the "journaler" cursor as the journaler would after its LMDB
 commit. Clients connect over real loopback TCP and WebSocket (``tests/md_load.py``
@@ -24,8 +24,8 @@ import pytest
 from md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile, reap
 from reference_book import ReferenceBook
 
-from ringex.accounts import AccountStore
-from ringex.md_client import ConnectionClosed, LocalBook, MdClient
+from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient
+from ringex.order_entry.accounts import AccountStore
 from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
 
 pytestmark = pytest.mark.timeout(300)
@@ -502,7 +502,7 @@ async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_s
     batches go out) are served from their queues, in order, by the threaded fan-out."""
     import trio
 
-    from ringex.notifier import Notifier
+    from ringex.market_data.notifier import Notifier
 
     notifier = Notifier(["ACME"], tcp_port=0, ws_port=None, fan_out_threads=1, max_queue_bytes=64 << 20, sndbuf=4096)
     ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
@@ -576,7 +576,7 @@ async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_rep
     window too (turns of a slice at least 5 ms apart, so batches pile up per turn)."""
     import trio
 
-    from ringex.notifier import Notifier, RingEventSource
+    from ringex.market_data.notifier import Notifier, RingEventSource
 
     ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
     source = RingEventSource(ex.rings["ACME"], "ACME")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ringex.config import SymbolSpec
-from ringex.protocol import (
+from ringex.order_entry.protocol import (
     COMMAND,
     FRAME_SIZE,
     NEED_DATA,

@@ -79,7 +79,7 @@ def matcher_main(argv: list[str]) -> None:
     """matcher DATA SNAPSHOT_INTERVAL SYM:IN:OUT ...: recover, then match until killed."""
     import posix_ipc
 
-    from ringex.recovery import recover_book
+    from ringex.engine.recovery import recover_book
     from ringex.ring import Ring, RingTimeout
     from ringex.wal import Journal, SnapshotStore
 
@@ -207,7 +207,8 @@ class Pipeline:
     def start_journaler(self) -> None:
         pairs = [f"{s}:{i.name}:{o.name}" for s, (i, o) in self.rings.items()]
         self._spawn(
-            "journaler", ["-m", "ringex.journaler", "--data", str(self.data), "--durability", self.durability, *pairs]
+            "journaler",
+            ["-m", "ringex.journal.journaler", "--data", str(self.data), "--durability", self.durability, *pairs],
         )
 
     def start_all(self) -> None:
@@ -309,7 +310,7 @@ def pipeline(tmp_path):
 
 def _check_recovery(data: Path, durable: dict[str, int]) -> dict[str, str]:
     """Everything durable is journaled; snapshot + tail == full replay == verified replay."""
-    from ringex.recovery import recover_all
+    from ringex.engine.recovery import recover_all
     from ringex.wal import Journal
 
     with Journal(data, readonly=True) as journal:
@@ -405,8 +406,8 @@ def test_kill_minus_nine_at_random_moments_loses_nothing_durable(pipeline, durab
 
 
 def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_events(tmp_path):
-    from ringex.matcher import Matcher
-    from ringex.recovery import recover_book
+    from ringex.engine.matcher import Matcher
+    from ringex.engine.recovery import recover_book
     from ringex.wal import Journal, SnapshotStore
 
     spec = SPECS[0]
@@ -451,8 +452,8 @@ def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_event
 def test_a_snapshot_of_commands_that_never_became_durable_is_never_used(tmp_path):
     """After a crash the lost commands' sequences go to new commands: an old snapshot
     covering the lost ones must not be taken once the journal grows past it."""
-    from ringex.matcher import Matcher
-    from ringex.recovery import recover_book
+    from ringex.engine.matcher import Matcher
+    from ringex.engine.recovery import recover_book
     from ringex.wal import Journal, SnapshotStore
 
     spec = SPECS[0]
@@ -482,8 +483,8 @@ def test_a_snapshot_of_commands_that_never_became_durable_is_never_used(tmp_path
 
 
 def test_verify_names_the_first_event_that_differs(tmp_path):
-    from ringex.matcher import Matcher
-    from ringex.recovery import VerifyMismatch, verify_symbol
+    from ringex.engine.matcher import Matcher
+    from ringex.engine.recovery import VerifyMismatch, verify_symbol
     from ringex.wal import Journal
 
     spec = SPECS[0]
@@ -508,7 +509,7 @@ def test_verify_names_the_first_event_that_differs(tmp_path):
 
 
 def test_recover_cli_prints_a_summary_per_symbol(tmp_path):
-    from ringex.matcher import Matcher
+    from ringex.engine.matcher import Matcher
     from ringex.wal import Journal
 
     with Journal(tmp_path) as journal:
@@ -534,8 +535,8 @@ def test_recover_cli_prints_a_summary_per_symbol(tmp_path):
 def test_recover_stops_at_a_corrupt_record_and_says_where(tmp_path):
     import lmdb
 
-    from ringex.matcher import Matcher
-    from ringex.recovery import recover_book
+    from ringex.engine.matcher import Matcher
+    from ringex.engine.recovery import recover_book
     from ringex.wal import CorruptRecordError, Journal
 
     spec = SPECS[0]
@@ -563,7 +564,7 @@ def test_recover_stops_at_a_corrupt_record_and_says_where(tmp_path):
 
 
 def test_journal_dump_and_tail_print_commands_each_followed_by_its_events(tmp_path):
-    from ringex.matcher import Matcher
+    from ringex.engine.matcher import Matcher
     from ringex.wal import Journal
 
     spec = SPECS[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ringex.config import SymbolSpec
-from ringex.protocol import (
+from ringex.order_entry.protocol import (
     COMMAND,
     REPLY,
     Reason,
@@ -17,8 +17,8 @@ from ringex.protocol import (
     encode_new_order,
     encode_replace,
 )
+from ringex.order_entry.session import Limits, OrderIdCounter, Session, SessionState, TokenBucket
 from ringex.records import Side
-from ringex.session import Limits, OrderIdCounter, Session, SessionState, TokenBucket
 
 TABLE = SymbolTable([SymbolSpec("ACME", tick=1, price_min=1, price_max=1000, max_qty=100), SymbolSpec("BOLT")])
 ACME, BOLT = TABLE.index("ACME"), TABLE.index("BOLT")

@@ -14,8 +14,8 @@ import time
 import pytest
 from exchange_harness import ROOT, RunningExchange
 
-from ringex.client import OrderClient, SessionClosed
-from ringex.md_client import MdClient
+from ringex.market_data.client import MdClient
+from ringex.order_entry.client import OrderClient, SessionClosed
 
 QUICK = os.environ.get("RINGEX_QUICK") == "1"
 

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ringex.md_client import ConnectionClosed, LocalBook, MdClient, SequenceGap
+from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient, SequenceGap
 
 __all__ = ["add_arguments", "run"]
 

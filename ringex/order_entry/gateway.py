@@ -9,7 +9,7 @@
 
 The gateway is the single producer of every in-ring. One thread runs a selectors
 (epoll) loop over the listening socket, the sessions and an eventfd. Each ``recv``
-is handed whole to its ``Session`` (``ringex.session``), which parses, validates,
+is handed whole to its ``Session`` (``ringex.order_entry.session``), which parses, validates,
 throttles and stamps all its frames with array operations and publishes the valid
 ones into each symbol's in-ring in one slice.
 
@@ -43,7 +43,7 @@ Sequences: the ``seq`` in a ``K`` is the command's sequence in its symbol's jour
 Readiness: orders are answered ``X`` NOT_READY while ``ready()`` is false; with a
 control block that is ``ControlBlock.accepting`` (exchange state READY).
 
-Process entry: ``python -m ringex.gateway --config FILE --ring-prefix P --control NAME``
+Process entry: ``python -m ringex.order_entry.gateway --config FILE --ring-prefix P --control NAME``
 (see ``main``), or ``serve(config, ...)`` in a spawned child.
 """
 
@@ -67,18 +67,18 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ringex.accounts import AccountStore
 from ringex.config import Config, load_config
 from ringex.control import ExchangeState
-from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
+from ringex.order_entry.accounts import AccountStore
+from ringex.order_entry.protocol import Reason, ReplyType, SymbolTable, encode_reply
+from ringex.order_entry.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
-from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
 from ringex.wait import Doorbell
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
 
-log = logging.getLogger("ringex.gateway")
+log = logging.getLogger("ringex.order_entry.gateway")
 
 JOURNAL_CONSUMER = "journaler"
 ROLE = "gateway"
@@ -600,7 +600,7 @@ def serve(
     - ``ready``: callable, true while orders may be accepted; else ``control``'s
       ``accepting``; else always true. ``control``: a ``ControlBlock``; the gateway
       reports ready on it as role ``"gateway"`` and heartbeats it.
-    - ``limits``: ``ringex.session.Limits`` (sessions, rate, in-flight, timeouts).
+    - ``limits``: ``ringex.order_entry.session.Limits`` (sessions, rate, in-flight, timeouts).
     - ``seq_bases``: ``{symbol: journal sequence of ring sequence 0}`` so a ``K``
       carries journal sequences; 0 for a symbol not given.
     - ``first_order_id``: the first exchange order id to issue (default: the clock in
@@ -654,7 +654,7 @@ def _limits_from_args(args: argparse.Namespace) -> Limits:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ringex.gateway [--config FILE] [--data DIR] [--host H] [--port N]
+    """``python -m ringex.order_entry.gateway [--config FILE] [--data DIR] [--host H] [--port N]
     [--ring-prefix P] [--control NAME] [--seq-base SYM=N ...] [--first-order-id N]
     [--<limit> N ...]``: the entry point the supervisor (or a test) spawns. Prints
     ``ringex gateway listening on HOST:PORT`` on stdout once it accepts connections."""

@@ -15,13 +15,13 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("ringex.supervisor", "start the whole exchange (embedded defaults without --config)"),
-    "status": ("ringex.status", "show ring cursors, consumer lag and live processes"),
-    "match": ("ringex.offline", "match a CSV of orders offline and print the events as JSON lines"),
-    "recover": ("ringex.recovery", "rebuild every book from the journal; --verify replays it byte for byte"),
-    "journal": ("ringex.journal_cli", "print journaled commands and events as JSON lines"),
-    "accounts": ("ringex.accounts", "manage order entry accounts and their secrets"),
-    "order": ("ringex.order_cli", "send an order, cancel or replace to a running exchange"),
-    "watch": ("ringex.watch", "live view of trades and the top of the book"),
+    "status": ("ringex.cli.status", "show ring cursors, consumer lag and live processes"),
+    "match": ("ringex.engine.offline", "match a CSV of orders offline and print the events as JSON lines"),
+    "recover": ("ringex.engine.recovery", "rebuild every book from the journal; --verify replays it byte for byte"),
+    "journal": ("ringex.cli.journal", "print journaled commands and events as JSON lines"),
+    "accounts": ("ringex.order_entry.accounts", "manage order entry accounts and their secrets"),
+    "order": ("ringex.cli.order", "send an order, cancel or replace to a running exchange"),
+    "watch": ("ringex.cli.watch", "live view of trades and the top of the book"),
     "bench": ("ringex.bench", "end-to-end latency benchmark"),
 }
 

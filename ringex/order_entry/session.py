@@ -36,7 +36,7 @@ from typing import Protocol
 import numba
 import numpy as np
 
-from ringex.protocol import (
+from ringex.order_entry.protocol import (
     COMMAND,
     NEED_DATA,
     FrameDecoder,
@@ -272,7 +272,7 @@ def _sendable(reply_symbol, seqs, pos, durable):
 def warm_up() -> None:
     """Compile (or load from numba's cache) the kernels before serving."""
     from ringex.config import SymbolSpec
-    from ringex.protocol import encode_login, encode_new_order
+    from ringex.order_entry.protocol import encode_login, encode_new_order
 
     s = Session(1, SymbolTable([SymbolSpec("WARM")]), lambda a, t: True, OrderIdCounter(1))
     s.receive_data(encode_login(1, 1) + encode_new_order("WARM", ord("B"), 1, 1), True, lambda sym, c: 0)

@@ -27,7 +27,7 @@ from collections import deque
 
 import numpy as np
 
-from ringex.protocol import (
+from ringex.order_entry.protocol import (
     NEED_DATA,
     REPLY,
     FrameDecoder,

@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from ringex.client import LoginRejected, OrderClient, SessionClosed
+from ringex.order_entry.client import LoginRejected, OrderClient, SessionClosed
 
 __all__ = ["add_arguments", "run"]
 

@@ -7,7 +7,7 @@
                                       └── every N commands: snapshot file
 
 For each of its symbols the shard recovers the book from the journal (latest snapshot
-plus the tail, ``ringex.recovery``), then matches batches from the in-ring and
+plus the tail, ``ringex.engine.recovery``), then matches batches from the in-ring and
 publishes their events to the out-ring. It commits its in-ring cursor only after the
 batch's events are published, so a shard killed mid-batch leaves its cursor before the
 batch and the next incarnation sees every command again.
@@ -40,16 +40,16 @@ import time
 import posix_ipc
 
 from ringex.config import Config, SymbolSpec
+from ringex.engine.recovery import recover_book
+from ringex.journal.bases import ring_base, wait_until
 from ringex.records import COMMAND, EVENT
-from ringex.recovery import recover_book
 from ringex.ring import Consumer, ConsumerSet, Producer, Ring, RingTimeout
-from ringex.startup import ring_base, wait_until
 from ringex.wait import wait_strategy
 from ringex.wal import Journal, SnapshotStore
 
 __all__ = ["ShardPlan", "Shard", "run_shard", "MATCHER_CONSUMER", "shard_role"]
 
-log = logging.getLogger("ringex.shard")
+log = logging.getLogger("ringex.engine.shard")
 
 MATCHER_CONSUMER = "matcher"
 JOURNAL_CONSUMER = "journaler"

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ringex.config import SymbolSpec
-from ringex.matcher import Matcher
+from ringex.engine.matcher import Matcher
 from ringex.records import EVENT
 from ringex.wal import CorruptRecordError, Journal, SnapshotStore
 
@@ -46,7 +46,7 @@ __all__ = [
     "run",
 ]
 
-log = logging.getLogger("ringex.recovery")
+log = logging.getLogger("ringex.engine.recovery")
 
 Progress = Callable[[int], None]
 _RAW_EVENT = np.dtype((np.void, EVENT.itemsize))

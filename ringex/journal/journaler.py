@@ -56,7 +56,7 @@ from ringex.wal import Journal, JournalError, JournalWriteError
 
 __all__ = ["Journaler", "RingPair", "JournalerHalted", "CONSUMER_NAME", "EXIT_HALTED", "main"]
 
-log = logging.getLogger("ringex.journaler")
+log = logging.getLogger("ringex.journal.journaler")
 
 CONSUMER_NAME = "journaler"
 ROLE = "journaler"
@@ -244,7 +244,7 @@ class Journaler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ringex.journaler --data DIR --durability fsync --control NAME SYM:IN:OUT...``:
+    """``python -m ringex.journal.journaler --data DIR --durability fsync --control NAME SYM:IN:OUT...``:
     the entry point the supervisor spawns (and the crash tests)."""
     parser = argparse.ArgumentParser(prog="ringex-journaler")
     parser.add_argument("--data", required=True)

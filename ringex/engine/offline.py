@@ -203,8 +203,8 @@ def _commands(rows: list[Row]) -> np.ndarray:
 
 def match_orders(rows: list[Row], args: argparse.Namespace) -> list[dict]:
     """Match ``rows`` (one book per symbol); the events as dicts, in file order."""
+    from ringex.engine.matcher import Matcher
     from ringex.events import event_to_dict
-    from ringex.matcher import Matcher
 
     by_symbol: dict[str, list[Row]] = {}
     for r in rows:

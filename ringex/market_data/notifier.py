@@ -7,7 +7,7 @@
                           WebSocket      :7003 ◄── Session.write(same bytes) ┘
 ```
 
-One trio process. What is sent is decided by the sans-IO ``ringex.marketdata``;
+One trio process. What is sent is decided by the sans-IO ``ringex.market_data.messages``;
 this module owns the sockets, the sessions and the ring reading.
 
 Reading the rings. Each out-ring is read by a task that first takes whatever is
@@ -76,7 +76,7 @@ import wsproto.events as wse
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ringex.config import Config, load_config
-from ringex.marketdata import (
+from ringex.market_data.messages import (
     MAX_LINE_BYTES,
     ClientError,
     LineDecoder,
@@ -106,7 +106,7 @@ __all__ = [
     "raise_nofile_limit",
 ]
 
-log = logging.getLogger("ringex.notifier")
+log = logging.getLogger("ringex.market_data.notifier")
 
 # A session's outgoing bytes not yet taken by the kernel. Beyond this it is a slow
 # consumer. 1 MiB is ~5,000 trades: seconds of a busy symbol, far beyond a blip.
@@ -1186,7 +1186,7 @@ async def serve(
     if sources is None:
         sources = owned = ring_sources(config, prefix=ring_prefix)
     if verify is None:
-        from ringex.accounts import AccountStore  # noqa: PLC0415
+        from ringex.order_entry.accounts import AccountStore  # noqa: PLC0415
 
         verify = AccountStore.open(config.data_dir).verify
     notifier = Notifier(
@@ -1232,7 +1232,7 @@ async def serve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ringex.notifier``: the process the supervisor starts.
+    """``python -m ringex.market_data.notifier``: the process the supervisor starts.
 
     Prints one JSON line ``{"ready": true, "tcp": port, "ws": port, "pid": pid}`` on
     stdout when serving, then runs until SIGINT/SIGTERM.

@@ -1,0 +1,1 @@
+"""The journal's process: the journaler that drains every ring into LMDB (``ringex.wal``)."""

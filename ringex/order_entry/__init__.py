@@ -1,0 +1,1 @@
+"""Order entry: the binary protocol, sessions, the gateway process, accounts, the client."""
