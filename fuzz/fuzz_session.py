@@ -30,9 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from ringex.config import SymbolSpec  # noqa: E402
+from support.oracles import validate_reference  # noqa: E402
+
+from ringex.codes import MsgType, OrderType, ReplyType, Side, Tif  # noqa: E402
+from ringex.config import OrderEntryLimits, SymbolSpec  # noqa: E402
 from ringex.order_entry.protocol import (  # noqa: E402
     COMMAND,
     REPLY,
@@ -42,10 +46,8 @@ from ringex.order_entry.protocol import (  # noqa: E402
     encode_login,
     encode_new_order,
     encode_replace,
-    validate_reference,
 )
-from ringex.order_entry.session import Limits, OrderIdCounter, Session, SessionState  # noqa: E402
-from ringex.records import OrderType, Side, Tif  # noqa: E402
+from ringex.order_entry.session import OrderIdCounter, Session, SessionState  # noqa: E402
 
 TABLE = SymbolTable([SymbolSpec("ACME", tick=5, price_min=100, price_max=1000, max_qty=500), SymbolSpec("BOLT")])
 ACCOUNT, TOKEN = 1001, 42
@@ -95,7 +97,9 @@ class Rings:
 
 def check_stream(rng: np.random.Generator, data: bytes) -> None:
     rings = Rings()
-    session = Session(3, TABLE, lambda a, t: (a, t) == (ACCOUNT, TOKEN), OrderIdCounter(1), Limits(max_garbage=8))
+    session = Session(
+        3, TABLE, lambda a, t: (a, t) == (ACCOUNT, TOKEN), OrderIdCounter(1), OrderEntryLimits(max_garbage=8)
+    )
     pos = 0
     while pos < len(data) and session.state not in (SessionState.CLOSING, SessionState.CLOSED):
         step = int(rng.integers(1, 200))
@@ -110,9 +114,9 @@ def check_stream(rng: np.random.Generator, data: bytes) -> None:
     logged_in = False
     for f in frames[: len(replies) + 64]:
         mt = int(f["msg_type"])
-        if mt == ord("H"):
+        if mt == MsgType.HEARTBEAT:
             continue
-        if mt == ord("L") and not logged_in:
+        if mt == MsgType.LOGIN and not logged_in:
             expect_cids.append(int(f["client_order_id"]))
             logged_in = (int(f["account"]), int(f["ts_ns"])) == (ACCOUNT, TOKEN)
             if not logged_in:
@@ -121,7 +125,7 @@ def check_stream(rng: np.random.Generator, data: bytes) -> None:
         expect_cids.append(int(f["client_order_id"]))
     got = [int(c) for c in replies["client_order_id"] if True]
     kinds = bytes(replies["msg_type"])
-    answered = [c for c, k in zip(got, kinds, strict=True) if k != ord("E")]
+    answered = [c for c, k in zip(got, kinds, strict=True) if k != ReplyType.ERROR]
     assert answered == expect_cids[: len(answered)], "replies out of order or missing"
     if session.state in (SessionState.CLOSING, SessionState.CLOSED) and len(data) >= 64:
         assert kinds and kinds[-1:] in (b"J", b"E"), f"closed without saying why: {kinds[-3:]!r}"

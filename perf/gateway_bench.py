@@ -10,21 +10,20 @@ its ``K`` (which the gateway sends only once the journaler's cursor has passed i
  bench process                gateway process                      journaler process
   t0 ─► send N ──TCP──► recv ─► validate ─► publish ─► [in-ring ACME] ─► LMDB commit
                                                                           │ cursor store
-  t1 ◄─ recv K ◄──TCP── send K ◄─ eventfd ◄─ watcher thread ◄──────────────┘
+  t1 ◄─ recv K ◄──TCP── send K ◄─ pipe doorbell ◄──────────────────────────┘
 ```
 
 Pipelined: the client keeps ``window`` orders in flight and counts K's per second.
 
-Journaler variants: ``standin`` (a real ring consumer that commits its cursor as it
-reads, no LMDB: the gateway's own cost), ``async`` (LMDB without fsync) and
-``fsync`` (the default durability). Each case checks that every reply was a K for
-the right client order id, in order.
+Every stage runs as ``ringex up`` runs it (``tests/support/order_entry.py``), in both
+durability modes: ``async`` (LMDB without fsync) and ``fsync`` (the default). Each case
+checks that every reply was a K for the right client order id, in order.
 
 Also measured: the session logic's CPU per ``recv`` without sockets, a bare TCP echo
 of 64-byte frames between two processes (the floor, on the machine as loaded at that
 moment: this 2-core machine is shared, so absolute figures move with its load; the
 load average is recorded), and how long ``selectors`` really sleeps when asked for 0.2 ms, which is
-why the gateway is woken by watcher threads instead of polling the cursors.
+why the gateway is woken by the journaler (a pipe doorbell) instead of polling the cursors.
 
     .venv/bin/python perf/gateway_bench.py           # writes perf/results/gateway.json
     .venv/bin/python perf/gateway_bench.py --quick   # fewer orders, no JSON
@@ -49,12 +48,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from test_gateway import Exchange  # noqa: E402
+from support.order_entry import OrderEntry  # noqa: E402
 
+from ringex.codes import Side  # noqa: E402
 from ringex.order_entry.protocol import COMMAND, REPLY, encode_new_order  # noqa: E402
-from ringex.records import Side  # noqa: E402
 
-UNLIMITED = dict(rate_per_s=10_000_000, burst=1_000_000, max_in_flight=1_000_000, max_output_bytes=64 << 20)
+UNLIMITED = dict(rate_per_s=10_000_000.0, burst=1_000_000, max_in_flight=1_000_000, max_output_bytes=64 << 20)
+# rings that hold a whole pipelined window many times over
+RING_CAPACITY = 1 << 18
 
 
 def _orders(n: int, qty: int = 1) -> bytes:
@@ -64,7 +65,7 @@ def _orders(n: int, qty: int = 1) -> bytes:
     return frames.tobytes()
 
 
-def _connect(ex: Exchange) -> socket.socket:
+def _connect(ex: OrderEntry) -> socket.socket:
     c = ex.client()
     c.sock.settimeout(30)
     return c.sock
@@ -90,7 +91,7 @@ def _check(replies: np.ndarray, first_cid: int, want: str = "K") -> None:
         raise AssertionError("replies out of order")
 
 
-def ping_pong(ex: Exchange, n: int, warmup: int, reject: bool = False) -> dict:
+def ping_pong(ex: OrderEntry, n: int, warmup: int, reject: bool = False) -> dict:
     """``reject``: send orders of qty 0, answered X at once: the gateway without the journal."""
     sock = _connect(ex)
     frames = _orders(n + warmup, qty=0 if reject else 1)
@@ -121,7 +122,7 @@ def ping_pong(ex: Exchange, n: int, warmup: int, reject: bool = False) -> dict:
     }
 
 
-def pipelined(ex: Exchange, n: int, window: int) -> dict:
+def pipelined(ex: OrderEntry, n: int, window: int) -> dict:
     sock = _connect(ex)
     frames = _orders(n)
     sent = received = 0
@@ -197,14 +198,14 @@ def echo_round_trip(n: int, warmup: int) -> dict:
 def session_cpu(reps: int) -> dict:
     """The gateway's own CPU per ``recv``, without sockets: ``Session.receive_data`` +
     ``data_to_send`` for a recv of 1 and of 256 orders, publishing into a list."""
-    from ringex.config import SymbolSpec
+    from ringex.config import OrderEntryLimits, SymbolSpec
     from ringex.order_entry.protocol import SymbolTable, encode_login
-    from ringex.order_entry.session import Limits, OrderIdCounter, Session
+    from ringex.order_entry.session import OrderIdCounter, Session
 
     table = SymbolTable([SymbolSpec("ACME", tick=5, price_min=100, price_max=1000, max_qty=500)])
     big = 10**12
     session = Session(
-        1, table, lambda a, t: True, OrderIdCounter(1), Limits(rate_per_s=big, burst=big, max_in_flight=big)
+        1, table, lambda a, t: True, OrderIdCounter(1), OrderEntryLimits(rate_per_s=big, burst=big, max_in_flight=big)
     )
     count = [0]
 
@@ -261,15 +262,15 @@ def main() -> int:
     results["tcp_echo_round_trip"] = echo = echo_round_trip(n_ping, warm)
     print(f"bare TCP echo round trip p50 {echo['p50_us']} us, p99 {echo['p99_us']} us, p99.9 {echo['p99_9_us']} us")
     with tempfile.TemporaryDirectory(prefix="rgx-gwbench-") as tmp:
-        ex = Exchange(Path(tmp), **UNLIMITED)
+        ex = OrderEntry(Path(tmp), ring_capacity=RING_CAPACITY, **UNLIMITED)
         try:
             results["reject_round_trip"] = rt = ping_pong(ex, n_ping, warm, reject=True)
         finally:
             ex.close()
     print(f"X (no journal) round trip p50 {rt['p50_us']} us, p99 {rt['p99_us']} us, p99.9 {rt['p99_9_us']} us")
-    for journaler in ("standin", "async", "fsync"):
+    for journaler in ("async", "fsync"):
         with tempfile.TemporaryDirectory(prefix="rgx-gwbench-") as tmp:
-            ex = Exchange(Path(tmp), real_journaler=journaler != "standin", durability=journaler, **UNLIMITED)
+            ex = OrderEntry(Path(tmp), durability=journaler, ring_capacity=RING_CAPACITY, **UNLIMITED)
             try:
                 case = {"ping_pong": ping_pong(ex, n_ping, warm)}
                 for window in (64, 1024):

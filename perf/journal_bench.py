@@ -37,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ringex.journal.journaler import Journaler, RingPair
-from ringex.records import COMMAND, EVENT, Op, encode_symbol
-from ringex.ring import Ring
+from ringex.codes import Op
+from ringex.config import SymbolSpec, load_config
+from ringex.journal.journaler import Journaler
+from ringex.records import COMMAND, EVENT, encode_symbol
+from ringex.topology import MATCHER, NOTIFIER, Topology
 from ringex.wal import Journal
 
 GROUP_SIZES = (1, 100, 1000)
@@ -86,25 +88,17 @@ def bench(directory: Path, mode: str, group: int, seconds: float) -> dict:
 def journaler_rounds(directory: Path, requests: int = 5000, repeats: int = 7) -> dict:
     """CPU µs per request of the journaler's rounds: a command on one in-ring, a
     round; its event on the out-ring, a round (4 symbols, so 8 rings to look at)."""
-    stem = f"rxjb{os.getpid()}"
     symbols = ("ACME", "BOLT", "CRUX", "DYNE")
-    rings, pairs = [], []
+    config = load_config(
+        environ={}, overrides={"symbols": tuple(SymbolSpec(s) for s in symbols), "ring_capacity": 4096}
+    )
+    topology = Topology.for_config(config, prefix=f"rxjb{os.getpid()}")
+    rings = topology.create()
     try:
-        for sym in symbols:
-            in_ring = Ring.create(f"{stem}-{sym}-in", COMMAND, 4096, consumers=["matcher", "journaler"])
-            out_ring = Ring.create(
-                f"{stem}-{sym}-out",
-                EVENT,
-                4096,
-                consumers=["journaler", "notifier"],
-                gating={"notifier": ["journaler"]},
-            )
-            rings += [in_ring, out_ring]
-            pairs.append(RingPair(sym, in_ring.name, out_ring.name))
         with Journal(directory, durability="async") as journal:
-            journaler = Journaler(journal, pairs)
+            journaler = Journaler(journal, topology)
             producers = [ring.producer() for ring in rings]
-            readers = [r.consumer("matcher") for r in rings[0::2]] + [r.consumer("notifier") for r in rings[1::2]]
+            readers = [r.consumer(MATCHER) for r in rings[0::2]] + [r.consumer(NOTIFIER) for r in rings[1::2]]
             command, event = np.zeros(1, COMMAND), np.zeros(1, EVENT)
             command["msg_type"] = Op.NEW
             command["qty"] = 1
@@ -130,7 +124,7 @@ def journaler_rounds(directory: Path, requests: int = 5000, repeats: int = 7) ->
     finally:
         for ring in rings:
             ring.close()
-            ring.unlink()
+        topology.remove()
     per_request.sort()
     return {
         "symbols": len(symbols),

@@ -42,10 +42,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # the reference book lives with the tes
 import numba  # noqa: E402
 from numba import njit  # noqa: E402
 
+from ringex.codes import EventKind, Op, OrderType, Side, Tif  # noqa: E402
 from ringex.config import SymbolSpec  # noqa: E402
 from ringex.engine.matcher import Matcher  # noqa: E402
 from ringex.matcher_jit import warm_up  # noqa: E402
-from ringex.records import COMMAND, EventKind, Op, OrderType, Side, Tif  # noqa: E402
+from ringex.records import COMMAND  # noqa: E402
 
 SPEC = SymbolSpec("BENCH", tick=1, price_min=1, price_max=200_000, capacity=1 << 14)
 TARGET_ORDERS = 1_000

@@ -46,9 +46,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
-from md_load import MdExchange, NotifierProcess, expected_bytes, load_main, raise_nofile, reap, temp_dir  # noqa: E402
+from support.md_load import MdExchange, expected_bytes, load_main, raise_nofile, reap, temp_dir  # noqa: E402
 
-from ringex.records import Side  # noqa: E402
+from ringex.codes import Side  # noqa: E402
 
 SYMBOL = "ACME"
 
@@ -93,14 +93,16 @@ def percentiles(ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def run_case(subs: int, rate: float, seconds: float, procs: int, extra: list[str] = (), client_nice: int = 0) -> dict:
+def run_case(
+    subs: int, rate: float, seconds: float, procs: int, tuning: dict | None = None, client_nice: int = 0
+) -> dict:
     raise_nofile()
     ctx = mp.get_context("spawn")
-    ex = MdExchange(symbols=(SYMBOL,), capacity=1 << 16)
     data = temp_dir()
+    ex = MdExchange(data, symbols=(SYMBOL,), capacity=1 << 16)
     stats_path = data / "notifier-stats.json"
-    notifier = NotifierProcess(
-        ex, data, extra=["--max-queue-bytes", str(8 << 20), "--stats-out", str(stats_path), *extra], heartbeat=3600
+    notifier = ex.start_notifier(
+        max_queue_bytes=8 << 20, stats_out=str(stats_path), heartbeat_s=3600.0, **(tuning or {})
     )
     loaders = []
     try:
@@ -424,9 +426,15 @@ def main() -> int:
     args = parser.parse_args()
     core = None if args.skip_core else core_throughput()
     floor = None if args.skip_core else [loopback_floor(n) for n in args.subs if n >= 1000]
-    extra = [] if args.fan_out_threads is None else ["--fan-out-threads", str(args.fan_out_threads)]
-    extra += [] if args.slice_sessions is None else ["--slice-sessions", str(args.slice_sessions)]
-    extra += [] if args.coalesce_ms is None else ["--coalesce-ms", str(args.coalesce_ms)]
+    tuning = {
+        key: value
+        for key, value in (
+            ("fan_out_threads", args.fan_out_threads),
+            ("slice_sessions", args.slice_sessions),
+            ("coalesce_ms", args.coalesce_ms),
+        )
+        if value is not None
+    }
     results = []
     # repeats interleaved, so a burst of other work on the machine hits one run of
     # each case rather than every run of one
@@ -434,7 +442,7 @@ def main() -> int:
         for subs in args.subs:
             for rate in args.rate:
                 procs = args.procs or (2 if subs <= 5000 else 4)
-                results.append(run_case(subs, rate, args.seconds, procs, extra, args.client_nice))
+                results.append(run_case(subs, rate, args.seconds, procs, tuning, args.client_nice))
     doc = {
         "bench": "notifier fan-out: out-ring -> notifier -> N TCP subscribers of trades",
         "note": (

@@ -56,7 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ringex.records import COMMAND, OrderType, Side, Tif
+from ringex.codes import OrderType, Side, Tif
+from ringex.records import COMMAND
 
 __all__ = [
     "MIX",
@@ -553,7 +554,7 @@ def analyse(sender: dict, md: dict, warmup_ns: int) -> dict:
     out["to_gateway"] = sender["ts_ns"][stamped].astype(np.int64) - offset - sender["intended_ns"][stamped], 0
     out["gateway_to_ack"] = sender["ack_ns"][stamped] + offset - sender["ts_ns"][stamped].astype(np.int64), 0
     reasons: dict[str, int] = {}
-    from ringex.order_entry.protocol import Reason
+    from ringex.codes import Reason
 
     for r in np.unique(sender["reason"][measured & acked & ~is_k]):
         reasons[Reason(int(r)).name] = int(np.count_nonzero(sender["reason"][measured & acked & ~is_k] == r))

@@ -7,6 +7,12 @@ Precedence, lowest first: the embedded defaults, the TOML file (``--config``),
 environment variables ``RINGEX_<KEY>`` for the top-level scalar keys (for example
 ``RINGEX_DATA_DIR``, ``RINGEX_DURABILITY``, ``RINGEX_ORDER_PORT``), then flags.
 A bad key or value is a ``ConfigError`` that names the key and the problem.
+
+Besides the top-level keys and ``[symbols.NAME]``, each process's tuning has a table
+of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions),
+``[market_data]`` (``MarketDataSettings``: the notifier's sessions and fan-out) and
+``[journal]`` (``JournalSettings``: the LMDB map). ``examples/ringex.toml`` lists
+every key with its default.
 """
 
 from __future__ import annotations
@@ -18,11 +24,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ringex.codes import Stp
 from ringex.records import encode_symbol
 
-__all__ = ["ConfigError", "SymbolSpec", "Config", "DEFAULT_SYMBOLS", "load_config"]
+__all__ = [
+    "ConfigError",
+    "SymbolSpec",
+    "OrderEntryLimits",
+    "MarketDataSettings",
+    "JournalSettings",
+    "Config",
+    "DEFAULT_SYMBOLS",
+    "load_config",
+]
 
-STP_MODES = ("off", "cancel_newest", "cancel_oldest", "cancel_both")
+STP_MODES = tuple(mode.name.lower() for mode in Stp)
 DURABILITY_MODES = ("fsync", "async")
 WAIT_STRATEGIES = ("blocking", "yielding", "busy_spin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -76,6 +92,99 @@ class SymbolSpec:
         return (self.price_max - self.price_min) // self.tick + 1
 
 
+def _check_positive(where: str, obj) -> None:
+    """Every numeric field of a settings table must be a positive number of its type."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.type in ("str", str):
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}.{f.name}: must be a string, got {value!r}")
+            continue
+        want = float if f.type in ("float", float) else int
+        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else int):
+            raise ConfigError(
+                f"{where}.{f.name}: must be {'a number' if want is float else 'an integer'}, got {value!r}"
+            )
+        if value < 0 or (value == 0 and f.name not in _ZERO_ALLOWED):
+            raise ConfigError(f"{where}.{f.name}: must be positive, got {value!r}")
+
+
+# Settings for which 0 means "off" or "the system's choice" (documented per field).
+_ZERO_ALLOWED = {"coalesce_ms", "sndbuf", "fan_out_threads"}
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderEntryLimits:
+    """``[order_entry]``: the gateway's limits, per gateway and per session. The
+    defaults are picked for this 2-core machine and a handful of clients, not derived:
+    a session may sustain 20,000 requests/s with bursts of 2,000, and keep 4,096
+    waiting for the journal (a few ms of a stalled fsync at that rate)."""
+
+    max_sessions: int = 1000
+    max_in_flight: int = 4096
+    rate_per_s: float = 20_000.0
+    burst: int = 2000
+    heartbeat_interval_s: float = 1.0
+    # three missed heartbeats (a client should heartbeat at our interval or faster)
+    idle_timeout_s: float = 5.0
+    login_timeout_s: float = 5.0
+    # a few stray frames are tolerated (answered X UNKNOWN_MESSAGE); a stream that
+    # keeps sending them has lost its framing or is hostile
+    max_garbage: int = 16
+    # replies a slow reader may leave unread before it is cut off (16k replies)
+    max_output_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        _check_positive("order_entry", self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketDataSettings:
+    """``[market_data]``: the notifier's sessions and fan-out (see
+    ``ringex.market_data.notifier`` for what each trades)."""
+
+    # A session's outgoing bytes not yet taken by the kernel; beyond this it is a slow
+    # consumer and is disconnected. 1 MiB is ~5,000 trades: seconds of a busy symbol.
+    max_queue_bytes: int = 1 << 20
+    # An idle session is told the server is alive this often (seconds).
+    heartbeat_s: float = 5.0
+    # How long a disconnected session gets to take its queue's tail and the error.
+    close_grace_s: float = 2.0
+    # Threads sharing the fan-out's sends with the trio thread (0: none); by default
+    # one per spare core, at most 3.
+    fan_out_threads: int = max(0, min(3, (os.cpu_count() or 1) - 1))
+    # Sessions per fan-out slice: the ring is read again between two slices.
+    slice_sessions: int = 256
+    # Least time between two sends to one session (ms); 0: send as soon as there is news.
+    coalesce_ms: float = 0.0
+    # Kernel send buffer per session (bytes); 0: the kernel's autotuning.
+    sndbuf: int = 0
+    # For benchmarks: on exit, write the notifier's statistics, garbage collector
+    # pauses and per-batch fan-out log to this path as JSON ("": don't).
+    stats_out: str = ""
+
+    def __post_init__(self) -> None:
+        _check_positive("market_data", self)
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalSettings:
+    """``[journal]``: the LMDB map. It starts at ``map_size`` bytes and doubles when
+    full, up to ``max_map_size``; a commit that still does not fit halts the exchange."""
+
+    map_size: int = 64 << 20
+    max_map_size: int = 64 << 30
+
+    def __post_init__(self) -> None:
+        _check_positive("journal", self)
+        if self.max_map_size < self.map_size:
+            raise ConfigError(f"journal.max_map_size: {self.max_map_size} is below map_size {self.map_size}")
+
+
+# [table] name -> its settings class and the Config field that holds it
+_TABLES = {"order_entry": OrderEntryLimits, "market_data": MarketDataSettings, "journal": JournalSettings}
+
+
 DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = tuple(SymbolSpec(name) for name in ("ACME", "BOLT", "CRUX", "DYNE"))
 
 
@@ -93,6 +202,9 @@ class Config:
     shards: int = 1
     snapshot_interval: int = 100_000
     log_level: str = "info"
+    order_entry: OrderEntryLimits = OrderEntryLimits()
+    market_data: MarketDataSettings = MarketDataSettings()
+    journal: JournalSettings = JournalSettings()
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -129,7 +241,7 @@ class Config:
         return Path(self.data_dir)
 
 
-_SCALAR_KEYS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "symbols"}
+_SCALAR_KEYS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "symbols" and f.name not in _TABLES}
 
 
 def _coerce(key: str, raw: str) -> Any:
@@ -157,6 +269,19 @@ def _symbols_from_toml(table: Any) -> tuple[SymbolSpec, ...]:
     return tuple(specs)
 
 
+def _table_from_toml(name: str, table: Any):
+    cls = _TABLES[name]
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{name}: must be a table ([{name}])")
+    known = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    # a TOML integer is a fine value for a float setting
+    values = {k: float(v) if known[k] in ("float", float) and type(v) is int else v for k, v in table.items()}
+    return cls(**values)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -176,10 +301,13 @@ def load_config(
         for key, value in doc.items():
             if key == "symbols":
                 values["symbols"] = _symbols_from_toml(value)
+            elif key in _TABLES:
+                values[key] = _table_from_toml(key, value)
             elif key in _SCALAR_KEYS:
                 values[key] = value
             else:
-                raise ConfigError(f"{key}: unknown key (known: symbols, {', '.join(sorted(_SCALAR_KEYS))})")
+                known = ", ".join(["symbols", *_TABLES, *sorted(_SCALAR_KEYS)])
+                raise ConfigError(f"{key}: unknown key (known: {known})")
     env = os.environ if environ is None else environ
     for key in _SCALAR_KEYS:
         raw = env.get(f"RINGEX_{key.upper()}")

@@ -22,16 +22,20 @@ from __future__ import annotations
 import enum
 import mmap
 import os
+import time
 
 import numpy as np
 import posix_ipc
 
-__all__ = ["ExchangeState", "ControlBlock", "MAX_ROLES"]
+__all__ = ["ExchangeState", "ControlBlock", "NullControl", "MAX_ROLES", "BEAT_INTERVAL_S"]
 
 MAGIC = 0x52494E4758435452  # "RINGXCTR"
 MAX_ROLES = 16
 ROLE_NAME_LEN = 24
 REASON_LEN = 200
+# A stage's loop may call ``beat`` on every turn; the block is written at most this
+# often (a role line lookup costs microseconds, a turn may be shorter).
+BEAT_INTERVAL_S = 0.1
 
 
 class ExchangeState(enum.IntEnum):
@@ -68,6 +72,7 @@ class ControlBlock:
         self._shm = shm
         self._map = mapping
         self._rec = np.frombuffer(mapping, dtype=_BLOCK, count=1)[0]
+        self._next_beat: dict[str, float] = {}
 
     @classmethod
     def create(cls, name: str) -> ControlBlock:
@@ -163,6 +168,12 @@ class ControlBlock:
         self._role(role, create=True)["ready"] = int(ready)
 
     def beat(self, role: str) -> None:
+        """Show that ``role`` is alive; cheap enough for every turn of a loop (the
+        counter moves at most every ``BEAT_INTERVAL_S``)."""
+        now = time.monotonic()
+        if now < self._next_beat.get(role, 0.0):
+            return
+        self._next_beat[role] = now + BEAT_INTERVAL_S
         self._role(role)["heartbeat"] += 1
 
     def count_restart(self, role: str) -> None:
@@ -188,3 +199,38 @@ class ControlBlock:
     def all_ready(self) -> bool:
         roles = self.roles()
         return bool(roles) and all(r["ready"] for r in roles)
+
+
+class NullControl:
+    """The control block of a stage run on its own, with nobody to report to (a test
+    driving a ``Journaler`` or ``Shard`` in-process): always READY, and every report
+    goes nowhere, so the stages never ask whether they have a control block."""
+
+    name = ""
+    state = ExchangeState.READY
+    accepting = True
+    reason = ""
+
+    def halt(self, reason: str) -> None:
+        self.state = ExchangeState.HALTED
+        self.accepting = False
+        self.reason = reason
+
+    def set_state(self, state: ExchangeState) -> None:
+        self.state = state
+        self.accepting = state is ExchangeState.READY
+
+    def register(self, role: str) -> None:
+        pass
+
+    def set_pid(self, role: str, pid: int) -> None:
+        pass
+
+    def set_ready(self, role: str, ready: bool = True) -> None:
+        pass
+
+    def beat(self, role: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ringex.records import EventKind, EventReason, OrderType, Side, Tif, decode_symbol
+from ringex.codes import EventKind, EventReason, OrderType, Side, Tif
+from ringex.records import decode_symbol
 
 __all__ = ["event_to_dict", "EVENT_NAMES", "REASON_NAMES"]
 

@@ -42,6 +42,7 @@ import time
 import numpy as np
 from numba import njit
 
+from ringex.codes import EventKind, EventReason, Op, OrderType, Side, Stp, Tif
 from ringex.records import COMMAND, EVENT
 
 __all__ = [
@@ -100,50 +101,44 @@ P_NEXT = 6
 P_FLAGS = 7
 ORDER_WORDS = 8
 
-# ---- codes (the ASCII letters of ringex.records, repeated as plain ints for numba) -----
-MSG_NEW = 78  # N
-MSG_CANCEL = 67  # C
-MSG_REPLACE = 82  # R
-SIDE_BUY = 66  # B
-SIDE_SELL = 83  # S
-TYPE_LIMIT = 76  # L
-TYPE_MARKET = 77  # M
-TIF_GTC = 71  # G
-TIF_IOC = 73  # I
-TIF_FOK = 70  # F
-TIF_POST_ONLY = 80  # P
+# ---- codes (ringex.codes, copied into plain ints: numba freezes module globals) -----
+MSG_NEW = int(Op.NEW)
+MSG_CANCEL = int(Op.CANCEL)
+MSG_REPLACE = int(Op.REPLACE)
+SIDE_BUY = int(Side.BUY)
+SIDE_SELL = int(Side.SELL)
+TYPE_LIMIT = int(OrderType.LIMIT)
+TYPE_MARKET = int(OrderType.MARKET)
+TIF_GTC = int(Tif.GTC)
+TIF_IOC = int(Tif.IOC)
+TIF_FOK = int(Tif.FOK)
+TIF_POST_ONLY = int(Tif.POST_ONLY)
 
-EV_ACCEPTED = 65  # A
-EV_TRADE = 84  # T
-EV_CANCELLED = 67  # C
-EV_REPLACED = 82  # R
-EV_REJECTED = 74  # J
+EV_ACCEPTED = int(EventKind.ACCEPTED)
+EV_TRADE = int(EventKind.TRADE)
+EV_CANCELLED = int(EventKind.CANCELLED)
+EV_REPLACED = int(EventKind.REPLACED)
+EV_REJECTED = int(EventKind.REJECTED)
 
-R_NONE = 0
-R_USER_REQUEST = 1
-R_IOC_REMAINDER = 2
-R_FOK_UNFILLED = 3
-R_SELF_TRADE = 4
-R_NO_LIQUIDITY = 5
-R_UNKNOWN_ORDER = 20
-R_NOT_OWNER = 21
-R_BOOK_FULL = 22
-R_WOULD_TRADE = 23
-R_BAD_PRICE = 24
-R_BAD_QTY = 25
-R_BAD_ORDER_TYPE = 26
-R_DUPLICATE_ORDER_ID = 27
+R_NONE = int(EventReason.NONE)
+R_USER_REQUEST = int(EventReason.USER_REQUEST)
+R_IOC_REMAINDER = int(EventReason.IOC_REMAINDER)
+R_FOK_UNFILLED = int(EventReason.FOK_UNFILLED)
+R_SELF_TRADE = int(EventReason.SELF_TRADE)
+R_NO_LIQUIDITY = int(EventReason.NO_LIQUIDITY)
+R_UNKNOWN_ORDER = int(EventReason.UNKNOWN_ORDER)
+R_NOT_OWNER = int(EventReason.NOT_OWNER)
+R_BOOK_FULL = int(EventReason.BOOK_FULL)
+R_WOULD_TRADE = int(EventReason.WOULD_TRADE)
+R_BAD_PRICE = int(EventReason.BAD_PRICE)
+R_BAD_QTY = int(EventReason.BAD_QTY)
+R_BAD_ORDER_TYPE = int(EventReason.BAD_ORDER_TYPE)
+R_DUPLICATE_ORDER_ID = int(EventReason.DUPLICATE_ORDER_ID)
 
-STP_OFF = 0
-STP_CANCEL_NEWEST = 1
-STP_CANCEL_OLDEST = 2
-STP_CANCEL_BOTH = 3
-STP_CODES = {
-    "off": STP_OFF,
-    "cancel_newest": STP_CANCEL_NEWEST,
-    "cancel_oldest": STP_CANCEL_OLDEST,
-    "cancel_both": STP_CANCEL_BOTH,
-}
+STP_OFF = int(Stp.OFF)
+STP_CANCEL_NEWEST = int(Stp.CANCEL_NEWEST)
+STP_CANCEL_OLDEST = int(Stp.CANCEL_OLDEST)
+STP_CANCEL_BOTH = int(Stp.CANCEL_BOTH)
 
 # A command emits at most one event per resting order it meets (a trade or a
 # self-trade cancel) plus: REPLACED first, and a final ACCEPTED/CANCELLED (two with
@@ -923,5 +918,7 @@ def warm_up() -> float:
     collect_depth(arena, 0, 4, np.zeros((4, 3), np.int64))
     orders = np.zeros((4, 8), np.int64)
     count = collect_orders(arena, orders)
-    load_orders(make_book(levels=8, capacity=4, price_min=1, tick=1, max_qty=100, stp=0, symbol_word=0), orders, count)
+    load_orders(
+        make_book(levels=8, capacity=4, price_min=1, tick=1, max_qty=100, stp=STP_OFF, symbol_word=0), orders, count
+    )
     return time.perf_counter() - started

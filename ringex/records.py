@@ -18,28 +18,21 @@ so they are defined once, here, and nowhere else.
   does not fit in 64 bytes; splitting a trade into two records would make every
   consumer re-pair them, so the event slot is two lines instead.
 
-Single-byte codes are ASCII letters where the protocol uses letters, so a hex dump of
-a ring or a journal record reads naturally.
+The codes that fill these fields (``Op``, ``Side``, ``EventKind``...) are in
+``ringex.codes``.
 """
 
 from __future__ import annotations
-
-import enum
 
 import numpy as np
 
 __all__ = [
     "COMMAND",
     "EVENT",
-    "Op",
-    "Side",
-    "OrderType",
-    "Tif",
-    "EventKind",
-    "EventReason",
     "SYMBOL_LEN",
     "encode_symbol",
     "decode_symbol",
+    "make_records",
 ]
 
 SYMBOL_LEN = 8
@@ -135,63 +128,6 @@ EVENT = np.dtype(
 """
 
 
-class Op(enum.IntEnum):
-    """``COMMAND.msg_type``: what the command asks for (protocol letters)."""
-
-    NEW = ord("N")
-    CANCEL = ord("C")
-    REPLACE = ord("R")
-
-
-class Side(enum.IntEnum):
-    BUY = ord("B")
-    SELL = ord("S")
-
-
-class OrderType(enum.IntEnum):
-    LIMIT = ord("L")
-    MARKET = ord("M")
-
-
-class Tif(enum.IntEnum):
-    GTC = ord("G")
-    IOC = ord("I")
-    FOK = ord("F")
-    POST_ONLY = ord("P")
-
-
-class EventKind(enum.IntEnum):
-    """``EVENT.kind``."""
-
-    ACCEPTED = ord("A")
-    TRADE = ord("T")
-    CANCELLED = ord("C")
-    REPLACED = ord("R")
-    REJECTED = ord("J")
-
-
-class EventReason(enum.IntEnum):
-    """``EVENT.reason``, grouped by range: 0 none, 1-19 why an order was cancelled,
-    20-39 why the matcher rejected a command."""
-
-    NONE = 0
-    # cancelled
-    USER_REQUEST = 1
-    IOC_REMAINDER = 2
-    FOK_UNFILLED = 3
-    SELF_TRADE = 4
-    NO_LIQUIDITY = 5
-    # rejected
-    UNKNOWN_ORDER = 20
-    NOT_OWNER = 21
-    BOOK_FULL = 22
-    WOULD_TRADE = 23
-    BAD_PRICE = 24
-    BAD_QTY = 25
-    BAD_ORDER_TYPE = 26
-    DUPLICATE_ORDER_ID = 27
-
-
 def encode_symbol(name: str) -> bytes:
     """The 8-byte, NUL-padded ASCII form of a symbol name, as in frames and slots."""
     raw = name.encode("ascii")
@@ -202,3 +138,15 @@ def encode_symbol(name: str) -> bytes:
 
 def decode_symbol(raw: bytes) -> str:
     return bytes(raw).rstrip(b"\0").decode("ascii", errors="replace")
+
+
+def make_records(dtype: np.dtype, n: int = 1, **fields) -> np.ndarray:
+    """``n`` zeroed records of ``dtype`` (``COMMAND`` or ``EVENT``) with ``fields`` set:
+    each a scalar for every record or a sequence of ``n``; a ``symbol`` may be given as
+    a name. The one way tools and tests build records by hand."""
+    out = np.zeros(n, dtype)
+    for name, value in fields.items():
+        if name == "symbol" and isinstance(value, str):
+            value = encode_symbol(value)
+        out[name] = value
+    return out

@@ -1115,9 +1115,6 @@ class Consumer:
 #### Several consumers, one thread
 
 
-# Without a shared doorbell, ``ConsumerSet`` sleeps on one ring at most this long, so
-# a record on another ring waits up to this for the next look.
-UNBELLED_NAP_S = 0.001
 # Checks of every ring before sleeping. Low: the rings' producers are other processes
 # that rarely publish within microseconds of each other, and each check reads them all.
 SET_SPIN_TRIES = 4
@@ -1125,23 +1122,19 @@ SET_SPIN_TRIES = 4
 
 class ConsumerSet:
     """The consumers one thread serves on several rings (the journaler's, a matcher
-    shard's), and one way to wait until any of them has something to read.
+    shard's), and one way to wait until any of them has something to read: the rings
+    were made with one doorbell for this consumer (``Ring.create(..., doorbells=)``,
+    as ``ringex.topology`` makes them), so ``wait`` sleeps once for all of them.
 
-    Rings made with a doorbell for this consumer (``Ring.create(..., doorbells=)``)
-    share its semaphore, and ``wait`` sleeps once for all of them. Rings made without
-    one fall back to sleeping on ``hint`` (the ring most likely to move next) for
-    ``UNBELLED_NAP_S`` at a time, so another ring's record waits up to that long.
+    Error handling: consumers that do not share a doorbell are a ``ValueError``: one
+    thread cannot sleep on several semaphores at once.
     """
 
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         if not consumers:
             raise ValueError("a consumer set needs at least one consumer")
         self.consumers = tuple(consumers)
-        self.hint = self.consumers[0]
-        try:
-            self.doorbell: Doorbell | None = Doorbell([c.sleeper for c in self.consumers])
-        except ValueError:
-            self.doorbell = None
+        self.doorbell = Doorbell([c.sleeper for c in self.consumers])
 
     def ready(self) -> bool:
         """Whether any consumer has a record after its cursor, now."""
@@ -1149,8 +1142,4 @@ class ConsumerSet:
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for a record on any ring; whether one came."""
-        if self.doorbell is not None:
-            return self.doorbell.wait(self.ready, timeout, SET_SPIN_TRIES)
-        hint = self.hint
-        hint.wait_for(hint.cursor + 1, min(timeout, UNBELLED_NAP_S))
-        return self.ready()
+        return self.doorbell.wait(self.ready, timeout, SET_SPIN_TRIES)

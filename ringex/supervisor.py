@@ -2,9 +2,9 @@
 
 ::
 
-    supervisor ── creates ──► control block, in-ring[SYM], out-ring[SYM]
+    supervisor ── creates ──► control block, every ring of ``ringex.topology``
         │
-        ├─ spawns, in order, each waiting for the last to report ready:
+        ├─ spawns (``ringex.roles``), in order, each waiting for the last to report ready:
         │    journaler ─► matcher shard(s) (recover first) ─► notifier ─► gateway
         │
         └─ watches: a child that dies is restarted; while it recovers the exchange is
@@ -31,26 +31,24 @@ replaced on the next start.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
-from ringex.config import Config, ConfigError, load_config
+from ringex import roles
+from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
-from ringex.records import COMMAND, EVENT
-from ringex.ring import PipeDoorbell, Ring
+from ringex.ring import Ring
+from ringex.topology import GATEWAY, JOURNALER, MATCHER, NOTIFIER, SUPERVISOR, Topology
 
-__all__ = ["Layout", "Supervisor", "layout_for", "add_arguments", "run", "RUN_FILE", "LOCK_FILE"]
+__all__ = ["Supervisor", "StartError", "prepare_journal", "RUN_FILE", "LOCK_FILE"]
 
 log = logging.getLogger("ringex.supervisor")
 
@@ -69,136 +67,25 @@ RESTART_WINDOW_S = 60.0
 POLL_S = 0.05
 
 
-# -- names ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """The names of an exchange's shared memory, derived from its data directory."""
-
-    prefix: str
-    control: str
-    in_rings: dict[str, str]
-    out_rings: dict[str, str]
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def doorbell(self, role: str) -> str:
-        """The doorbell process ``role`` sleeps on for all the rings it serves."""
-        return f"{self.prefix}.bell.{role}"
-
-    def loop_doorbell(self, role: str) -> PipeDoorbell:
-        """The doorbell of an event loop (gateway, notifier): a FIFO it polls, not a semaphore."""
-        return PipeDoorbell(self.doorbell(role))
-
-    def doorbells(self, shards: int) -> list[str | PipeDoorbell]:
-        return [
-            self.doorbell("journaler"),
-            self.loop_doorbell("gateway"),
-            self.loop_doorbell("notifier"),
-            *(self.doorbell(f"matcher-{i}") for i in range(shards)),
-        ]
-
-
-def layout_for(config: Config) -> Layout:
-    from ringex.market_data.notifier import out_ring_name
-    from ringex.order_entry.gateway import in_ring_name
-
-    digest = hashlib.blake2b(str(Path(config.data_dir).resolve()).encode(), digest_size=5).hexdigest()
-    prefix = f"ringex-{digest}"
-    symbols = [s.name for s in config.symbols]
-    return Layout(
-        prefix=prefix,
-        control=f"/{prefix}.control",
-        in_rings={s: in_ring_name(s, prefix) for s in symbols},
-        out_rings={s: out_ring_name(s, prefix) for s in symbols},
-    )
-
-
-def shard_symbols(config: Config) -> list[tuple[str, ...]]:
-    """Symbols dealt round-robin over ``config.shards`` matcher processes."""
-    names = [s.name for s in config.symbols]
-    n = min(config.shards, len(names))
-    return [tuple(names[i::n]) for i in range(n)]
-
-
-# -- children (module level so the spawn start method can pickle them) ---------------------
-
-
-def _detach() -> None:
-    """Make a child answer to the supervisor only: its own process group, so a Ctrl-C
-    at the terminal reaches the supervisor alone and shutdown keeps its order, and a
-    parent-death signal, so a supervisor killed with -9 does not leave it running."""
-    import ctypes
-
-    os.setpgid(0, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        sys.exit(1)
-
-
-def _attach_control(name: str, role: str) -> ControlBlock:
-    _detach()
-    control = ControlBlock.attach(name)
-    control.set_pid(role, os.getpid())
-    return control
-
-
-def _journaler_child(config: Config, layout: Layout) -> None:
-    from ringex.journal.journaler import RingPair, run_journaler
-    from ringex.logs import setup_logging
-
-    setup_logging(config, "journaler")
-    control = _attach_control(layout.control, "journaler")
-    pairs = [RingPair(s, layout.in_rings[s], layout.out_rings[s]) for s in layout.in_rings]
-    sys.exit(run_journaler(config.data_dir, pairs, durability=config.durability, control=control))
-
-
-def _shard_child(plan) -> None:
-    from ringex.engine.shard import run_shard
-
-    _detach()
-    sys.exit(run_shard(plan))
-
-
-def _notifier_child(config: Config, layout: Layout) -> None:
-    from ringex.logs import setup_logging
-    from ringex.market_data.notifier import run_until_signal
-
-    setup_logging(config, "notifier")
-    control = _attach_control(layout.control, "notifier")
-    try:
-        run_until_signal(config, ring_prefix=layout.prefix, on_ready=lambda ports: control.set_ready("notifier", True))
-    finally:
-        control.set_ready("notifier", False)
-
-
-def _gateway_child(config: Config, layout: Layout) -> None:
-    from ringex.journal.bases import gateway_start
-    from ringex.logs import setup_logging
-    from ringex.order_entry.gateway import serve
-
-    setup_logging(config, "gateway")
-    control = _attach_control(layout.control, "gateway")
-    bases, first_order_id = gateway_start(config.data_dir, layout.in_rings)
-    sys.exit(serve(config, ring_prefix=layout.prefix, control=control, seq_bases=bases, first_order_id=first_order_id))
-
-
-# -- the supervisor ----------------------------------------------------------------------
-
-
 class StartError(RuntimeError):
     """The exchange cannot start; the message says why and what to do."""
+
+
+def prepare_journal(config: Config) -> None:
+    """Record the symbol specs (replay must size each book as it was) before any stage
+    opens the journal; a changed band for a journaled symbol is a ``StartError``."""
+    from ringex.wal import Journal, JournalError
+
+    try:
+        with Journal(config.data_dir, durability=config.durability) as journal:
+            journal.ensure_specs(config.symbols)
+    except JournalError as exc:
+        raise StartError(str(exc)) from None
 
 
 @dataclasses.dataclass
 class _Child:
     role: str
-    target: object
-    args: tuple
     process: multiprocessing.Process | None = None
     deaths: list[float] = dataclasses.field(default_factory=list)
 
@@ -206,7 +93,7 @@ class _Child:
 class Supervisor:
     def __init__(self, config: Config, *, out=sys.stdout) -> None:
         self.config = config
-        self.layout = layout_for(config)
+        self.topology = Topology.for_config(config)
         self.data = Path(config.data_dir)
         self.out = out
         self.control: ControlBlock | None = None
@@ -214,7 +101,6 @@ class Supervisor:
         self.children: list[_Child] = []
         self._lock_fd: int | None = None
         self._stopping = False
-        self._ctx = multiprocessing.get_context("spawn")
 
     # -- start ---------------------------------------------------------------------------
 
@@ -235,78 +121,20 @@ class Supervisor:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
-    def _prepare_journal(self) -> None:
-        """Record the symbol specs (replay must size each book as it was) before any
-        child opens the journal; a changed band for a journaled symbol is refused here."""
-        from ringex.wal import Journal, JournalError
-
-        try:
-            with Journal(self.config.data_dir, durability=self.config.durability) as journal:
-                journal.ensure_specs(self.config.symbols)
-        except JournalError as exc:
-            raise StartError(str(exc)) from None
-
     def _make_shared_memory(self) -> None:
-        layout = self.layout
-        self.control = ControlBlock.create(layout.control)
-        capacity = self.config.ring_capacity
-        shards = shard_symbols(self.config)
-        shard_of = {symbol: index for index, symbols in enumerate(shards) for symbol in symbols}
         # A clean start: rings and doorbells left by a killed supervisor are stale by
         # definition (we hold the data directory's lock, so their owner is gone).
-        for bell in layout.doorbells(len(shards)):
-            Ring.remove_doorbell(bell)
-        for symbol in layout.in_rings:
-            for name in (layout.in_rings[symbol], layout.out_rings[symbol]):
-                Ring.remove(name)
-            # Doorbells: the journaler, each shard, the gateway's and the notifier's loops
-            # each serve several rings from one thread, and sleep once for them all.
-            journaler = layout.doorbell("journaler")
-            self.rings.append(
-                Ring.create(
-                    layout.in_rings[symbol],
-                    COMMAND,
-                    capacity,
-                    consumers=["matcher", "journaler"],
-                    doorbells={"matcher": layout.doorbell(f"matcher-{shard_of[symbol]}"), "journaler": journaler},
-                    producer_doorbell=layout.loop_doorbell("gateway"),
-                )
-            )
-            self.rings.append(
-                Ring.create(
-                    layout.out_rings[symbol],
-                    EVENT,
-                    capacity,
-                    consumers=["journaler", "notifier"],
-                    gating={"notifier": ["journaler"]},
-                    doorbells={"journaler": journaler, "notifier": layout.loop_doorbell("notifier")},
-                )
-            )
+        self.control = ControlBlock.create(self.topology.control)
+        self.rings = self.topology.create()
 
     def _plan_children(self) -> None:
-        from ringex.engine.shard import ShardPlan, shard_role
-
-        config, layout = self.config, self.layout
-        self.children = [_Child("journaler", _journaler_child, (config, layout))]
-        for index, symbols in enumerate(shard_symbols(config)):
-            plan = ShardPlan(
-                config=config,
-                index=index,
-                symbols=symbols,
-                in_rings=tuple(layout.in_rings[s] for s in symbols),
-                out_rings=tuple(layout.out_rings[s] for s in symbols),
-                control=layout.control,
-            )
-            self.children.append(_Child(shard_role(index), _shard_child, (plan,)))
-        self.children.append(_Child("notifier", _notifier_child, (config, layout)))
-        self.children.append(_Child("gateway", _gateway_child, (config, layout)))
+        self.children = [_Child(role) for role in self.topology.roles]
         for child in self.children:
             self.control.register(child.role)
 
     def _spawn(self, child: _Child) -> None:
         self.control.set_ready(child.role, False)
-        process = self._ctx.Process(target=child.target, args=child.args, name=f"ringex-{child.role}")
-        process.start()
+        process = roles.spawn(child.role, self.config, self.topology)
         child.process = process
         self.control.set_pid(child.role, process.pid)
         log.info("started %s (pid %d)", child.role, process.pid)
@@ -333,7 +161,7 @@ class Supervisor:
             "pid": os.getpid(),
             "data_dir": str(self.data.resolve()),
             "started": time.time(),
-            "layout": self.layout.to_json(),
+            "topology": self.topology.to_json(),
             "host": self.config.host,
             "ports": {"order": self.config.order_port, "md": self.config.md_port, "ws": self.config.ws_port},
             "durability": self.config.durability,
@@ -348,9 +176,9 @@ class Supervisor:
         self._lock()
         from ringex.logs import setup_logging
 
-        setup_logging(self.config, "supervisor")
+        setup_logging(self.config, SUPERVISOR)
         log.info("starting on %s (durability %s)", self.data.resolve(), self.config.durability)
-        self._prepare_journal()
+        prepare_journal(self.config)
         self.demo_accounts = create_demo_accounts(self.data)
         self._make_shared_memory()
         self._write_run_file()
@@ -415,7 +243,7 @@ class Supervisor:
         child.process.join()
         if self.control.state is ExchangeState.HALTED:
             return  # nothing to restart into: the operator must look (ringex status says why)
-        if child.role == "journaler" and code == EXIT_HALTED:
+        if child.role == JOURNALER and code == EXIT_HALTED:
             return
         now = time.monotonic()
         child.deaths = [t for t in child.deaths if now - t < RESTART_WINDOW_S] + [now]
@@ -467,24 +295,24 @@ class Supervisor:
             return  # never started: the data directory is someone else's
         if self.control is not None:
             self.control.set_state(ExchangeState.STOPPING)
-        self._terminate(self._child("gateway"))
+        self._terminate(self._child(GATEWAY))
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while self.rings and not self._drained():
             if time.monotonic() > deadline or not all(c.process and c.process.is_alive() for c in self.children[:-1]):
                 log.warning("rings not drained at shutdown; recovery will replay the journal")
                 break
             time.sleep(POLL_S)
-        for child in self.children:
-            if child.role.startswith("matcher-"):
-                self._terminate(child)
-        self._terminate(self._child("notifier"))
-        self._terminate(self._child("journaler"))
+        # The shards first (each leaves a snapshot), the journaler last (it commits a
+        # last round after everyone upstream of it has stopped).
+        for role in self.topology.roles:
+            if role.startswith(MATCHER):
+                self._terminate(self._child(role))
+        self._terminate(self._child(NOTIFIER))
+        self._terminate(self._child(JOURNALER))
         for ring in self.rings:
-            ring.unlink()
             ring.close()
         self.rings = []
-        for bell in self.layout.doorbells(len(shard_symbols(self.config))):
-            Ring.remove_doorbell(bell)
+        self.topology.remove()
         if self.control is not None:
             self.control.close()
             self.control.unlink()
@@ -494,42 +322,3 @@ class Supervisor:
             os.close(self._lock_fd)
             self._lock_fd = None
         log.info("stopped cleanly")
-
-
-# -- ringex up -----------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML config (embedded defaults without it)")
-    parser.add_argument("--data", metavar="DIR", dest="data_dir", help="data directory (default ./ringex-data)")
-    parser.add_argument("--durability", choices=("fsync", "async"), help="journal durability mode")
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--order-port", type=int, help="order entry port (default 7001)")
-    parser.add_argument("--md-port", type=int, help="market data TCP port (default 7002)")
-    parser.add_argument("--ws-port", type=int, help="market data WebSocket port (default 7003)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = {
-        key: getattr(args, key)
-        for key in ("data_dir", "durability", "host", "order_port", "md_port", "ws_port", "log_level")
-    }
-    try:
-        config = load_config(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"ringex up: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    supervisor = Supervisor(config)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: supervisor.stop())
-    try:
-        supervisor.start()
-        supervisor.serve_forever()
-    except StartError as exc:
-        print(f"ringex up: {exc}", file=sys.stderr)
-        log.error("%s", exc)
-        return 1
-    finally:
-        supervisor.shutdown()
-    return 0

@@ -60,6 +60,7 @@ __all__ = [
     "PipeSemaphore",
     "full_fence",
     "wait_strategy",
+    "wait_until",
 ]
 
 Probe = Callable[[], int]
@@ -405,3 +406,18 @@ def wait_strategy(name: str) -> WaitStrategy:
         return _BY_NAME[name]()
     except KeyError:
         raise ValueError(f"unknown wait strategy {name!r} (known: {', '.join(_BY_NAME)})") from None
+
+
+# How often ``wait_until`` looks: for start-up conditions, not for the hot path.
+POLL_S = 0.002
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` every ``POLL_S`` until it holds; ``TimeoutError`` naming
+    ``what`` after ``timeout`` s. For a process joining running rings (another stage
+    must first record or drain something), never for a record on a ring."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+        time.sleep(POLL_S)

@@ -47,8 +47,9 @@ import lmdb
 import numba
 import numpy as np
 
+from ringex.codes import Op
 from ringex.config import SymbolSpec
-from ringex.records import COMMAND, EVENT, Op, decode_symbol, encode_symbol
+from ringex.records import COMMAND, EVENT, decode_symbol, encode_symbol
 
 __all__ = [
     "Journal",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ringex import bench
+from ringex.codes import Side
 from ringex.config import DEFAULT_SYMBOLS
-from ringex.records import Side
 
 SYMBOLS = [s.name for s in DEFAULT_SYMBOLS]
 

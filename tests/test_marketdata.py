@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import wsproto
 import wsproto.events as wse
-from command_streams import CommandStream, Mix
+from support.commands import CommandStream, Mix
 
+from ringex.codes import EventKind, Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.engine.matcher import Matcher
 from ringex.market_data.client import LocalBook, SequenceGap
@@ -28,7 +29,7 @@ from ringex.market_data.messages import (
     parse_request,
     ws_text_frame,
 )
-from ringex.records import COMMAND, EventKind, Op, OrderType, Side, Tif, encode_symbol
+from ringex.records import COMMAND, encode_symbol
 
 SYMBOLS = ("ACME", "BOLT")
 ACME = SymbolSpec("ACME", price_max=1000, capacity=4096)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference_book import ReferenceBook
+from support.reference_book import ReferenceBook
 
+from ringex.codes import EventKind, EventReason, Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.engine.matcher import BookCorrupt, Matcher, SequenceGap
-from ringex.matcher_jit import EVENT_SLACK
-from ringex.records import COMMAND, EVENT, EventKind, EventReason, Op, OrderType, Side, Tif
+from ringex.records import COMMAND, EVENT
 
 QUICK = os.environ.get("RINGEX_QUICK") == "1"
 
@@ -271,16 +271,6 @@ def test_event_buffer_grows_when_a_batch_sweeps_the_whole_book():
     ev = m.apply(batch([buy(9999, 5000, 6000, account=2)]), 5001)
     assert len(ev) == 5001 and ev[-1]["kind"] == EventKind.ACCEPTED and ev[-1]["qty"] == 1000
     m.validate()
-
-
-def test_apply_into_stops_before_a_command_that_might_not_fit():
-    m = Matcher(SPEC)
-    m.apply(batch([sell(i, 100 + i, 1) for i in range(1, 6)]), 1)
-    out = np.zeros(5 + EVENT_SLACK, EVENT)
-    consumed, n = m.apply_into(batch([buy(10, 90, 1), buy(11, 90, 1)]), 6, out)
-    assert (consumed, n) == (1, 1)  # after the first rests, 6 orders + slack no longer fit
-    consumed, n = m.apply_into(batch([buy(11, 90, 1)]), 7, np.zeros(6 + EVENT_SLACK, EVENT))
-    assert (consumed, n) == (1, 1)
 
 
 def test_validate_notices_corruption():

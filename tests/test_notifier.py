@@ -1,12 +1,12 @@
 """The notifier as a running process, fed by real out-rings.
 
-Each test creates real shared-memory out-rings (consumers "journaler" and
-"notifier", the notifier gated on the journaler), runs ``python -m ringex.market_data.notifier``
-on them, matches orders with the real ``Matcher`` and writes its events into the
-ring, then commits the "journaler" cursor as the journaler would after its LMDB
-commit. Clients connect over real loopback TCP and WebSocket (``tests/md_load.py``
-has the harness). One test runs the real journaler process instead and restarts the
-notifier on the same rings; one drives ``Notifier`` in-process to fill its sockets.
+Each test makes an exchange's real shared memory, runs the notifier stage on it as
+``ringex up`` does, matches orders with the real ``Matcher`` and writes its events
+into the out-ring, then commits the journaler's cursor as the journaler would after
+its LMDB commit. Clients connect over real loopback TCP and WebSocket
+(``tests/support/md_load.py`` has the harness). One test runs the real journaler
+instead and restarts the notifier on the same rings; two drive ``Notifier``
+in-process through its ring pump, to fill its sockets and to watch its slices.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import time
 
 import numpy as np
 import pytest
-from md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile, reap
-from reference_book import ReferenceBook
+from support.md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile, reap
+from support.reference_book import ReferenceBook
 
+from ringex.codes import EventKind, Op, OrderType, Side, Tif
 from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient
 from ringex.order_entry.accounts import AccountStore
-from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
+from ringex.records import COMMAND, encode_symbol
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -34,8 +35,8 @@ TAKER, MAKER, THIRD = 1001, 1002, 1003
 
 
 @pytest.fixture
-def exchange():
-    ex = MdExchange(symbols=("ACME", "BOLT"), capacity=1 << 16, pipe_bell=True)  # as the supervisor makes them
+def exchange(tmp_path):
+    ex = MdExchange(tmp_path, symbols=("ACME", "BOLT"), capacity=1 << 16)
     try:
         yield ex
     finally:
@@ -48,13 +49,13 @@ def accounts(tmp_path):
     return {acct: store.add(acct) for acct in (TAKER, MAKER, THIRD)}
 
 
-def start(exchange, tmp_path, *extra, heartbeat=5.0) -> NotifierProcess:
-    return NotifierProcess(exchange, tmp_path, extra=list(extra), heartbeat=heartbeat)
+def start(exchange, heartbeat=5.0, **market_data) -> NotifierProcess:
+    return exchange.start_notifier(heartbeat_s=heartbeat, **market_data)
 
 
 @pytest.fixture
-def notifier(exchange, tmp_path, accounts):
-    proc = start(exchange, tmp_path)
+def notifier(exchange, accounts):
+    proc = start(exchange)
     try:
         yield proc
     finally:
@@ -90,7 +91,7 @@ def up_to_pong(client_):
 
 
 def trades_in(events) -> int:
-    return int((events["kind"] == ord("T")).sum())
+    return int((events["kind"] == EventKind.TRADE).sum())
 
 
 def assert_no_gaps(messages):
@@ -312,7 +313,7 @@ def test_bad_credentials_close_the_session(notifier, accounts):
 
 
 def test_idle_sessions_get_heartbeats(exchange, tmp_path, accounts):
-    proc = start(exchange, tmp_path, heartbeat=0.3)
+    proc = start(exchange, heartbeat=0.3)
     try:
         c = client(proc)
         beats = [c.recv(3) for _ in range(3)]
@@ -324,7 +325,7 @@ def test_idle_sessions_get_heartbeats(exchange, tmp_path, accounts):
 def test_a_stalled_subscriber_is_disconnected_while_the_others_receive_everything(exchange, tmp_path, accounts):
     # a long grace: the stalled client reads only after every burst, and must then
     # find the error after the part of the stream it was sent
-    proc = start(exchange, tmp_path, "--max-queue-bytes", "65536", "--close-grace", "120")
+    proc = start(exchange, max_queue_bytes=65536, close_grace_s=120.0)
     try:
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -368,7 +369,7 @@ def test_ten_thousand_subscribers_all_receive_every_trade_of_a_burst(exchange, t
     procs = 2 if quick else 4
     trades = 50
     raise_nofile()
-    proc = start(exchange, tmp_path, heartbeat=3600)
+    proc = start(exchange, heartbeat=3600)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     loaders = [
@@ -456,13 +457,10 @@ def _matcher_top(exchange, symbol, levels):
 
 
 def test_with_the_real_journaler_a_restarted_notifier_rebuilds_the_book_from_the_journal(tmp_path, accounts):
-    import subprocess
-
-    ex = MdExchange(symbols=("ACME", "BOLT"), capacity=1 << 14, in_rings=True)
-    journaler = subprocess.Popen(ex.journaler_args(tmp_path))
+    ex = MdExchange(tmp_path, symbols=("ACME", "BOLT"), capacity=1 << 14, in_rings=True)
     first = second = None
     try:
-        first = start(ex, tmp_path)
+        first = start(ex)
         tape = client(first)
         tape.subscribe("trades", "ACME")
         assert tape.recv()["type"] == "subscribed"
@@ -482,7 +480,7 @@ def test_with_the_real_journaler_a_restarted_notifier_rebuilds_the_book_from_the
         for _ in range(10):
             ex.submit("ACME", _random_commands(rng, "ACME", 20, live, ids))
         ex.wait_journaled()
-        second = start(ex, tmp_path)
+        second = start(ex)
         _depth_becomes(second, ex, "ACME", 10)
         # and it keeps the view in step with new events
         ex.submit("ACME", _random_commands(rng, "ACME", 40, live, ids))
@@ -492,20 +490,21 @@ def test_with_the_real_journaler_a_restarted_notifier_rebuilds_the_book_from_the
         for proc in (first, second):
             if proc is not None:
                 proc.stop()
-        journaler.terminate()
-        journaler.wait(30)
         ex.close()
 
 
-async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_stay():
+async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_stay(tmp_path):
     """In-process: many sessions whose sockets fill up (they read nothing while the
     batches go out) are served from their queues, in order, by the threaded fan-out."""
     import trio
 
-    from ringex.market_data.notifier import Notifier
+    from ringex.market_data.notifier import Notifier, RingEventSource
 
-    notifier = Notifier(["ACME"], tcp_port=0, ws_port=None, fan_out_threads=1, max_queue_bytes=64 << 20, sndbuf=4096)
-    ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
+    ex = MdExchange(tmp_path, symbols=("ACME",), capacity=1 << 16)
+    source = RingEventSource(ex.rings["ACME"], "ACME")
+    notifier = Notifier(
+        ["ACME"], [source], tcp_port=0, ws_port=None, fan_out_threads=1, max_queue_bytes=64 << 20, sndbuf=4096
+    )
     n_sessions, bursts, per_burst = 80, 4, 1000
     try:
         async with trio.open_nursery() as nursery:
@@ -519,8 +518,12 @@ async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_s
                 clients.append(sock)
             while notifier.statistics().subscriptions < n_sessions:
                 await trio.sleep(0.01)
-            for _ in range(bursts):
-                notifier.publish(ex.cross_burst("ACME", per_burst, publish=False))
+            for b in range(bursts):
+                ex.cross_burst("ACME", per_burst)
+                ex.journal()
+                with trio.fail_after(60):
+                    while notifier.statistics().events < 2 * per_burst * (b + 1) or notifier._backlog:
+                        await trio.sleep(0.01)
                 # after the first burst every socket is full: all later sends are queued
                 assert min(s.queued_bytes for s in notifier.sessions) > 0
 
@@ -549,6 +552,7 @@ async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_s
                 sock.close()
             nursery.cancel_scope.cancel()
     finally:
+        source.close()
         ex.close()
 
 
@@ -566,7 +570,7 @@ def test_the_websocket_port_closes_a_client_that_does_not_speak_websocket(notifi
 
 @pytest.mark.parametrize("coalesce_s", [0.0, 0.005])
 async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_replies_after_what_it_covers(
-    coalesce_s,
+    tmp_path, coalesce_s
 ):
     """In-process, through the ring pump, with 3 sessions per slice so the sweep has
     many slices and trades arrive while it is mid-sweep: every session gets every
@@ -578,7 +582,7 @@ async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_rep
 
     from ringex.market_data.notifier import Notifier, RingEventSource
 
-    ex = MdExchange(symbols=("ACME",), capacity=1 << 16)
+    ex = MdExchange(tmp_path, symbols=("ACME",), capacity=1 << 16)
     source = RingEventSource(ex.rings["ACME"], "ACME")
     notifier = Notifier(
         ["ACME"], [source], tcp_port=0, ws_port=None, fan_out_threads=1, slice_sessions=3, coalesce_s=coalesce_s
@@ -658,4 +662,5 @@ async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_rep
                 nursery.cancel_scope.cancel()
     finally:
         source.close()
+        ex.close()
         ex.close()

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ringex.codes import EventKind, EventReason
 from ringex.events import event_to_dict
-from ringex.records import EVENT, EventKind, EventReason
+from ringex.records import EVENT
 
 HEADER = "op,order_id,account,symbol,side,type,tif,price,qty\n"
 

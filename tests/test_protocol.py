@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.oracles import build_replies, validate_reference
 
+from ringex.codes import MsgType, OrderType, Reason, ReplyType, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.order_entry.protocol import (
     COMMAND,
@@ -12,11 +14,7 @@ from ringex.order_entry.protocol import (
     NEED_DATA,
     REPLY,
     FrameDecoder,
-    MsgType,
-    Reason,
-    ReplyType,
     SymbolTable,
-    build_replies,
     encode_cancel,
     encode_heartbeat,
     encode_login,
@@ -24,9 +22,7 @@ from ringex.order_entry.protocol import (
     encode_replace,
     encode_reply,
     validate,
-    validate_reference,
 )
-from ringex.records import OrderType, Side, Tif
 
 TABLE = SymbolTable(
     [

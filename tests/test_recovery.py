@@ -1,17 +1,17 @@
 """Recovery: snapshot + journal tail, ``--verify``, and crash tests with real processes.
 
-The crash tests run a real pipeline, each stage its own process::
+The crash tests run the exchange's stages as ``ringex up`` runs them, each its own
+process, with a producer process playing the gateway::
 
-    producer ──► in-ring[SYM] ──► matcher (real Matcher) ──► out-ring[SYM]
-                      │                                          │
-                      └────────────► journaler (LMDB) ◄──────────┘
+    producer ──► in-ring[SYM] ──► matcher-0 ──► out-ring[SYM] ──► notifier
+                      │                              │
+                      └──────────► journaler ◄───────┘
 
-then kill -9 the journaler, the matcher or the whole process group at a random
-moment, and check: every command the journaler's cursor said was durable is in the
-journal, a book recovered from snapshot + tail equals a full replay (state_hash), and
-``ringex recover --verify`` passes. This file is also the script the stage processes
-run (``python tests/test_recovery.py producer|matcher ...``), since the exchange's
-own supervisor is another part.
+then kill -9 the journaler, the matcher or every process at a random moment, and
+check: every command the journaler's cursor said was durable is in the journal, a book
+recovered from snapshot + tail equals a full replay (state_hash), and ``ringex recover
+--verify`` passes. This file is also the producer's script (``python
+tests/test_recovery.py producer ...``).
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from command_streams import CommandStream
+from support.commands import CommandStream
+from support.stages import Stages
 
 from ringex.config import SymbolSpec
 from ringex.records import COMMAND, EVENT, encode_symbol
+from ringex.topology import CMD, JOURNALER, MATCHER, NOTIFIER, journaled_base, matcher_role
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -75,157 +76,53 @@ def producer_main(argv: list[str]) -> None:
         time.sleep(0.002)
 
 
-def matcher_main(argv: list[str]) -> None:
-    """matcher DATA SNAPSHOT_INTERVAL SYM:IN:OUT ...: recover, then match until killed."""
-    import posix_ipc
-
-    from ringex.engine.recovery import recover_book
-    from ringex.ring import Ring, RingTimeout
-    from ringex.wal import Journal, SnapshotStore
-
-    data, interval = argv[0], int(argv[1])
-    journal = Journal(data, readonly=True)
-    store = SnapshotStore(data)
-    specs = {s.name: s for s in journal.specs()}
-    shards = []
-    for item in argv[2:]:
-        symbol, in_name, out_name = item.split(":")
-        book = recover_book(journal, specs[symbol], store)
-        in_ring, out_ring = Ring.attach(in_name, COMMAND), Ring.attach(out_name, EVENT)
-        consumer, producer = in_ring.consumer("matcher"), out_ring.producer()
-        assert consumer.cursor == -1 and producer.cursor == -1, "the matcher starts on new rings"
-        if len(book.pending_events):
-            producer.write(book.pending_events)  # journaled commands whose events were not
-        shard = {
-            "symbol": symbol,
-            "matcher": book.matcher,
-            "consumer": consumer,
-            "producer": producer,
-            "base": book.next_seq,  # journal seq of in-ring seq 0
-            "next_event": book.next_event_seq,
-            "since_snapshot": 0,
-            "rings": (in_ring, out_ring),
-        }
-        shards.append(shard)
-    journal.close()
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    print("ready", flush=True)
-    while not stop:
-        busy = False
-        for shard in shards:
-            batch = shard["consumer"].poll()
-            if not batch:
-                continue
-            busy = True
-            for ring_seq, view in batch.segments():
-                events = shard["matcher"].apply(view, ring_seq + shard["base"])
-                # Claim by claim, retrying only what is not published yet: a batch may
-                # hold more events than the ring has slots, and Producer.write gives up
-                # after publishing part of them, so retrying it whole would duplicate.
-                producer, done = shard["producer"], 0
-                while done < len(events):
-                    n = min(len(events) - done, RING_CAPACITY)
-                    try:
-                        claimed = producer.claim(n, timeout=0.2)
-                    except (RingTimeout, posix_ipc.SignalError):
-                        if stop:
-                            return
-                        continue
-                    claimed.fill(events[done : done + n])
-                    producer.publish(claimed.hi)
-                    done += n
-                shard["next_event"] += len(events)
-            shard["consumer"].commit(batch.hi)
-            shard["since_snapshot"] += len(batch)
-            if shard["since_snapshot"] >= interval:
-                m = shard["matcher"]
-                store.write(shard["symbol"], m.last_seq + 1, shard["next_event"], m.snapshot())
-                shard["since_snapshot"] = 0
-        if not busy:
-            try:
-                shards[0]["consumer"].wait_for(shards[0]["consumer"].cursor + 1, 0.001)
-            except posix_ipc.SignalError:
-                pass  # SIGTERM while asleep
-
-
 # ---------------------------------------------------------------------------------------
 # The pipeline harness
 
 
+SPECS_TOML = """
+[symbols.ACME]
+price_min = 1
+price_max = 1000
+capacity = 4096
+
+[symbols.BOLT]
+tick = 5
+price_min = 100
+price_max = 2000
+capacity = 4096
+"""
+STAGES = (JOURNALER, matcher_role(0), NOTIFIER)
+
+
 class Pipeline:
-    """Rings, a journal directory and the three stage processes, in one process group."""
+    """The stages behind the gateway (``Stages``), and a producer process in its place."""
 
     def __init__(self, data: Path, durability: str = "fsync", snapshot_interval: int = 300) -> None:
         self.data = data
-        self.durability = durability
-        self.snapshot_interval = snapshot_interval
-        self.prefix = f"rxt{os.getpid()}{uuid.uuid4().hex[:6]}"
-        self.rings: dict[str, tuple] = {}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.pgid: int | None = None
-        self.generation = 0
+        self.stages = Stages(
+            data, SPECS_TOML, durability=durability, snapshot_interval=snapshot_interval, ring_capacity=RING_CAPACITY
+        )
+        self.producer: subprocess.Popen | None = None
         self.seed = random.randrange(1 << 30)
-
-    # -- rings ---------------------------------------------------------------------------
-
-    def make_rings(self) -> None:
-        from ringex.ring import Ring
-
-        self.drop_rings()
-        self.generation += 1
-        for spec in SPECS:
-            in_name = f"{self.prefix}g{self.generation}-{spec.name}-in"
-            out_name = f"{self.prefix}g{self.generation}-{spec.name}-out"
-            self.rings[spec.name] = (
-                Ring.create(in_name, COMMAND, RING_CAPACITY, consumers=["matcher", "journaler"]),
-                Ring.create(out_name, EVENT, RING_CAPACITY, consumers=["journaler"]),
-            )
-
-    def drop_rings(self) -> None:
-        for in_ring, out_ring in self.rings.values():
-            for ring in (in_ring, out_ring):
-                ring.unlink()
-                ring.close()
-        self.rings = {}
-
-    # -- processes -----------------------------------------------------------------------
-
-    def _spawn(self, role: str, args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [PY, *args],
-            cwd=ROOT,
-            process_group=0 if self.pgid is None else self.pgid,
-            stdout=subprocess.PIPE if role == "matcher" else subprocess.DEVNULL,
-            stderr=open(self.data / f"{role}.log", "ab"),  # noqa: SIM115 - the child owns it
-        )
-        if self.pgid is None:
-            self.pgid = proc.pid
-        self.procs[role] = proc
-        return proc
-
-    def start_journaler(self) -> None:
-        pairs = [f"{s}:{i.name}:{o.name}" for s, (i, o) in self.rings.items()]
-        self._spawn(
-            "journaler",
-            ["-m", "ringex.journal.journaler", "--data", str(self.data), "--durability", self.durability, *pairs],
-        )
+        self.running = False
 
     def start_all(self) -> None:
-        """Fresh rings, then journaler, matcher (after its recovery), producer."""
+        """The stages on the rings as they are (new after ``kill_all``), then the producer."""
         from ringex.wal import Journal
 
-        self.make_rings()
-        with Journal(self.data, durability=self.durability) as journal:
-            journal.ensure_specs(SPECS)
+        with Journal(self.data, readonly=True) as journal:
             first_oid = journal.max_order_id() + 1
-        self.start_journaler()
-        pairs = [f"{s}:{i.name}:{o.name}" for s, (i, o) in self.rings.items()]
-        matcher = self._spawn("matcher", [__file__, "matcher", str(self.data), str(self.snapshot_interval), *pairs])
-        assert matcher.stdout.readline().strip() == b"ready", (self.data / "matcher.log").read_text()
+        self.stages.start(*STAGES)
         self.seed += 1
-        ins = [f"{s}:{i.name}" for s, (i, _) in self.rings.items()]
-        self._spawn("producer", [__file__, "producer", str(self.seed), str(first_oid), *ins])
+        ins = [f"{s}:{self.stages.topology.in_ring(s)}" for s in self.stages.topology.symbols]
+        self.producer = subprocess.Popen(
+            [PY, __file__, "producer", str(self.seed), str(first_oid), *ins],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.data / "producer.log", "ab"),  # noqa: SIM115 - the child owns it
+        )
+        self.running = True
 
     def durable(self) -> dict[str, int]:
         """Per symbol, the journal sequence the journaler's in-ring cursor says is durable
@@ -234,78 +131,70 @@ class Pipeline:
 
         out = {}
         with Journal(self.data, readonly=True) as journal:
-            for symbol, (in_ring, _) in self.rings.items():
-                created = int(in_ring.header["created_ns"])
-                base = journal.ring_base("cmd", symbol)
-                cursor = in_ring.consumer_cursor("journaler")
-                if base is None or base[0] != created:
+            for symbol in self.stages.topology.symbols:
+                in_ring = self.stages.in_ring(symbol)
+                base = journaled_base(journal, CMD, symbol, in_ring)
+                cursor = in_ring.consumer_cursor(JOURNALER)
+                if base is None:
                     assert cursor == -1, "journaler consumed a ring it never recorded"
                     out[symbol] = 0
                 else:
-                    out[symbol] = base[1] + cursor + 1
+                    out[symbol] = base + cursor + 1
         return out
 
     def wait_flowing(self, timeout: float = 30.0) -> None:
-        """Until the journaler has made some commands of this generation durable."""
+        """Until the journaler has made some commands of these rings durable."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(i.consumer_cursor("journaler") >= 20 for i, _ in self.rings.values()):
+            if all(self.stages.in_ring(s).consumer_cursor(JOURNALER) >= 20 for s in self.stages.topology.symbols):
                 return
             time.sleep(0.02)
         raise AssertionError("pipeline did not start flowing: " + self.logs())
 
     def kill(self, role: str) -> None:
-        proc = self.procs.pop(role)
-        proc.kill()
-        proc.wait()
+        self.stages.kill(role)
 
-    def kill_group(self) -> None:
-        if self.pgid is not None:
-            try:
-                os.killpg(self.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for proc in self.procs.values():
-            proc.wait()
-        self.procs = {}
-        self.pgid = None
+    def restart(self, role: str) -> None:
+        self.stages.start(role)
+
+    def kill_all(self) -> None:
+        """kill -9 every process at once, as a machine losing the exchange would; the next
+        ``start_all`` runs on new rings, as the supervisor's next start would."""
+        if self.producer is not None:
+            self.producer.kill()
+        self.stages.kill(*list(self.stages.procs))
+        if self.producer is not None:
+            self.producer.wait()
+            self.producer = None
+        self.stages.new_shared_memory()
 
     def stop_cleanly(self) -> None:
-        """Stop the producer, let the matcher and journaler drain, then stop them."""
-        for role in ("producer",):
-            self.procs[role].terminate()
-            self.procs.pop(role).wait(10)
+        """Stop the producer, let the stages drain, then stop them."""
+        self.producer.terminate()
+        self.producer.wait(10)
+        self.producer = None
         deadline = time.monotonic() + 20
+        topology = self.stages.topology
         while time.monotonic() < deadline:
             if all(
-                i.consumer_cursor("journaler") == i.producer_cursor
-                and i.consumer_cursor("matcher") == i.producer_cursor
-                and o.consumer_cursor("journaler") == o.producer_cursor
-                for i, o in self.rings.values()
+                self.stages.in_ring(s).consumer_cursor(JOURNALER) == self.stages.in_ring(s).producer_cursor
+                and self.stages.in_ring(s).consumer_cursor(MATCHER) == self.stages.in_ring(s).producer_cursor
+                and self.stages.out_ring(s).consumer_cursor(JOURNALER) == self.stages.out_ring(s).producer_cursor
+                for s in topology.symbols
             ):
                 break
             time.sleep(0.02)
-        for role in ("matcher", "journaler"):
-            self.procs[role].terminate()
-            assert self.procs.pop(role).wait(10) == 0, self.logs()
-        self.kill_group()
+        for role in (matcher_role(0), NOTIFIER, JOURNALER):
+            assert self.stages.stop(role) == 0, self.logs()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in self.data.glob("*.log"))
 
     def close(self) -> None:
-        self.kill_group()
-        self.drop_rings()
-
-
-@pytest.fixture
-def pipeline(tmp_path):
-    p = Pipeline(tmp_path / "data")
-    p.data.mkdir()
-    try:
-        yield p
-    finally:
-        p.close()
+        if self.producer is not None:
+            self.producer.kill()
+            self.producer.wait()
+        self.stages.close()
 
 
 def _check_recovery(data: Path, durable: dict[str, int]) -> dict[str, str]:
@@ -354,10 +243,11 @@ def _cli_verify(data: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("durability", ["fsync", "async"])
-def test_kill_minus_nine_at_random_moments_loses_nothing_durable(pipeline, durability):
+def test_kill_minus_nine_at_random_moments_loses_nothing_durable(tmp_path, request, durability):
     runs = 4 if QUICK else (12 if durability == "fsync" else 8)  # 20 kills in all
     rng = random.Random()
-    pipeline.durability = durability
+    pipeline = Pipeline(tmp_path / "data", durability)
+    request.addfinalizer(pipeline.close)
     pipeline.start_all()
     kills = []
     pipeline.wait_flowing()
@@ -374,21 +264,21 @@ def test_kill_minus_nine_at_random_moments_loses_nothing_durable(pipeline, durab
     for _ in range(runs):
         pipeline.wait_flowing()
         time.sleep(rng.uniform(0.05, 0.8))
-        target = rng.choice(("journaler", "matcher", "group"))
+        target = rng.choice((JOURNALER, MATCHER, "all"))
         kills.append(target)
-        if target == "journaler":
-            pipeline.kill("journaler")
+        if target == JOURNALER:
+            pipeline.kill(JOURNALER)
             durable = pipeline.durable()
             # Restart the journaler alone on the same rings: it must skip what it
             # committed but had not marked, and journal the rest without a gap.
-            pipeline.start_journaler()
+            pipeline.restart(JOURNALER)
             time.sleep(rng.uniform(0.1, 0.4))
             assert all(v >= durable[k] for k, v in pipeline.durable().items())
             continue
-        if target == "matcher":
-            pipeline.kill("matcher")
+        if target == MATCHER:
+            pipeline.kill(matcher_role(0))
             time.sleep(rng.uniform(0, 0.2))  # the journaler keeps journaling commands meanwhile
-        pipeline.kill_group()
+        pipeline.kill_all()
         durable = pipeline.durable()
         _check_recovery(pipeline.data, durable)
         pipeline.start_all()
@@ -605,4 +495,4 @@ def test_journal_dump_and_tail_print_commands_each_followed_by_its_events(tmp_pa
 
 if __name__ == "__main__":
     role, rest = sys.argv[1], sys.argv[2:]
-    {"producer": producer_main, "matcher": matcher_main}[role](rest)
+    {"producer": producer_main}[role](rest)

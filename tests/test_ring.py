@@ -15,10 +15,10 @@ import time
 import numpy as np
 import posix_ipc
 import pytest
-import ring_procs
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import ring_procs
 
 from ringex.records import COMMAND, EVENT
 from ringex.ring import (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ringex.config import SymbolSpec
+from ringex.codes import Reason, Side
+from ringex.config import OrderEntryLimits, SymbolSpec
 from ringex.order_entry.protocol import (
     COMMAND,
     REPLY,
-    Reason,
     SymbolTable,
     encode_cancel,
     encode_heartbeat,
@@ -17,8 +17,7 @@ from ringex.order_entry.protocol import (
     encode_new_order,
     encode_replace,
 )
-from ringex.order_entry.session import Limits, OrderIdCounter, Session, SessionState, TokenBucket
-from ringex.records import Side
+from ringex.order_entry.session import OrderIdCounter, Session, SessionState, TokenBucket
 
 TABLE = SymbolTable([SymbolSpec("ACME", tick=1, price_min=1, price_max=1000, max_qty=100), SymbolSpec("BOLT")])
 ACME, BOLT = TABLE.index("ACME"), TABLE.index("BOLT")
@@ -64,10 +63,12 @@ NOTHING_DURABLE = np.zeros(2, dtype=np.int64)
 
 
 def make(
-    limits: Limits | None = None, clock: FakeClock | None = None, first_id: int = 500
+    limits: OrderEntryLimits | None = None, clock: FakeClock | None = None, first_id: int = 500
 ) -> tuple[Session, FakeClock, ListRings]:
     clock = clock or FakeClock()
-    s = Session(7, TABLE, lambda a, t: (a, t) == (ACCOUNT, TOKEN), OrderIdCounter(first_id), limits or Limits(), clock)
+    s = Session(
+        7, TABLE, lambda a, t: (a, t) == (ACCOUNT, TOKEN), OrderIdCounter(first_id), limits or OrderEntryLimits(), clock
+    )
     return s, clock, ListRings()
 
 
@@ -156,7 +157,7 @@ def test_cancel_and_replace_keep_the_target_order_id():
 
 
 def test_rate_limit_throttles_beyond_the_burst_and_refills_with_time():
-    s, clock, rings = logged_in(limits=Limits(rate_per_s=10, burst=5))
+    s, clock, rings = logged_in(limits=OrderEntryLimits(rate_per_s=10, burst=5))
     data = b"".join(encode_new_order("ACME", Side.BUY, 1, 1, client_order_id=i) for i in range(8))
     s.receive_data(data, True, rings.publish)
     r = replies(s.data_to_send(rings.all_durable()))
@@ -168,7 +169,7 @@ def test_rate_limit_throttles_beyond_the_burst_and_refills_with_time():
 
 
 def test_in_flight_limit_counts_unacknowledged_requests():
-    s, _, rings = logged_in(limits=Limits(max_in_flight=3))
+    s, _, rings = logged_in(limits=OrderEntryLimits(max_in_flight=3))
     data = b"".join(encode_new_order("ACME", Side.BUY, 1, 1, client_order_id=i) for i in range(4))
     s.receive_data(data, True, rings.publish)
     assert s.pending_acks == 3
@@ -197,7 +198,7 @@ def test_full_ring_is_throttled_not_blocked():
 
 
 def test_garbage_is_answered_then_the_session_closed_with_e():
-    s, _, rings = logged_in(limits=Limits(max_garbage=3))
+    s, _, rings = logged_in(limits=OrderEntryLimits(max_garbage=3))
     junk = b"\xff" * 64
     s.receive_data(junk * 2 + encode_new_order("ACME", Side.BUY, 1, 1), True, rings.publish)
     assert s.state is SessionState.LOGGED_IN
@@ -220,7 +221,7 @@ def test_partial_frames_wait_for_their_bytes():
 
 
 def test_heartbeat_when_quiet_and_close_when_silent():
-    s, clock, rings = logged_in(limits=Limits(heartbeat_interval_s=1, idle_timeout_s=3))
+    s, clock, rings = logged_in(limits=OrderEntryLimits(heartbeat_interval_s=1, idle_timeout_s=3))
     clock.now += 1.5
     s.poll_timers()
     assert bytes(replies(s.data_to_send(NOTHING_DURABLE))["msg_type"]) == b"H"
@@ -239,7 +240,7 @@ def test_heartbeat_when_quiet_and_close_when_silent():
 
 
 def test_no_login_within_timeout_closes():
-    s, clock, _ = make(limits=Limits(login_timeout_s=2, idle_timeout_s=100))
+    s, clock, _ = make(limits=OrderEntryLimits(login_timeout_s=2, idle_timeout_s=100))
     clock.now += 2.5
     s.poll_timers()
     assert replies(s.data_to_send(NOTHING_DURABLE))["reason"][-1] == Reason.IDLE_TIMEOUT
@@ -280,7 +281,7 @@ def test_heartbeats_and_rejects_interleaved_with_valid_orders_keep_rows_aligned(
 def deferred() -> tuple[Session, FakeClock, ListRings, list]:
     asked = []
     clock = FakeClock()
-    s = Session(7, TABLE, lambda a, t: asked.append((a, t)), OrderIdCounter(1), Limits(), clock)
+    s = Session(7, TABLE, lambda a, t: asked.append((a, t)), OrderIdCounter(1), OrderEntryLimits(), clock)
     return s, clock, ListRings(), asked
 
 
@@ -328,7 +329,7 @@ def test_a_slow_login_check_does_not_count_as_client_silence():
 
 
 def test_a_client_waiting_for_its_acks_is_not_idle():
-    s, clock, rings = logged_in(limits=Limits(heartbeat_interval_s=1, idle_timeout_s=3))
+    s, clock, rings = logged_in(limits=OrderEntryLimits(heartbeat_interval_s=1, idle_timeout_s=3))
     s.receive_data(encode_new_order("ACME", Side.BUY, 1, 1), True, rings.publish)
     for _ in range(10):  # 10 s of a stalled journal
         clock.now += 1

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from exchange_harness import ROOT, RunningExchange
+from support.running import ROOT, RunningExchange
 
 from ringex.market_data.client import MdClient
 from ringex.order_entry.client import OrderClient, SessionClosed

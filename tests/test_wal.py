@@ -14,8 +14,9 @@ import lmdb
 import numpy as np
 import pytest
 
+from ringex.codes import Op
 from ringex.config import SymbolSpec
-from ringex.records import COMMAND, EVENT, Op, encode_symbol
+from ringex.records import COMMAND, EVENT, encode_symbol
 from ringex.wal import (
     CorruptRecordError,
     Journal,

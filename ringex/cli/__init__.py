@@ -14,12 +14,12 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("ringex.supervisor", "start the whole exchange (embedded defaults without --config)"),
+    "up": ("ringex.cli.up", "start the whole exchange (embedded defaults without --config)"),
     "status": ("ringex.cli.status", "show ring cursors, consumer lag and live processes"),
-    "match": ("ringex.engine.offline", "match a CSV of orders offline and print the events as JSON lines"),
-    "recover": ("ringex.engine.recovery", "rebuild every book from the journal; --verify replays it byte for byte"),
+    "match": ("ringex.cli.match", "match a CSV of orders offline and print the events as JSON lines"),
+    "recover": ("ringex.cli.recover", "rebuild every book from the journal; --verify replays it byte for byte"),
     "journal": ("ringex.cli.journal", "print journaled commands and events as JSON lines"),
-    "accounts": ("ringex.order_entry.accounts", "manage order entry accounts and their secrets"),
+    "accounts": ("ringex.cli.accounts", "manage order entry accounts and their secrets"),
     "order": ("ringex.cli.order", "send an order, cancel or replace to a running exchange"),
     "watch": ("ringex.cli.watch", "live view of trades and the top of the book"),
     "bench": ("ringex.bench", "end-to-end latency benchmark"),

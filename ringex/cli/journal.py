@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ringex.cli.common import data_dir_of
 from ringex.records import COMMAND, EVENT, decode_symbol
 from ringex.wal import CorruptRecordError, Journal
 
@@ -107,13 +108,8 @@ def _events_from(journal: Journal, symbol: str, from_event: int) -> Iterator[tup
 
 
 def run(args) -> int:
-    data_dir = args.data
-    if data_dir is None:
-        from ringex.config import load_config
-
-        data_dir = load_config(args.config).data_dir
     try:
-        journal = Journal(data_dir, readonly=True)
+        journal = Journal(data_dir_of(args), readonly=True)
     except FileNotFoundError as exc:
         print(f"ringex journal: {exc}", file=sys.stderr)
         return 2

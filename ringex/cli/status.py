@@ -27,6 +27,7 @@ from ringex.config import load_config
 from ringex.control import ControlBlock
 from ringex.ring import Ring, RingError
 from ringex.supervisor import RUN_FILE
+from ringex.topology import CMD, JOURNALER, Topology, journaled_base
 
 __all__ = ["add_arguments", "run", "collect"]
 
@@ -51,10 +52,10 @@ def collect(data_dir: str | os.PathLike[str]) -> dict:
         info = json.loads(run_file.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"no exchange is running on {data_dir} (no {RUN_FILE})") from None
-    layout = info["layout"]
+    topology = Topology.from_json(info["topology"])
     reading: dict = {"time": time.monotonic(), "data_dir": info["data_dir"], "supervisor_pid": info["pid"]}
     try:
-        control = ControlBlock.attach(layout["control"])
+        control = ControlBlock.attach(topology.control)
     except FileNotFoundError:
         raise FileNotFoundError(f"the exchange on {data_dir} is not running (its control block is gone)") from None
     try:
@@ -63,47 +64,51 @@ def collect(data_dir: str | os.PathLike[str]) -> dict:
         reading["processes"] = [dict(r, alive=_alive(r["pid"])) for r in control.roles()]
     finally:
         control.close()
-    rings = []
-    for kind, names in (("in", layout["in_rings"]), ("out", layout["out_rings"])):
-        for symbol, name in names.items():
-            try:
-                with Ring.attach(name, readonly=True) as ring:
-                    stats = ring.statistics()
-            except RingError as exc:
-                rings.append({"symbol": symbol, "kind": kind, "name": name, "error": str(exc)})
-                continue
-            rings.append(
-                {
-                    "symbol": symbol,
-                    "kind": kind,
-                    "name": name,
-                    "capacity": stats.capacity,
-                    "producer": stats.producer_cursor,
-                    "consumers": {c.name: {"cursor": c.cursor, "lag": c.lag} for c in stats.consumers},
-                }
-            )
-    reading["rings"] = rings
-    reading["durable"] = _durable(info["data_dir"], rings)
+    reading["rings"], reading["durable"] = _rings(info["data_dir"], topology)
     return reading
 
 
-def _durable(data_dir: str, rings: list[dict]) -> dict[str, int]:
-    """Per symbol, the next journal sequence not yet durable, from the journaler's
-    in-ring cursor and the base it recorded (an empty dict if the journal is not readable)."""
+def _rings(data_dir: str, topology: Topology) -> tuple[list[dict], dict[str, int]]:
+    """Every ring's cursors, and per symbol the next journal sequence not yet durable
+    (the journaler's in-ring cursor mapped through the base it recorded for that ring;
+    nothing for a symbol whose ring it has not attached, or if the journal is not
+    readable)."""
     from ringex.wal import Journal, JournalError
 
-    out: dict[str, int] = {}
     try:
-        with Journal(data_dir, readonly=True) as journal:
-            for ring in rings:
-                if ring["kind"] != "in" or "error" in ring:
-                    continue
-                base = journal.ring_base("cmd", ring["symbol"])
-                if base is not None:
-                    out[ring["symbol"]] = base[1] + ring["consumers"]["journaler"]["cursor"] + 1
+        journal = Journal(data_dir, readonly=True)
     except (JournalError, OSError):
-        pass
-    return out
+        journal = None
+    rings: list[dict] = []
+    durable: dict[str, int] = {}
+    try:
+        for symbol, kind, name in topology.ring_names():
+            kind_name = "in" if kind == CMD else "out"
+            try:
+                with Ring.attach(name, readonly=True) as ring:
+                    stats = ring.statistics()
+                    base = journaled_base(journal, kind, symbol, ring) if journal is not None else None
+            except RingError as exc:
+                rings.append({"symbol": symbol, "kind": kind_name, "name": name, "error": str(exc)})
+                continue
+            consumers = {c.name: {"cursor": c.cursor, "lag": c.lag} for c in stats.consumers}
+            rings.append(
+                {
+                    "symbol": symbol,
+                    "kind": kind_name,
+                    "name": name,
+                    "capacity": stats.capacity,
+                    "producer": stats.producer_cursor,
+                    "consumers": consumers,
+                }
+            )
+            if kind == CMD and base is not None:
+                durable[symbol] = base + consumers[JOURNALER]["cursor"] + 1
+    finally:
+        if journal is not None:
+            journal.close()
+    rings.sort(key=lambda r: (r["kind"], topology.symbols.index(r["symbol"])))
+    return rings, durable
 
 
 def _rate(now: dict, before: dict | None, ring: dict, consumer: str | None) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import numpy as np
 
 from ringex import matcher_jit as jit
+from ringex.codes import Stp
 from ringex.config import SymbolSpec
 from ringex.records import COMMAND, EVENT, encode_symbol
 
@@ -69,7 +70,7 @@ class Matcher:
                 price_min=spec.price_min,
                 tick=spec.tick,
                 max_qty=spec.max_qty,
-                stp=jit.STP_CODES[spec.stp],
+                stp=int(Stp.from_name(spec.stp)),
                 symbol_word=_symbol_word(spec.name),
             )
         self._arena = _arena
@@ -117,16 +118,6 @@ class Matcher:
             done += consumed
             written += n
         return self._events[:written]
-
-    def apply_into(self, commands: np.ndarray, first_seq: int, events: np.ndarray) -> tuple[int, int]:
-        """Match as many of ``commands`` as surely fit into ``events`` (an ``EVENT`` array,
-        e.g. an out-ring's free slots). Returns ``(commands consumed, events written)``;
-        it consumes none when ``events`` is shorter than ``order_count() + EVENT_SLACK``."""
-        words = self._command_words(commands, first_seq)
-        if events.dtype != EVENT or not events.flags.c_contiguous:
-            raise TypeError("events must be a contiguous EVENT array")
-        consumed, n = jit.match_batch(self._arena, words, first_seq, events.view(np.int64).reshape(-1, jit.EVENT_WORDS))
-        return int(consumed), int(n)
 
     # ---- snapshots ------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""``ringex match ORDERS.csv``: match a file of orders offline, print every event as JSON.
+"""Offline matching (``ringex match ORDERS.csv``): a file of orders through the books.
 
 The CSV has a header row and the columns ``op,order_id,account,symbol,side,type,tif,price,qty``
 (any order; cells that do not apply are left empty). Each symbol gets its own book, run
@@ -16,20 +16,16 @@ with a REJECTED event, as the exchange would.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import json
-import os
-import sys
-import tempfile
 
 import numpy as np
 
-from ringex.config import ConfigError, SymbolSpec
-from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
+from ringex.codes import Op, OrderType, Side, Tif
+from ringex.config import SymbolSpec
+from ringex.records import COMMAND, encode_symbol, make_records
 
-__all__ = ["add_arguments", "run", "parse_orders", "match_orders", "OrderFileError", "COLUMNS"]
+__all__ = ["parse_orders", "match_orders", "BookOptions", "OrderFileError", "COLUMNS"]
 
 COLUMNS = ("op", "order_id", "account", "symbol", "side", "type", "tif", "price", "qty")
 OPS = {"new": Op.NEW, "cancel": Op.CANCEL, "replace": Op.REPLACE}
@@ -57,30 +53,6 @@ class Row:
     tif: int = 0
     price: int | None = None
     qty: int = 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("orders", metavar="ORDERS.csv", help="the order file (columns: " + ",".join(COLUMNS) + ")")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write the events here (atomically) instead of stdout")
-    parser.add_argument(
-        "--price-min", type=int, help="lowest price of every book's band (default: the file's lowest price per symbol)"
-    )
-    parser.add_argument(
-        "--price-max",
-        type=int,
-        help="highest price of every book's band (default: the file's highest price per symbol)",
-    )
-    parser.add_argument("--tick", type=int, default=1, help="price tick (default 1)")
-    parser.add_argument(
-        "--capacity", type=int, help="resting orders per book (default: the symbol's number of new orders)"
-    )
-    parser.add_argument("--max-qty", type=int, default=SymbolSpec("X").max_qty, help="largest order quantity")
-    parser.add_argument(
-        "--stp",
-        default="off",
-        choices=("off", "cancel_newest", "cancel_oldest", "cancel_both"),
-        help="self-trade prevention",
-    )
 
 
 # ---- parsing ----------------------------------------------------------------------------
@@ -167,41 +139,58 @@ def parse_orders(path: str) -> list[Row]:
 # ---- matching ---------------------------------------------------------------------------
 
 
-def _spec(symbol: str, rows: list[Row], args: argparse.Namespace) -> SymbolSpec:
+@dataclasses.dataclass(frozen=True)
+class BookOptions:
+    """How to size every book of an offline run; None: from the file (the symbol's
+    lowest and highest price, its number of new orders)."""
+
+    tick: int = 1
+    price_min: int | None = None
+    price_max: int | None = None
+    capacity: int | None = None
+    max_qty: int = SymbolSpec("X").max_qty
+    stp: str = "off"
+
+
+def _spec(symbol: str, rows: list[Row], options: BookOptions) -> SymbolSpec:
     prices = [r.price for r in rows if r.price is not None and r.price > 0]
-    tick = args.tick
-    price_min = args.price_min if args.price_min is not None else min(prices, default=tick)
-    price_max = args.price_max if args.price_max is not None else max(prices, default=price_min)
+    tick = options.tick
+    if tick <= 0:
+        raise OrderFileError("--tick must be positive")
+    price_min = options.price_min if options.price_min is not None else min(prices, default=tick)
+    price_max = options.price_max if options.price_max is not None else max(prices, default=price_min)
     price_max = max(price_max, price_min)
     price_max = price_min + -(-(price_max - price_min) // tick) * tick  # whole ticks
-    capacity = args.capacity if args.capacity is not None else max(1, sum(r.op == Op.NEW for r in rows))
+    capacity = options.capacity if options.capacity is not None else max(1, sum(r.op == Op.NEW for r in rows))
     return SymbolSpec(
         symbol,
         tick=tick,
         price_min=price_min,
         price_max=price_max,
-        max_qty=args.max_qty,
+        max_qty=options.max_qty,
         capacity=capacity,
-        stp=args.stp,
+        stp=options.stp,
     )
 
 
 def _commands(rows: list[Row]) -> np.ndarray:
-    cmds = np.zeros(len(rows), COMMAND)
-    cmds["msg_type"] = [r.op for r in rows]
-    cmds["side"] = [r.side for r in rows]
-    cmds["order_type"] = [r.order_type for r in rows]
-    cmds["tif"] = [r.tif for r in rows]
-    cmds["symbol"] = encode_symbol(rows[0].symbol)
-    cmds["client_order_id"] = [r.line for r in rows]  # the CSV line: says which row an event answers
-    cmds["order_id"] = [r.order_id for r in rows]
-    cmds["price"] = [r.price or 0 for r in rows]
-    cmds["qty"] = [r.qty for r in rows]
-    cmds["account"] = [r.account for r in rows]
-    return cmds
+    return make_records(
+        COMMAND,
+        len(rows),
+        msg_type=[r.op for r in rows],
+        side=[r.side for r in rows],
+        order_type=[r.order_type for r in rows],
+        tif=[r.tif for r in rows],
+        symbol=rows[0].symbol,
+        client_order_id=[r.line for r in rows],  # the CSV line: says which row an event answers
+        order_id=[r.order_id for r in rows],
+        price=[r.price or 0 for r in rows],
+        qty=[r.qty for r in rows],
+        account=[r.account for r in rows],
+    )
 
 
-def match_orders(rows: list[Row], args: argparse.Namespace) -> list[dict]:
+def match_orders(rows: list[Row], options: BookOptions = BookOptions()) -> list[dict]:
     """Match ``rows`` (one book per symbol); the events as dicts, in file order."""
     from ringex.engine.matcher import Matcher
     from ringex.events import event_to_dict
@@ -211,39 +200,10 @@ def match_orders(rows: list[Row], args: argparse.Namespace) -> list[dict]:
         by_symbol.setdefault(r.symbol, []).append(r)
     tagged = []
     for symbol, its_rows in by_symbol.items():
-        matcher = Matcher(_spec(symbol, its_rows, args))
+        matcher = Matcher(_spec(symbol, its_rows, options))
         events = matcher.apply(_commands(its_rows), 1)  # sequences 1..n per symbol
         for k, record in enumerate(events):
             line = its_rows[int(record["seq"]) - 1].line
             tagged.append((line, k, {**event_to_dict(record), "line": line}))
     tagged.sort(key=lambda t: (t[0], t[1]))
     return [d for _, _, d in tagged]
-
-
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ringex-match-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        rows = parse_orders(args.orders)
-        if args.tick <= 0:
-            raise OrderFileError("--tick must be positive")
-        events = match_orders(rows, args)
-    except (OrderFileError, ConfigError) as exc:
-        print(f"ringex match: {exc}", file=sys.stderr)
-        return 2
-    text = "".join(json.dumps(e) + "\n" for e in events)
-    if args.output:
-        _write_atomically(args.output, text)
-    else:
-        sys.stdout.write(text)
-    return 0

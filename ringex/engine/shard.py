@@ -25,58 +25,38 @@ old shard had, and no event is published twice or lost.
 
 Sequences: the journal numbers a symbol's commands from its first ever; a ring counts
 from 0 when created. The journaler records ``base`` (journal seq of ring seq 0) per
-ring in the journal's metadata before it reports ready; the shard reads it from there,
-which is why the supervisor starts the journaler before the shards.
+ring in the journal's metadata before it reports ready; the shard reads it from there
+(``ringex.topology.wait_for_base``), which is why the supervisor starts the journaler
+before the shards.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import signal
 import time
 
 import posix_ipc
 
 from ringex.config import Config, SymbolSpec
+from ringex.control import NullControl
 from ringex.engine.recovery import recover_book
-from ringex.journal.bases import ring_base, wait_until
-from ringex.records import COMMAND, EVENT
 from ringex.ring import Consumer, ConsumerSet, Producer, Ring, RingTimeout
-from ringex.wait import wait_strategy
+from ringex.topology import CMD, JOURNALER, MATCHER, Topology, matcher_role, wait_for_base
+from ringex.wait import wait_strategy, wait_until
 from ringex.wal import Journal, SnapshotStore
 
-__all__ = ["ShardPlan", "Shard", "run_shard", "MATCHER_CONSUMER", "shard_role"]
+__all__ = ["Shard", "run_shard"]
 
 log = logging.getLogger("ringex.engine.shard")
 
-MATCHER_CONSUMER = "matcher"
-JOURNAL_CONSUMER = "journaler"
 # Longest idle sleep before the loop looks at its stop flag and heartbeat. Not a
-# latency: each in-ring rings the shard's doorbell when it moves (rings made without
-# one fall back to ``ConsumerSet``'s 1 ms naps on the ring that moved last).
+# latency: each in-ring rings the shard's doorbell when it moves.
 IDLE_WAIT_S = 0.05
 # How long a restarting shard waits for the journaler to take what the old shard left.
 DRAIN_TIMEOUT_S = 60.0
 # Commands taken from one ring per turn, so one busy symbol cannot starve the others.
 MAX_BATCH = 4096
-
-
-def shard_role(index: int) -> str:
-    return f"matcher-{index}"
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardPlan:
-    """What a shard process needs; picklable, so the supervisor can spawn it."""
-
-    config: Config
-    index: int
-    symbols: tuple[str, ...]
-    in_rings: tuple[str, ...]
-    out_rings: tuple[str, ...]
-    control: str | None = None
 
 
 class _Book:
@@ -96,23 +76,23 @@ class _Book:
 
 
 class Shard:
-    """The matching loop over a shard's symbols. ``control`` is the exchange's
-    ``ControlBlock`` or None (tests that watch the rings directly)."""
+    """The matching loop over the symbols of shard ``index`` of ``topology``.
+    ``control`` is the exchange's ``ControlBlock`` (a ``NullControl`` when run on its
+    own)."""
 
-    def __init__(self, plan: ShardPlan, control=None) -> None:
-        self.plan = plan
-        self.control = control
-        self.role = shard_role(plan.index)
-        config = plan.config
+    def __init__(self, config: Config, topology: Topology, index: int, control=None) -> None:
+        self.config = config
+        self.control = control or NullControl()
+        self.role = matcher_role(index)
         self.snapshots = SnapshotStore(config.data_dir)
         self.rings: list[Ring] = []
         self.books: list[_Book] = []
         self._stop = False
         wait = wait_strategy(config.wait_strategy)
         try:
-            for symbol, in_name, out_name in zip(plan.symbols, plan.in_rings, plan.out_rings, strict=True):
-                in_ring = Ring.attach(in_name, COMMAND)
-                out_ring = Ring.attach(out_name, EVENT)
+            for symbol in topology.shards[index]:
+                in_ring = topology.attach_in(symbol)
+                out_ring = topology.attach_out(symbol)
                 self.rings += [in_ring, out_ring]
                 self.books.append(self._recover(config.symbol(symbol), in_ring, out_ring, wait))
         except BaseException:
@@ -120,20 +100,20 @@ class Shard:
             raise
 
     def _recover(self, spec: SymbolSpec, in_ring: Ring, out_ring: Ring, wait) -> _Book:
-        data_dir = self.plan.config.data_dir
-        consumer = in_ring.consumer(MATCHER_CONSUMER, wait)
+        data_dir = self.config.data_dir
+        consumer = in_ring.consumer(MATCHER, wait)
         producer = out_ring.producer(wait)
         # What a previous incarnation matched or published must be in the journal first.
         matched = consumer.cursor
         wait_until(
             lambda: (
-                in_ring.consumer_cursor(JOURNAL_CONSUMER) >= matched
-                and out_ring.consumer_cursor(JOURNAL_CONSUMER) >= out_ring.producer_cursor
+                in_ring.consumer_cursor(JOURNALER) >= matched
+                and out_ring.consumer_cursor(JOURNALER) >= out_ring.producer_cursor
             ),
             f"the journaler to take what the previous matcher of {spec.name} left",
             DRAIN_TIMEOUT_S,
         )
-        base_in = ring_base(data_dir, "cmd", spec.name, in_ring)
+        base_in = wait_for_base(data_dir, CMD, spec.name, in_ring)
         with Journal(data_dir, readonly=True) as journal:
             book = recover_book(journal, spec, self.snapshots)
         resume = book.next_seq - base_in - 1  # ring seq of the last command replayed
@@ -198,12 +178,11 @@ class Shard:
                 if len(events):
                     self._publish(book, events)
                     book.next_event_seq += len(events)
-            self._moved = book
             # Only now: a shard killed before this line sees the batch again.
             book.consumer.commit(batch.hi)
             book.since_snapshot += len(batch)
             done += len(batch)
-            if book.since_snapshot >= self.plan.config.snapshot_interval:
+            if book.since_snapshot >= self.config.snapshot_interval:
                 self.snapshot(book)
         return done
 
@@ -215,24 +194,15 @@ class Shard:
         log.info("%s: snapshot %s in %.1f ms", book.spec.name, path.name, (time.perf_counter() - started) * 1e3)
 
     def run(self) -> None:
-        if self.control is not None:
-            self.control.set_ready(self.role, True)
+        self.control.set_ready(self.role, True)
         waiting = ConsumerSet([book.consumer for book in self.books])
-        self._moved = self.books[0]
-        beat_at = 0.0
         while not self._stop:
             if not self.turn():
-                # without a doorbell: the ring that moved last is the likeliest next
-                waiting.hint = self._moved.consumer
                 try:
                     waiting.wait(IDLE_WAIT_S)
                 except posix_ipc.SignalError:
                     pass  # SIGTERM while asleep: the loop looks at the stop flag next
-            if self.control is not None:
-                now = time.monotonic()
-                if now >= beat_at:
-                    self.control.beat(self.role)
-                    beat_at = now + 0.1
+            self.control.beat(self.role)
         # Drain what was published before the stop, then leave a snapshot so the next
         # start replays little.
         while self.turn():
@@ -242,29 +212,17 @@ class Shard:
                 self.snapshot(book)
 
 
-def run_shard(plan: ShardPlan) -> int:
-    """Process entry point (spawned by the supervisor): recover, report ready, match
-    until SIGTERM/SIGINT, drain, snapshot, exit 0."""
-    from ringex.logs import setup_logging
-
-    setup_logging(plan.config, shard_role(plan.index))
+def run_shard(config: Config, topology: Topology, index: int, control) -> int:
+    """Matcher shard ``index`` (``ringex.roles``): recover, report ready, match until
+    SIGTERM/SIGINT, drain, snapshot, exit 0."""
     from ringex.matcher_jit import warm_up
 
     log.info("matching kernels ready in %.2f s", warm_up())
-    control = None
-    if plan.control:
-        from ringex.control import ControlBlock
-
-        control = ControlBlock.attach(plan.control)
-        control.set_pid(shard_role(plan.index), os.getpid())
-    shard = Shard(plan, control)
+    shard = Shard(config, topology, index, control)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shard.stop())
     try:
         shard.run()
     finally:
         shard.close()
-        if control is not None:
-            control.set_ready(shard.role, False)
-            control.close()
     return 0

@@ -38,32 +38,26 @@ the process exits with status 3. Earlier commits are intact.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
-import os
 import signal
-import sys
 import threading
-import time
 
 import posix_ipc
 
 from ringex import wal
-from ringex.records import COMMAND, EVENT
+from ringex.config import Config
+from ringex.control import NullControl
 from ringex.ring import Consumer, ConsumerSet, Ring
+from ringex.topology import CMD, EVT, JOURNALER, Topology, journaled_base, new_ring_base
 from ringex.wal import Journal, JournalError, JournalWriteError
 
-__all__ = ["Journaler", "RingPair", "JournalerHalted", "CONSUMER_NAME", "EXIT_HALTED", "main"]
+__all__ = ["Journaler", "JournalerHalted", "EXIT_HALTED", "run_journaler"]
 
 log = logging.getLogger("ringex.journal.journaler")
 
-CONSUMER_NAME = "journaler"
-ROLE = "journaler"
 EXIT_HALTED = 3
 # Longest idle sleep before the loop looks at its stop flag and heartbeat. Not a
-# latency: every ring rings the journaler's doorbell when it moves (rings made
-# without one fall back to ``ConsumerSet``'s 1 ms naps).
+# latency: every ring rings the journaler's doorbell when it moves.
 IDLE_WAIT_S = 0.05
 # Cap on records per ring per round, so one commit stays well under a map growth step
 # and a burst on one ring cannot starve the others' acks for long. Picked, not measured.
@@ -79,32 +73,20 @@ class JournalerHalted(RuntimeError):
     """A commit failed; the exchange is halted."""
 
 
-@dataclasses.dataclass(frozen=True)
-class RingPair:
-    """The names of one symbol's rings."""
-
-    symbol: str
-    in_ring: str
-    out_ring: str
-
-
 class _Feed:
     """One ring as the journaler sees it: consumer, base and the journal's kind."""
 
     def __init__(self, kind: str, symbol: str, ring: Ring, journal: Journal) -> None:
-        self.kind = kind  # "cmd" or "evt"
+        self.kind = kind  # CMD or EVT
         self.symbol = symbol
         self.ring = ring
-        self.consumer: Consumer = ring.consumer(CONSUMER_NAME)
-        created = int(ring.header["created_ns"])
-        journal_next = journal.next_seq(symbol) if kind == "cmd" else journal.next_event_seq(symbol)
-        known = journal.ring_base(kind, symbol)
-        if known is not None and known[0] == created:
-            self.base = known[1]
-        else:
-            # A ring we have not seen: its next unread record is the journal's next one.
-            self.base = journal_next - (self.consumer.cursor + 1)
-            journal.set_ring_base(kind, symbol, created, self.base)
+        self.consumer: Consumer = ring.consumer(JOURNALER)
+        journal_next = journal.next_seq(symbol) if kind == CMD else journal.next_event_seq(symbol)
+        base = journaled_base(journal, kind, symbol, ring)
+        if base is None:
+            base = new_ring_base(journal, kind, symbol, ring)
+            journal.set_ring_base(kind, symbol, int(ring.header["created_ns"]), base)
+        self.base = base
         # Resume where the journal ends; a previous incarnation may have committed
         # records but died before storing the cursor: skip them, never journal twice.
         ring_next = journal_next - self.base
@@ -140,30 +122,32 @@ class _Feed:
 
 
 class Journaler:
-    """The journaler loop over ``pairs``' rings, writing to ``journal``.
+    """The journaler loop over every ring of ``topology``, writing to ``journal``.
 
-    ``control`` is the exchange's ``ControlBlock`` (or None in tests that watch the
-    cursors directly): the journaler reports ready and heartbeats on it, and halts it
-    when a commit fails.
+    ``control`` is the exchange's ``ControlBlock`` (a ``NullControl`` when run on its
+    own): the journaler reports ready and heartbeats on it, and halts it when a commit
+    fails.
     """
 
-    def __init__(self, journal: Journal, pairs: list[RingPair], control=None) -> None:
+    def __init__(self, journal: Journal, topology: Topology, control=None) -> None:
         self.journal = journal
-        self.control = control
+        self.control = control or NullControl()
         self.rings: list[Ring] = []
         self.out_feeds: list[_Feed] = []
         self.in_feeds: list[_Feed] = []
-        for pair in pairs:
-            out_ring = Ring.attach(pair.out_ring, EVENT)
-            in_ring = Ring.attach(pair.in_ring, COMMAND)
-            self.rings += [out_ring, in_ring]
-            self.out_feeds.append(_Feed("evt", pair.symbol, out_ring, journal))
-            self.in_feeds.append(_Feed("cmd", pair.symbol, in_ring, journal))
+        try:
+            for symbol in topology.symbols:
+                out_ring = topology.attach_out(symbol)
+                in_ring = topology.attach_in(symbol)
+                self.rings += [out_ring, in_ring]
+                self.out_feeds.append(_Feed(EVT, symbol, out_ring, journal))
+                self.in_feeds.append(_Feed(CMD, symbol, in_ring, journal))
+        except BaseException:
+            self.close()
+            raise
         self.rounds = 0
         self.records = 0
         self._stop = threading.Event()
-        self._expect: _Feed | None = None
-        self._out_of = {f.symbol: f for f in self.out_feeds}
         self._waiting = ConsumerSet([f.consumer for f in self.in_feeds + self.out_feeds])
 
     def stop(self) -> None:
@@ -183,7 +167,6 @@ class Journaler:
         if not outs and not ins:
             return 0
         commands = [seg for f in ins for seg in f.segments()]
-        self._expect = self._out_of[ins[0].symbol] if ins else None
         events = [seg for f in outs for seg in f.segments()]
         try:
             stats = self.journal.commit(commands, events)
@@ -203,16 +186,10 @@ class Journaler:
         ends = ", ".join(f"{f.symbol} commands < {self.journal.next_seq(f.symbol)}" for f in self.in_feeds)
         reason = f"journal write failed, exchange halted: {exc}"
         log.critical("%s; journal intact up to %s", reason, ends)
-        if self.control is not None:
-            self.control.halt(reason)
-            self.control.set_ready(ROLE, False)
+        self.control.halt(reason)
+        self.control.set_ready(JOURNALER, False)
 
     def _idle_wait(self) -> None:
-        # Without a doorbell, nap where the next record is most likely: after
-        # commands, their events on the same symbol's out-ring; else the first in-ring.
-        feed = self._expect or (self.in_feeds[0] if self.in_feeds else self.out_feeds[0])
-        self._expect = None
-        self._waiting.hint = feed.consumer
         try:
             self._waiting.wait(IDLE_WAIT_S)
         except posix_ipc.SignalError:
@@ -221,18 +198,12 @@ class Journaler:
     def run(self) -> None:
         """Loop until ``stop()``; raises ``JournalerHalted`` after halting the exchange."""
         wal.warm_up()
-        if self.control is not None:
-            self.control.set_ready(ROLE, True)
-        beat_at = 0.0
+        self.control.set_ready(JOURNALER, True)
         check_readers_at = READER_CHECK_ROUNDS
         while not self._stop.is_set():
             if not self.round():
                 self._idle_wait()
-            if self.control is not None:
-                now = time.monotonic()
-                if now >= beat_at:
-                    self.control.beat(ROLE)
-                    beat_at = now + 0.1
+            self.control.beat(JOURNALER)
             if self.rounds >= check_readers_at:
                 self.journal.clear_stale_readers()
                 check_readers_at = self.rounds + READER_CHECK_ROUNDS
@@ -240,42 +211,24 @@ class Journaler:
         self.round()
 
 
-# -- process entry point ------------------------------------------------------------------
+# -- the process ---------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ringex.journal.journaler --data DIR --durability fsync --control NAME SYM:IN:OUT...``:
-    the entry point the supervisor spawns (and the crash tests)."""
-    parser = argparse.ArgumentParser(prog="ringex-journaler")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--durability", default="fsync", choices=("fsync", "async"))
-    parser.add_argument("--control", default=None, help="control block shm name")
-    parser.add_argument("--max-map-size", type=int, default=None)
-    parser.add_argument("--map-size", type=int, default=None)
-    parser.add_argument("rings", nargs="+", metavar="SYMBOL:IN_RING:OUT_RING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s journaler %(levelname)s %(message)s")
-    pairs = [RingPair(*spec.split(":")) for spec in args.rings]
-    kwargs = {}
-    if args.max_map_size:
-        kwargs["max_map_size"] = args.max_map_size
-    if args.map_size:
-        kwargs["map_size"] = args.map_size
-    control = None
-    if args.control:
-        from ringex.control import ControlBlock
-
-        control = ControlBlock.attach(args.control)
-        control.set_pid(ROLE, os.getpid())
-    return run_journaler(args.data, pairs, durability=args.durability, control=control, **kwargs)
-
-
-def run_journaler(
-    data_dir: str, pairs: list[RingPair], *, durability: str = "fsync", control=None, **journal_kwargs
-) -> int:
-    """Open the journal, journal until SIGTERM/SIGINT, return the exit status."""
-    journal = Journal(data_dir, durability=durability, **journal_kwargs)
-    journaler = Journaler(journal, pairs, control)
+def run_journaler(config: Config, topology: Topology, control) -> int:
+    """The journaler process (``ringex.roles``): open the journal, journal until
+    SIGTERM/SIGINT, return the exit status (``EXIT_HALTED`` after a failed commit)."""
+    settings = config.journal
+    journal = Journal(
+        config.data_dir,
+        durability=config.durability,
+        map_size=settings.map_size,
+        max_map_size=settings.max_map_size,
+    )
+    try:
+        journaler = Journaler(journal, topology, control)
+    except BaseException:
+        journal.close()
+        raise
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: journaler.stop())
     try:
@@ -290,7 +243,3 @@ def run_journaler(
             log.exception("closing the journal after a halt")
     log.info("stopped after %d rounds, %d records", journaler.rounds, journaler.records)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,7 +35,8 @@ import struct
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from ringex.records import EVENT, EventKind, EventReason, Side, decode_symbol
+from ringex.codes import EventKind, EventReason, Side
+from ringex.records import EVENT, decode_symbol
 
 __all__ = [
     "CHANNELS",

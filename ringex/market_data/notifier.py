@@ -1,7 +1,7 @@
 """The market data notifier: reads every out-ring, publishes over TCP and WebSocket.
 
 ```
- out-ring[SYM] ──(gated on "journaler")──► Notifier.pump ──► MarketData.apply ──► fan-out
+ out-ring[SYM] ──(gated on the journaler)──► Notifier.pump_rings ──► MarketData.apply ──► fan-out
                                                                              │
                           TCP JSON lines :7002 ◄── Session.write(same bytes) ┤
                           WebSocket      :7003 ◄── Session.write(same bytes) ┘
@@ -10,20 +10,17 @@
 One trio process. What is sent is decided by the sans-IO ``ringex.market_data.messages``;
 this module owns the sockets, the sessions and the ring reading.
 
-Reading the rings. Each out-ring is read by a task that first takes whatever is
-available without waiting; only when the ring is empty does it park the ring's
-blocking wait (semaphore, ~0% CPU while idle) in a worker thread with
-``trio.to_thread.run_sync``. Under load there is always something to read, so the
-task never leaves the trio thread and the batch grows with the load; at idle it costs
-one thread hop (~0.1 ms) per wake-up. Polling with ``trio.sleep`` instead would have
-to choose between burning CPU while idle and adding its period to every latency.
-The supervisor's out-rings do better: they share a *pipe doorbell* for the notifier
-(``ringex.ring.PipeDoorbell``), a FIFO the journaler's commit writes, so one task
-reads every ring and waits with ``trio.lowlevel.wait_readable`` on the FIFO: no
-worker thread at all (``pump_rings``).
-The notifier is consumer ``"notifier"`` on each out-ring, gated on ``"journaler"``:
-the journaler moves its cursor only after the LMDB commit that covers each event
-and its cause, so everything read here is durable.
+Reading the rings. One task reads every out-ring (``pump_rings``): it takes whatever
+is available without waiting, and only when every ring is empty does it wait, on the
+rings' shared *pipe doorbell* for the notifier (``ringex.ring.PipeDoorbell``, a FIFO
+the journaler's commit writes) with ``trio.lowlevel.wait_readable``, like a socket:
+~0% CPU while idle, no worker thread, no hand-off back to trio. Under load there is
+always something to read, so the batch grows with the load. Polling with
+``trio.sleep`` instead would have to choose between burning CPU while idle and adding
+its period to every latency.
+The notifier is consumer ``NOTIFIER`` on each out-ring, gated on ``JOURNALER``
+(``ringex.topology``): the journaler moves its cursor only after the LMDB commit that
+covers each event and its cause, so everything read here is durable.
 
 Fan-out. A batch of events becomes, per stream, one blob of bytes built once; each
 subscribed session gets the same blob (a session on several streams that moved gets
@@ -39,23 +36,21 @@ about N x 25 µs whatever its size: under load batches grow and the per-message 
 falls. With many sessions the sends are shared with ``fan_out_threads`` threads
 (``send`` releases the GIL), and the sessions are swept in slices of
 ``SLICE_SESSIONS`` with the ring read between two slices, so a new trade joins the
-sweep at once instead of waiting for a whole round to end (see ``Notifier.publish``).
+sweep at once instead of waiting for a whole round to end (see ``Notifier._take``).
 
-Start-up book. The depth views start from the book the caller passes to ``serve``
-(``books={symbol: [(order_id, side, price, open_qty), ...]}``, what recovery knows at
-the out-ring cursor the notifier starts from). Without it, ``serve`` rebuilds them by
-replaying the journal up to that cursor (``replay_journal``); with no journal they
+Start-up book. ``serve`` rebuilds the depth views by replaying the journal up to the
+out-ring cursor the notifier starts from (``replay_journal``); with no journal they
 start empty, which is right for a fresh exchange.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import functools
 import gc
 import itertools
 import json
@@ -64,10 +59,9 @@ import math
 import os
 import resource
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import trio
@@ -75,7 +69,7 @@ import wsproto
 import wsproto.events as wse
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ringex.config import Config, load_config
+from ringex.config import Config
 from ringex.market_data.messages import (
     MAX_LINE_BYTES,
     ClientError,
@@ -89,20 +83,18 @@ from ringex.market_data.messages import (
     session_message,
     ws_text_frame,
 )
-from ringex.records import EVENT
 from ringex.ring import Ring
+from ringex.topology import EVT, NOTIFIER, Topology, journaled_base, new_ring_base
 from ringex.wait import Doorbell
 
 __all__ = [
-    "EventSource",
     "RingEventSource",
     "Notifier",
     "NotifierStats",
-    "out_ring_name",
     "ring_sources",
     "replay_journal",
     "serve",
-    "main",
+    "run_notifier",
     "raise_nofile_limit",
 ]
 
@@ -119,8 +111,8 @@ MAX_ERRORS = 5
 # How long a disconnected session gets to take the tail of its queue plus the final
 # error before the socket is closed under it.
 DEFAULT_CLOSE_GRACE_S = 2.0
-# Longest the ring wait sleeps in its worker thread before the pump looks again; it
-# bounds how long shutdown waits for that thread, not latency (wake-ups are posted).
+# Longest the ring pump waits on its doorbell before it looks at the rings again: it
+# bounds what a post lost to a dying journaler costs, not latency (wake-ups are posted).
 RING_WAIT_S = 0.05
 # Like trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or buffers is a reason to
 # wait and retry accept, not to die.
@@ -144,27 +136,6 @@ def raise_nofile_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-####################################################################################
-# Event sources
-####################################################################################
-
-
-class EventSource(Protocol):
-    """Where a batch of EVENT records comes from (one out-ring).
-
-    ``read_nowait()`` returns the events available to this consumer (at most a bounded
-    batch) as an ``EVENT`` array or a list of its ``tolist()`` tuples, already released
-    back to the producer, or ``None`` when there are none. ``wait(timeout)`` blocks until events may be available or the timeout
-    passes; it runs in a worker thread, so it must not touch trio.
-    """
-
-    name: str
-
-    def read_nowait(self) -> np.ndarray | list[tuple] | None: ...
-
-    def wait(self, timeout: float) -> None: ...
 
 
 ####################################################################################
@@ -441,13 +412,12 @@ class Notifier:
     def __init__(
         self,
         symbols: Sequence[str],
-        sources: Iterable[EventSource] = (),
+        sources: Iterable[RingEventSource] = (),
         *,
         host: str = "127.0.0.1",
         tcp_port: int | None = 7002,
         ws_port: int | None = 7003,
         verify: Callable[[int, int], bool] | None = None,
-        books: dict[str, Iterable[tuple[int, int, int, int]]] | None = None,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
@@ -458,8 +428,6 @@ class Notifier:
     ) -> None:
         self.symbols = tuple(symbols)
         self.md = MarketData(self.symbols)
-        for symbol, resting in (books or {}).items():
-            self.md.load_book(symbol, resting)
         self.sources = list(sources)
         self.host = host
         self.tcp_port = tcp_port
@@ -516,16 +484,6 @@ class Notifier:
 
     # -- publishing -----------------------------------------------------------------
 
-    def publish(self, events) -> None:
-        """Apply one batch and send what it produced to every session before returning.
-
-        The ring pump does not wait like this (see ``_take`` and ``_serve_next``);
-        this is the whole fan-out in one synchronous step, for callers that hand over
-        events themselves.
-        """
-        self._take(events)
-        self._catch_up_all()
-
     # The fan-out sweeps the sessions slice by slice, reading the ring between two
     # slices. Sending one batch to all 10,000 sessions before reading the next takes a
     # few hundred ms on loopback; a trade that arrived just after such a round started
@@ -574,11 +532,6 @@ class Notifier:
 
     def _behind(self, sl: _Slice) -> bool:
         return bool(self._backlog) and self._backlog[-1].id >= sl.sent
-
-    def _catch_up_all(self) -> None:
-        for sl in self._slices:
-            self._serve(sl)
-        self._trim()
 
     def _serve(self, sl: _Slice, now: float = 0.0) -> bool:
         """Send ``sl``'s sessions every queued batch they have not had; False if it
@@ -707,20 +660,6 @@ class Notifier:
             if session.closing is not None:
                 self._forget(session)
 
-    async def pump(self, source: EventSource) -> None:
-        """Read one out-ring forever (see the module docstring for why this way)."""
-        while True:
-            events = source.read_nowait()
-            if events is not None and len(events):
-                self._take(events)
-            elif not self._backlog:
-                # Not abandoned on cancel: the thread must be out of the ring's wait before
-                # ``serve`` closes the ring (unmapping it or closing its semaphore under a
-                # waiting thread could crash). Shutdown waits at most RING_WAIT_S for it.
-                await trio.to_thread.run_sync(source.wait, RING_WAIT_S)
-                continue
-            await self._serve_one()
-
     async def _serve_one(self) -> None:
         """Give the next slice its turn, then let the sessions run."""
         delay = self._serve_next()
@@ -731,10 +670,7 @@ class Notifier:
             await trio.lowlevel.checkpoint()
 
     async def pump_rings(self, sources: list[RingEventSource], bell: Doorbell) -> None:
-        """Read every out-ring in one task, when they share a pipe doorbell for the
-        notifier (the supervisor's rings do): the journaler's commit writes the FIFO and
-        trio polls it like a socket, so a wake-up costs no worker thread, no hand-off
-        back to trio, and one task instead of one per symbol."""
+        """Read every out-ring in one task (see the module docstring for why this way)."""
         fd = bell.semaphore.fileno()
         consumers = [source.consumer for source in sources]
 
@@ -994,12 +930,9 @@ class Notifier:
             async with trio.open_nursery() as nursery:
                 for listener, websocket in listeners:
                     nursery.start_soon(self._accept_loop, listener, websocket, nursery)
-                bell = _shared_pipe_doorbell(self.sources)
-                if bell is not None:
+                if self.sources:
+                    bell = Doorbell([source.consumer.sleeper for source in self.sources])
                     nursery.start_soon(self.pump_rings, list(self.sources), bell)
-                else:
-                    for source in self.sources:
-                        nursery.start_soon(self.pump, source)
                 nursery.start_soon(self.heartbeats)
                 task_status.started(dict(self.ports))
         finally:
@@ -1010,46 +943,29 @@ class Notifier:
 
 
 ####################################################################################
-# Entry points
+# Ring sources and the process
 ####################################################################################
 
 
-OUT_RING_CONSUMER = "notifier"
-JOURNAL_CONSUMER = "journaler"
 # Events taken from a ring per read: large enough that a flood is read in a few
 # reads, small enough that one batch's fan-out does not starve the sessions' tasks.
 MAX_BATCH = 4096
-DEFAULT_RING_PREFIX = "ringex"
-
-
-def out_ring_name(symbol: str, prefix: str = DEFAULT_RING_PREFIX) -> str:
-    """The shared-memory name of ``symbol``'s out-ring (the supervisor creates it)."""
-    return f"{prefix}.out.{symbol}"
 
 
 class RingEventSource:
-    """An out-ring read as consumer ``"notifier"``, which the ring gates on
-    ``"journaler"``: ``poll`` never returns an event the journal has not committed.
+    """An out-ring read as consumer ``NOTIFIER``, which the topology gates on
+    ``JOURNALER``: ``read_nowait`` never returns an event the journal has not committed.
 
     ``read_nowait`` copies the available slots (one memcpy) and commits them at once,
-    so the producer may reuse the slots while the fan-out runs. ``wait`` is the ring's blocking wait,
-    for a worker thread.
+    so the producer may reuse the slots while the fan-out runs.
     """
 
-    def __init__(self, ring: Ring, symbol: str, consumer: str = OUT_RING_CONSUMER, max_batch: int = MAX_BATCH) -> None:
-        if JOURNAL_CONSUMER not in ring.gating.get(consumer, ()):
-            # Not fatal (a test or a tool may read an ungated ring), but it breaks the
-            # promise that only durable events are published, so say it loudly.
-            log.warning("ring %s: consumer %r is not gated on %r", ring.name, consumer, JOURNAL_CONSUMER)
+    def __init__(self, ring: Ring, symbol: str, max_batch: int = MAX_BATCH) -> None:
         self.ring = ring
         self.name = ring.name
         self.symbol = symbol
-        self.consumer = ring.consumer(consumer)
+        self.consumer = ring.consumer(NOTIFIER)
         self.max_batch = max_batch
-
-    @classmethod
-    def attach(cls, name: str, symbol: str, consumer: str = OUT_RING_CONSUMER) -> RingEventSource:
-        return cls(Ring.attach(name, EVENT), symbol, consumer)
 
     def read_nowait(self) -> np.ndarray | None:
         batch = self.consumer.poll(self.max_batch)
@@ -1059,29 +975,17 @@ class RingEventSource:
         self.consumer.commit(batch.hi)
         return events
 
-    def wait(self, timeout: float) -> None:
-        self.consumer.wait_for(self.consumer.cursor + 1, timeout)
-
     def close(self) -> None:
         self.consumer = None  # type: ignore[assignment]
         self.ring.close()
 
 
-def _shared_pipe_doorbell(sources) -> Doorbell | None:
-    """The pipe doorbell every source's consumer sleeps on, or None (rings made without
-    one, or sources that are not rings): then each source gets its own pump."""
-    consumers = [getattr(source, "consumer", None) for source in sources]
-    if any(c is None for c in consumers):
-        return None
-    return Doorbell.for_event_loop([c.sleeper for c in consumers])
-
-
-def ring_sources(config: Config, prefix: str = DEFAULT_RING_PREFIX) -> list[RingEventSource]:
-    """One ``RingEventSource`` per configured symbol's out-ring."""
+def ring_sources(topology: Topology) -> list[RingEventSource]:
+    """One ``RingEventSource`` per symbol's out-ring."""
     sources: list[RingEventSource] = []
     try:
-        for spec in config.symbols:
-            sources.append(RingEventSource.attach(out_ring_name(spec.name, prefix), spec.name))
+        for symbol in topology.symbols:
+            sources.append(RingEventSource(topology.attach_out(symbol), symbol))
     except BaseException:
         for source in sources:
             source.close()
@@ -1093,11 +997,9 @@ def replay_journal(md: MarketData, data_dir: str | os.PathLike[str], sources: It
     """Rebuild the depth views from the journal: every event of each symbol before the
     first one the notifier will read from its out-ring. Returns the events replayed.
 
-    The journaler records, per ring, ``base`` = the journal sequence of ring sequence 0
-    (``Journal.ring_base``), so the notifier's next ring sequence ``cursor + 1`` is
-    journal event ``base + cursor + 1``. A ring the journaler has not attached to yet
-    gets the base the journaler will give it: the journal's next event sequence minus
-    what the journaler has already taken from the ring. No journal: nothing to replay.
+    The notifier's next ring sequence ``cursor + 1`` is journal event ``base + cursor
+    + 1`` (``ringex.topology``: the base the journaler recorded for this ring, or the
+    one it will give a ring it has not attached yet). No journal: nothing to replay.
     Replay costs a few µs per event (the whole history; a snapshot of the views would
     bound it, and is not built yet).
     """
@@ -1109,14 +1011,9 @@ def replay_journal(md: MarketData, data_dir: str | os.PathLike[str], sources: It
     replayed = 0
     try:
         for source in sources:
-            ring = source.ring
-            created = int(ring.header["created_ns"])
-            known = journal.ring_base("evt", source.symbol)
-            if known is not None and known[0] == created:
-                base = known[1]
-            else:
-                journaled = ring.statistics().consumers[ring.consumer_index(JOURNAL_CONSUMER)].cursor
-                base = journal.next_event_seq(source.symbol) - (journaled + 1)
+            base = journaled_base(journal, EVT, source.symbol, source.ring)
+            if base is None:
+                base = new_ring_base(journal, EVT, source.symbol, source.ring)
             upto = base + source.consumer.cursor + 1
             for _, events in journal.read_events(source.symbol, 0, upto):
                 md.apply(events)
@@ -1149,78 +1046,63 @@ class _GcPauses:
 
 async def serve(
     config: Config,
+    topology: Topology,
     *,
-    sources: Iterable[EventSource] | None = None,
     verify: Callable[[int, int], bool] | None = None,
-    books: dict[str, Iterable[tuple[int, int, int, int]]] | None = None,
-    ring_prefix: str = DEFAULT_RING_PREFIX,
     on_ready: Callable[[dict[str, int]], Any] | None = None,
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-    fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
-    close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
-    sndbuf: int | None = None,
-    slice_sessions: int = SLICE_SESSIONS,
-    coalesce_s: float = 0.0,
     stats_out: str | os.PathLike[str] | None = None,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the notifier for ``config`` until cancelled.
+    """Run the notifier for ``config`` on ``topology``'s out-rings until cancelled.
 
-    - ``sources``: the event sources; by default one per symbol's out-ring, attached
-      as consumer "notifier" gated on "journaler" (``ring_prefix`` names the rings).
     - ``verify(account, token) -> bool``: checks logins for the orders channel; by
       default the data directory's ``AccountStore``.
-    - ``books``: each symbol's resting orders at the point the rings are read from
-      (``(order_id, side, price, open_qty)``). By default, when the notifier attaches
-      the out-rings itself, the views are rebuilt from the journal in
-      ``config.data_dir`` (``replay_journal``); with no journal they start empty.
-    - ``on_ready(ports)``: called once the listeners are bound and the pumps run, with
+    - The depth views are rebuilt from the journal in ``config.data_dir`` up to where
+      the out-rings are read from (``replay_journal``); with no journal they start empty.
+    - ``on_ready(ports)``: called once the listeners are bound and the pump runs, with
       ``{"tcp": port, "ws": port}``.
-    - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``.
-    - ``stats_out``: a path; on the way out, ``statistics()`` and the per-batch
-      ``fan_out_log`` are written there as JSON (for benchmarks).
+    - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``; the
+      sessions and the fan-out are tuned by ``config.market_data``.
+    - ``stats_out``: a path; on the way out, ``statistics()``, the garbage collector's
+      pauses and the per-batch ``fan_out_log`` are written there as JSON (benchmarks).
     """
     raise_nofile_limit()
-    owned: list[RingEventSource] = []
-    if sources is None:
-        sources = owned = ring_sources(config, prefix=ring_prefix)
+    sources = ring_sources(topology)
     if verify is None:
         from ringex.order_entry.accounts import AccountStore  # noqa: PLC0415
 
         verify = AccountStore.open(config.data_dir).verify
+    settings = config.market_data
     notifier = Notifier(
-        [s.name for s in config.symbols],
+        topology.symbols,
         sources,
         host=config.host,
         tcp_port=config.md_port,
         ws_port=config.ws_port,
         verify=verify,
-        books=books,
-        max_queue_bytes=max_queue_bytes,
-        heartbeat_s=heartbeat_s,
-        fan_out_threads=fan_out_threads,
-        close_grace_s=close_grace_s,
-        sndbuf=sndbuf,
-        slice_sessions=slice_sessions,
-        coalesce_s=coalesce_s,
+        max_queue_bytes=settings.max_queue_bytes,
+        heartbeat_s=settings.heartbeat_s,
+        fan_out_threads=settings.fan_out_threads,
+        close_grace_s=settings.close_grace_s,
+        sndbuf=settings.sndbuf or None,
+        slice_sessions=settings.slice_sessions,
+        coalesce_s=settings.coalesce_ms / 1000,
     )
-    gc_pauses = _GcPauses() if stats_out is not None else None
-    if stats_out is not None:
+    gc_pauses = _GcPauses() if stats_out else None
+    if stats_out:
         notifier.record_fan_out()
     try:
-        if owned and books is None:
-            replayed = replay_journal(notifier.md, config.data_dir, owned)
-            log.info("depth views rebuilt from %d journaled events", replayed)
+        replayed = replay_journal(notifier.md, config.data_dir, sources)
+        log.info("depth views rebuilt from %d journaled events", replayed)
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(notifier.run)
             if on_ready is not None:
                 on_ready(ports)
             task_status.started(notifier)
     finally:
-        for source in owned:
+        for source in sources:
             source.close()
-        if stats_out is not None:
+        if gc_pauses is not None:
             gc_pauses.stop()
             doc = {
                 "statistics": dataclasses.asdict(notifier.statistics()),
@@ -1231,81 +1113,25 @@ async def serve(
                 json.dump(doc, fh)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ringex.market_data.notifier``: the process the supervisor starts.
-
-    Prints one JSON line ``{"ready": true, "tcp": port, "ws": port, "pid": pid}`` on
-    stdout when serving, then runs until SIGINT/SIGTERM.
-    """
-    parser = argparse.ArgumentParser(prog="ringex-notifier", description="market data notifier")
-    parser.add_argument("--config", help="TOML config file (embedded defaults without it)")
-    parser.add_argument("--host")
-    parser.add_argument("--md-port", type=int)
-    parser.add_argument("--ws-port", type=int)
-    parser.add_argument("--data-dir")
-    parser.add_argument(
-        "--ring-prefix",
-        default=DEFAULT_RING_PREFIX,
-        help="out-rings are named PREFIX.out.SYMBOL (default: %(default)s)",
-    )
-    parser.add_argument("--max-queue-bytes", type=int, default=DEFAULT_MAX_QUEUE_BYTES)
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
-    parser.add_argument("--fan-out-threads", type=int, default=DEFAULT_FAN_OUT_THREADS)
-    parser.add_argument("--sndbuf", type=int, default=None, help="kernel send buffer per session (bytes)")
-    parser.add_argument(
-        "--slice-sessions", type=int, default=SLICE_SESSIONS, help="sessions per fan-out slice (%(default)s)"
-    )
-    parser.add_argument(
-        "--coalesce-ms", type=float, default=0.0, help="least time between two sends to a session (%(default)s)"
-    )
-    parser.add_argument("--stats-out", help="on exit, write statistics and the per-batch fan-out log here (JSON)")
-    parser.add_argument(
-        "--close-grace",
-        type=float,
-        default=DEFAULT_CLOSE_GRACE_S,
-        help="seconds a closed session gets to read the error",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s notifier %(levelname)s %(message)s")
-    config = load_config(
-        args.config,
-        overrides={"host": args.host, "md_port": args.md_port, "ws_port": args.ws_port, "data_dir": args.data_dir},
-    )
-
-    def ready(ports: dict[str, int]) -> None:
-        print(json.dumps({"ready": True, "pid": os.getpid(), **ports}), flush=True)
-
-    run_until_signal(
-        config,
-        ring_prefix=args.ring_prefix,
-        on_ready=ready,
-        max_queue_bytes=args.max_queue_bytes,
-        heartbeat_s=args.heartbeat,
-        fan_out_threads=args.fan_out_threads,
-        close_grace_s=args.close_grace,
-        sndbuf=args.sndbuf,
-        slice_sessions=args.slice_sessions,
-        coalesce_s=args.coalesce_ms / 1000,
-        stats_out=args.stats_out,
-    )
-    return 0
-
-
-def run_until_signal(config: Config, **serve_kwargs: Any) -> None:
-    """Run ``serve(config, **serve_kwargs)`` in a new trio run until SIGINT or SIGTERM:
-    the body of the notifier process, whoever starts it (``main``, the supervisor)."""
+def run_notifier(config: Config, topology: Topology, control) -> int:
+    """The notifier process (``ringex.roles``): serve until SIGINT or SIGTERM."""
     import signal  # noqa: PLC0415
 
     async def _main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(lambda: serve(config, **serve_kwargs))
+                await nursery.start(
+                    functools.partial(
+                        serve,
+                        config,
+                        topology,
+                        on_ready=lambda ports: control.set_ready(NOTIFIER, True),
+                        stats_out=config.market_data.stats_out or None,
+                    )
+                )
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
 
     trio.run(_main)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return 0

@@ -26,18 +26,16 @@ Public API used by the gateway and the notifier::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["AccountStore", "AccountError", "create_demo_accounts", "ACCOUNTS_FILE", "add_arguments", "run"]
+__all__ = ["AccountStore", "AccountError", "create_demo_accounts", "ACCOUNTS_FILE", "check_u64"]
 
 ACCOUNTS_FILE = "accounts.json"
 U64_MAX = (1 << 64) - 1
@@ -57,7 +55,7 @@ class AccountError(ValueError):
     """A bad account id or token, or an account file that cannot be used; the message says which."""
 
 
-def _check_u64(what: str, value: int) -> int:
+def check_u64(what: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= U64_MAX:
         raise AccountError(f"{what} must be an integer from 1 to {U64_MAX}, got {value!r}")
     return value
@@ -159,8 +157,8 @@ class AccountStore:
     def add(self, account: int, token: int | None = None) -> int:
         """Add ``account`` (or give it a new token) and return its token: ``token`` if
         given, else a fresh random u64. Only the salted hash is written."""
-        _check_u64("account", account)
-        token = secrets.randbelow(U64_MAX) + 1 if token is None else _check_u64("token", token)
+        check_u64("account", account)
+        token = secrets.randbelow(U64_MAX) + 1 if token is None else check_u64("token", token)
         self._reload_if_changed()
         salt = secrets.token_bytes(SALT_BYTES)
         self._records[account] = {
@@ -236,56 +234,3 @@ def create_demo_accounts(data_dir: str | os.PathLike[str], count: int = 3) -> di
     if store.accounts():
         return {}
     return {acct: store.add(acct) for acct in range(DEMO_FIRST_ACCOUNT, DEMO_FIRST_ACCOUNT + count)}
-
-
-##########################################################################################
-# ringex accounts
-##########################################################################################
-
-
-def _u64_arg(text: str) -> int:
-    try:
-        return _check_u64("value", int(text, 0))
-    except (ValueError, AccountError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", metavar="DIR", help="data directory (default: the config's data_dir)")
-    parser.add_argument("--config", metavar="FILE", help="TOML config file, for its data_dir")
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = sub.add_parser("add", help="add an account (or reset its token); prints the token last")
-    p.add_argument("account", type=_u64_arg, metavar="ACCOUNT_ID")
-    p.add_argument("--token", type=_u64_arg, help="use this token instead of a random one (for scripts)")
-    sub.add_parser("list", help="list account ids")
-    p = sub.add_parser("remove", help="remove an account")
-    p.add_argument("account", type=_u64_arg, metavar="ACCOUNT_ID")
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    if args.data:
-        return Path(args.data)
-    from ringex.config import load_config
-
-    return load_config(args.config).data_path
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        store = AccountStore.open(_data_dir(args))
-        if args.action == "add":
-            token = store.add(args.account, args.token)
-            print(f"account {args.account} added to {store.path}; its token (shown only now):")
-            print(token)
-        elif args.action == "list":
-            for acct in store.accounts():
-                print(acct)
-        elif args.action == "remove":
-            if not store.remove(args.account):
-                print(f"ringex accounts: no account {args.account} in {store.path}", file=sys.stderr)
-                return 1
-            print(f"account {args.account} removed")
-    except AccountError as exc:
-        print(f"ringex accounts: {exc}", file=sys.stderr)
-        return 2
-    return 0

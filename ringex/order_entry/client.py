@@ -27,19 +27,18 @@ from collections import deque
 
 import numpy as np
 
+from ringex.codes import OrderType, Reason, ReplyType, Side, Tif
 from ringex.order_entry.protocol import (
     NEED_DATA,
     REPLY,
     FrameDecoder,
-    Reason,
-    ReplyType,
     encode_cancel,
     encode_heartbeat,
     encode_login,
     encode_new_order,
     encode_replace,
 )
-from ringex.records import OrderType, Side, Tif, decode_symbol
+from ringex.records import decode_symbol
 
 __all__ = [
     "Reply",

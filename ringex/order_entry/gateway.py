@@ -4,32 +4,26 @@
 
     clients ──TCP──► selectors loop ──► Session (sans-IO) ──publish──► in-ring[SYM] ──► matcher
                           ▲                                               │
-                          │ eventfd ◄── journal watcher thread ◄──────────┘ "journaler" cursor
+                          │ pipe doorbell ◄── journaler's commit ◄────────┘ journaler's cursor
                           └── K once the journaler's cursor has passed the command
 
 The gateway is the single producer of every in-ring. One thread runs a selectors
-(epoll) loop over the listening socket, the sessions and an eventfd. Each ``recv``
+(epoll) loop over the listening socket, the sessions, the in-rings' doorbell and an
+eventfd (for the login checker thread and ``stop``). Each ``recv``
 is handed whole to its ``Session`` (``ringex.order_entry.session``), which parses, validates,
 throttles and stamps all its frames with array operations and publishes the valid
 ones into each symbol's in-ring in one slice.
 
-Durability and the watcher threads: a ``K`` may go out only once the journaler's
-consumer cursor on that in-ring has passed the command (the journaler stores it only
-after the LMDB commit). The loop cannot sleep on the ring's semaphore, and polling
-the cursors from the loop is poor here: epoll's timeout has 1 ms granularity
-(Python rounds it up), so polling would add up to 1 ms to every ack while an fsync
-commit takes ~0.2 ms; a loop that never sleeps while acks are pending would burn a
-core on a 2-core machine. So a small thread sleeps in the rings' own wait machinery
-(the journaler's commit posts the producer's semaphore) and, when a cursor moves,
-writes the eventfd the loop watches.
-
-The supervisor's in-rings do better: they share one *pipe doorbell* for their
-producer (``ringex.ring.PipeDoorbell``), a FIFO the loop polls with its sockets.
-While acks are pending the loop announces itself on every in-ring
-(``Doorbell.announce``), re-checks the cursors, and polls; the journaler's commit
-then writes the FIFO and wakes the loop itself, one hop fewer than through a thread.
-On rings without it (tests that build their own) the watcher threads remain, one per
-semaphore the rings' producer sleeps on; they idle in 50 ms naps.
+Durability: a ``K`` may go out only once the journaler's consumer cursor on that
+in-ring has passed the command (the journaler stores it only after the LMDB commit).
+The loop cannot sleep on a semaphore, and polling the cursors from the loop is poor
+here: epoll's timeout has 1 ms granularity (Python rounds it up), so polling would add
+up to 1 ms to every ack while an fsync commit takes ~0.2 ms, and a loop that never
+sleeps while acks are pending would burn a core on a 2-core machine. So the in-rings
+share one *pipe doorbell* for their producer (``ringex.ring.PipeDoorbell``), a FIFO
+the loop polls with its sockets: while acks are pending the loop announces itself on
+every in-ring (``Doorbell.announce``), re-checks the cursors, and polls; the
+journaler's commit then writes the FIFO and wakes the loop directly.
 
 Logins: a pair the ``AccountStore`` has verified before is answered at once; a new
 one needs a scrypt (~80 ms here), which runs on one worker thread (scrypt releases
@@ -37,19 +31,17 @@ the GIL) while the session waits in VERIFYING, so a burst of logins, good or bad
 never stalls the loop or the other sessions.
 
 Sequences: the ``seq`` in a ``K`` is the command's sequence in its symbol's journal,
-``base + ring sequence``; ``seq_bases`` gives each symbol's base (the supervisor reads
-``Journal.next_seq`` before it starts the gateway on new rings).
+``base + ring sequence``; ``start_position`` reads each in-ring's base, and the next
+order id, from the journal before the gateway joins the rings.
 
-Readiness: orders are answered ``X`` NOT_READY while ``ready()`` is false; with a
-control block that is ``ControlBlock.accepting`` (exchange state READY).
+Readiness: orders are answered ``X`` NOT_READY unless the control block says the
+exchange is READY (``ControlBlock.accepting``).
 
-Process entry: ``python -m ringex.order_entry.gateway --config FILE --ring-prefix P --control NAME``
-(see ``main``), or ``serve(config, ...)`` in a spawned child.
+Process entry: ``run_gateway`` (``ringex.roles``).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -60,29 +52,25 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ringex.config import Config, load_config
-from ringex.control import ExchangeState
+from ringex.codes import Op, Reason, ReplyType
+from ringex.config import Config, OrderEntryLimits
+from ringex.control import ExchangeState, NullControl
 from ringex.order_entry.accounts import AccountStore
-from ringex.order_entry.protocol import Reason, ReplyType, SymbolTable, encode_reply
-from ringex.order_entry.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
-from ringex.records import COMMAND
+from ringex.order_entry.protocol import SymbolTable, encode_reply
+from ringex.order_entry.session import OrderIdCounter, Session, SessionState, SystemClock, warm_up
 from ringex.ring import Producer, Ring
-from ringex.wait import Doorbell
+from ringex.topology import CMD, GATEWAY, JOURNALER, Topology, wait_for_base
+from ringex.wait import Doorbell, wait_until
 
-__all__ = ["Gateway", "GatewayStatistics", "serve", "main", "in_ring_name", "JOURNAL_CONSUMER", "ROLE"]
+__all__ = ["Gateway", "GatewayStatistics", "serve", "start_position", "run_gateway"]
 
 log = logging.getLogger("ringex.order_entry.gateway")
-
-JOURNAL_CONSUMER = "journaler"
-ROLE = "gateway"
-DEFAULT_RING_PREFIX = "ringex"
 # Bytes taken per readable event: one recv per session per loop turn keeps a flooding
 # session from starving the others, and 256 KiB is 4,096 frames, one ring slice each.
 RECV_BYTES = 256 * 1024
@@ -91,12 +79,6 @@ TICK_S = 0.1
 # A closing session whose last replies cannot be written within this is dropped.
 CLOSE_LINGER_S = 2.0
 LISTEN_BACKLOG = 1024
-
-
-def in_ring_name(symbol: str, prefix: str = DEFAULT_RING_PREFIX) -> str:
-    """The shared-memory name of ``symbol``'s in-ring (the supervisor creates it, with
-    consumer ``"journaler"`` among its consumers)."""
-    return f"{prefix}.in.{symbol}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,43 +105,12 @@ class _Conn:
         self.closing_since: float | None = None
 
 
-class _JournalWatcher(threading.Thread):
-    """Sleeps until the journaler's cursor moves on any of its in-rings, then pokes
-    the loop.
-
-    It sleeps on the rings' producer semaphore (one doorbell for them all), which
-    every consumer commit may post; the loop thread never sleeps on it (it only uses
-    ``try_claim``), so this thread may.
-    """
-
-    def __init__(self, rings: list[Ring], producers: list[Producer], wake_fd: int, stop: threading.Event) -> None:
-        super().__init__(name=f"journal-watch {rings[0].name}+{len(rings) - 1}", daemon=True)
-        self._bell = Doorbell([p.sleeper for p in producers])
-        self._cursors = [functools.partial(ring.consumer_cursor, JOURNAL_CONSUMER) for ring in rings]
-        self._wake_fd = wake_fd
-        self._stopping = stop  # not ``_stop``: threading.Thread has a method of that name
-
-    def run(self) -> None:
-        cursors = self._cursors
-        seen = [cursor() for cursor in cursors]
-
-        def moved() -> bool:
-            return any(cursor() > last for cursor, last in zip(cursors, seen, strict=True))
-
-        while not self._stopping.is_set():
-            # the timeout only bounds how late a stop is noticed; no spin: the loop
-            # thread needs the GIL more than this thread needs a head start
-            if self._bell.wait(moved, 0.5, spin_tries=0):
-                seen[:] = [cursor() for cursor in cursors]
-                os.eventfd_write(self._wake_fd, 1)
-
-
 class Gateway:
     """The gateway's state and loop. ``serve`` builds one and runs it.
 
-    Resource handling: the gateway attaches the in-rings (it does not create or
-    unlink them: the supervisor owns their lifetime) and closes its mappings, sockets
-    and eventfd in ``close()``.
+    Resource handling: the gateway attaches ``topology``'s in-rings (it does not
+    create or unlink them: the supervisor owns their lifetime) and closes its
+    mappings, sockets and eventfd in ``close()``.
 
     Error handling: socket errors of one session close that session only. An
     exception while processing a session's bytes is a bug; it is logged with its
@@ -169,22 +120,18 @@ class Gateway:
     def __init__(
         self,
         config: Config,
+        topology: Topology,
         accounts: AccountStore,
         *,
-        ring_prefix: str = DEFAULT_RING_PREFIX,
-        ready: Callable[[], bool] | None = None,
-        limits: Limits | None = None,
+        control=None,
         seq_bases: Mapping[str, int] | None = None,
         first_order_id: int | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        control=None,
     ) -> None:
         self.config = config
         self.accounts = accounts
-        self.limits = limits or Limits()
-        self.ready = ready or (lambda: True)
-        self.control = control
+        self.limits: OrderEntryLimits = config.order_entry
+        self.control = control = control or NullControl()
+        self.ready = lambda: control.accepting
         self.table = SymbolTable(config.symbols)
         self.order_ids = OrderIdCounter(first_order_id)
         self.clock = SystemClock()
@@ -194,26 +141,16 @@ class Gateway:
         self.bases = np.array([int(bases.get(s.name, 0)) for s in self.table.specs], dtype=np.int64)
         self._stop = threading.Event()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._watchers: list[_JournalWatcher] = []
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
         try:
             for spec in self.table.specs:
-                ring = Ring.attach(in_ring_name(spec.name, ring_prefix), COMMAND)
+                ring = topology.attach_in(spec.name)
                 self.rings.append(ring)
                 self.producers.append(ring.producer())
-            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNAL_CONSUMER) for r in self.rings]
-            self._bell = Doorbell.for_event_loop([p.sleeper for p in self.producers])
-            if self._bell is not None:
-                self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
-            else:  # one watcher thread per semaphore the producers sleep on
-                by_sem: dict[str, list[int]] = {}
-                for i, producer in enumerate(self.producers):
-                    by_sem.setdefault(producer.sleeper.semaphore_name, []).append(i)
-                for group in by_sem.values():
-                    rings = [self.rings[i] for i in group]
-                    producers = [self.producers[i] for i in group]
-                    self._watchers.append(_JournalWatcher(rings, producers, self._wake_fd, self._stop))
+            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNALER) for r in self.rings]
+            self._bell = Doorbell([p.sleeper for p in self.producers])
+            self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
             # A previous gateway on these rings may have issued ids the journal has not
             # got yet (the supervisor's first_order_id comes from the journal): start
             # above every new order still in a ring, so no id is ever issued twice.
@@ -224,7 +161,7 @@ class Gateway:
             self.durable = np.zeros(len(self.rings), dtype=np.int64)
             self._refresh_durable()
             self.listener = socket.create_server(
-                (host if host is not None else config.host, port if port is not None else config.order_port),
+                (config.host, config.order_port),
                 backlog=LISTEN_BACKLOG,
                 reuse_port=False,
             )
@@ -286,17 +223,14 @@ class Gateway:
 
     def run(self) -> None:
         """Serve until ``stop()``."""
-        for w in self._watchers:
-            w.start()
-        if self.control is not None:
-            self.control.set_ready(ROLE, True)
+        self.control.set_ready(GATEWAY, True)
         next_tick = time.monotonic() + TICK_S
         select = self.sel.select
         bell = self._bell
         while not self._stop.is_set():
             touched: set[_Conn] = set()
             timeout = max(0.0, next_tick - time.monotonic())
-            armed = bell is not None and bool(self._waiting)
+            armed = bool(self._waiting)
             if armed:
                 # acks are pending: ask the journaler to ring, then look once more
                 bell.announce()
@@ -335,13 +269,12 @@ class Gateway:
                 self._flush(conn)
 
     def _tick(self, now: float) -> None:
-        if self.control is not None:
-            self.control.beat(ROLE)
-            if self.control.state is ExchangeState.HALTED:
-                # The journaler has stopped for good: what waits for it gets its X now.
-                for conn in list(self.conns.values()):
-                    if conn.session.waiting_for_journal and conn.session.refuse_pending():
-                        self._flush(conn)
+        self.control.beat(GATEWAY)
+        if self.control.state is ExchangeState.HALTED:
+            # The journaler has stopped for good: what waits for it gets its X now.
+            for conn in list(self.conns.values()):
+                if conn.session.waiting_for_journal and conn.session.refuse_pending():
+                    self._flush(conn)
         for conn in list(self.conns.values()):
             conn.session.poll_timers()
             if conn.closing_since is not None and now - conn.closing_since > CLOSE_LINGER_S:
@@ -544,9 +477,6 @@ class Gateway:
             self._close(conn)
         if self.listener is not None:
             _close_quietly(self.listener)
-        for w in self._watchers:
-            if w.is_alive():
-                w.join(timeout=1.0)
         self.sel.close()
         try:
             os.close(self._wake_fd)
@@ -562,7 +492,7 @@ def _max_order_id_in(ring: Ring) -> int:
     """The highest order id of a new order among the ring's slots (0 if none)."""
     published = ring.producer_cursor + 1
     slots = ring.slots[: min(published, ring.capacity)]
-    ids = slots["order_id"][slots["msg_type"] == ord("N")]
+    ids = slots["order_id"][slots["msg_type"] == Op.NEW]
     return int(ids.max()) if len(ids) else 0
 
 
@@ -574,39 +504,47 @@ def _close_quietly(sock: socket.socket) -> None:
             raise
 
 
+def start_position(config: Config, topology: Topology) -> tuple[dict[str, int], int]:
+    """``(seq_bases, first_order_id)`` for a gateway (re)starting on ``topology``'s in-rings.
+
+    The gateway is the in-rings' only producer, so while it is down they are still:
+    once the journaler has taken all of them, the journal's highest order id is the
+    highest ever issued, and the new gateway's ids continue past it.
+    """
+    from ringex.wal import Journal  # noqa: PLC0415
+
+    bases: dict[str, int] = {}
+    for symbol in topology.symbols:
+        with topology.attach_in(symbol, readonly=True) as ring:
+            wait_until(
+                lambda r=ring: r.consumer_cursor(JOURNALER) >= r.producer_cursor,
+                f"the journaler to take {ring.name}",
+            )
+            bases[symbol] = wait_for_base(config.data_dir, CMD, symbol, ring)
+    with Journal(config.data_dir, readonly=True) as journal:
+        first_order_id = journal.max_order_id() + 1
+    return bases, first_order_id
+
+
 def serve(
     config: Config,
+    topology: Topology,
     *,
-    accounts: AccountStore | None = None,
-    ring_prefix: str = DEFAULT_RING_PREFIX,
-    ready: Callable[[], bool] | None = None,
     control=None,
-    limits: Limits | None = None,
-    seq_bases: Mapping[str, int] | None = None,
-    first_order_id: int | None = None,
-    host: str | None = None,
-    port: int | None = None,
+    accounts: AccountStore | None = None,
     on_listening: Callable[[tuple[str, int]], None] | None = None,
 ) -> int:
     """Run the gateway until SIGTERM/SIGINT; returns the exit status (0).
 
-    Arguments:
-
     - ``config``: symbols (what is listed and their bands/ticks/max qty), ``host`` and
-      ``order_port`` (overridden by ``host``/``port``; port 0 picks a free port),
-      ``data_dir`` (where ``accounts.json`` is, unless ``accounts`` is given).
-    - ``ring_prefix``: in-rings are attached as ``in_ring_name(symbol, ring_prefix)``;
-      they must exist, with a consumer named ``"journaler"``.
-    - ``ready``: callable, true while orders may be accepted; else ``control``'s
-      ``accepting``; else always true. ``control``: a ``ControlBlock``; the gateway
-      reports ready on it as role ``"gateway"`` and heartbeats it.
-    - ``limits``: ``ringex.order_entry.session.Limits`` (sessions, rate, in-flight, timeouts).
-    - ``seq_bases``: ``{symbol: journal sequence of ring sequence 0}`` so a ``K``
-      carries journal sequences; 0 for a symbol not given.
-    - ``first_order_id``: the first exchange order id to issue (default: the clock in
-      microseconds, see ``OrderIdCounter``); raised above any new order still in the
-      in-rings, which a previous gateway may have issued before the journal had it.
-    - ``on_listening(address)``: called once the socket listens (e.g. to print the port).
+      ``order_port``, ``data_dir`` (where ``accounts.json`` is, unless ``accounts`` is
+      given), ``order_entry`` (the sessions' limits).
+    - ``topology``: the in-rings are attached by its names; they must exist.
+    - ``control``: the ``ControlBlock``; orders are accepted only while it is READY, and
+      the gateway reports ready on it as role ``GATEWAY`` and heartbeats it.
+    - ``on_listening(address)``: called once the socket listens.
+
+    Before serving it reads where to continue from the journal (``start_position``).
 
     Resource handling: attaches (never creates or unlinks) the rings and closes
     everything it opened before returning. Error handling: a missing ring or a busy
@@ -615,92 +553,22 @@ def serve(
     if accounts is None:
         accounts = AccountStore.open(config.data_dir)
     warm_up()  # compile or load the jitted checks before the first client waits on them
-    if ready is None and control is not None:
-        ready = lambda: control.accepting  # noqa: E731
-    gateway = Gateway(
-        config,
-        accounts,
-        ring_prefix=ring_prefix,
-        ready=ready,
-        limits=limits,
-        seq_bases=seq_bases,
-        first_order_id=first_order_id,
-        host=host,
-        port=port,
-        control=control,
-    )
+    bases, first_order_id = start_position(config, topology)
+    gateway = Gateway(config, topology, accounts, control=control, seq_bases=bases, first_order_id=first_order_id)
     previous = {sig: signal.signal(sig, lambda *_: gateway.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if control is not None:
-            control.set_pid(ROLE, os.getpid())
         if on_listening is not None:
             on_listening(gateway.address)
         log.info("listening on %s:%d", *gateway.address)
         gateway.run()
     finally:
-        if control is not None:
-            control.set_ready(ROLE, False)
+        gateway.control.set_ready(GATEWAY, False)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         gateway.close()
     return 0
 
 
-def _limits_from_args(args: argparse.Namespace) -> Limits:
-    given = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(Limits) if getattr(args, f.name, None) is not None
-    }
-    return dataclasses.replace(Limits(), **given)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ringex.order_entry.gateway [--config FILE] [--data DIR] [--host H] [--port N]
-    [--ring-prefix P] [--control NAME] [--seq-base SYM=N ...] [--first-order-id N]
-    [--<limit> N ...]``: the entry point the supervisor (or a test) spawns. Prints
-    ``ringex gateway listening on HOST:PORT`` on stdout once it accepts connections."""
-    parser = argparse.ArgumentParser(prog="ringex-gateway")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--data", default=None, help="data directory (accounts.json)")
-    parser.add_argument("--host", default=None)
-    parser.add_argument("--port", type=int, default=None)
-    parser.add_argument("--ring-prefix", default=DEFAULT_RING_PREFIX)
-    parser.add_argument("--control", default=None, help="control block shm name")
-    parser.add_argument("--seq-base", action="append", default=[], metavar="SYMBOL=N")
-    parser.add_argument("--first-order-id", type=int, default=None)
-    for f in dataclasses.fields(Limits):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
-    config = load_config(args.config, overrides={"data_dir": args.data})
-    control = None
-    if args.control:
-        from ringex.control import ControlBlock
-
-        control = ControlBlock.attach(args.control)
-    bases = {}
-    for item in args.seq_base:
-        sym, _, n = item.partition("=")
-        bases[sym] = int(n)
-
-    def announce(address: tuple[str, int]) -> None:
-        print(f"ringex gateway listening on {address[0]}:{address[1]}", flush=True)
-
-    try:
-        return serve(
-            config,
-            ring_prefix=args.ring_prefix,
-            control=control,
-            limits=_limits_from_args(args),
-            seq_bases=bases,
-            first_order_id=args.first_order_id,
-            host=args.host,
-            port=args.port,
-            on_listening=announce,
-        )
-    finally:
-        if control is not None:
-            control.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def run_gateway(config: Config, topology: Topology, control) -> int:
+    """The gateway process (``ringex.roles``)."""
+    return serve(config, topology, control=control)

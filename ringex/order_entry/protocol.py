@@ -4,10 +4,9 @@ The wire contract is ``../shared/PROTOCOL.md`` (the user's copy is
 ``docs/protocol.md``). Every frame in either direction is 64 bytes, so a receiver
 never parses a frame at a time: ``FrameDecoder`` hands back every whole frame it
 holds as one numpy structured array, and ``validate`` checks all of them in one
-jitted pass over the array (``frame_reason`` per frame; the same check with numpy
-whole-array operations, ``validate_reference``, is what it is tested against: the
-numpy version costs ~0.3 ms per call in fixed overhead, far too much for a ``recv``
-holding one order). Nothing here touches a socket or a clock, so the gateway, the
+jitted pass over the array (``frame_reason`` per frame; the tests hold the same check
+written with numpy whole-array operations, which costs ~0.3 ms per call in fixed
+overhead, far too much for a ``recv`` holding one order). Nothing here touches a socket or a clock, so the gateway, the
 client library, the tests and the fuzzer share exactly this code.
 
 Shapes follow h11: ``receive_data(bytes)`` buffers, ``next_frames()`` returns an
@@ -21,28 +20,24 @@ Project additions to the contract (allowed by it: new codes, reserved bytes):
 
 from __future__ import annotations
 
-import enum
 import struct
 from typing import Final
 
 import numba
 import numpy as np
 
-from ringex.records import COMMAND, SYMBOL_LEN, OrderType, Side, Tif, encode_symbol
+from ringex.codes import MsgType, OrderType, Reason, Side, Tif
+from ringex.records import COMMAND, SYMBOL_LEN, encode_symbol
 
 __all__ = [
     "PROTOCOL_VERSION",
     "FRAME_SIZE",
     "COMMAND",
     "REPLY",
-    "Reason",
-    "MsgType",
-    "ReplyType",
     "NEED_DATA",
     "FrameDecoder",
     "SymbolTable",
     "validate",
-    "validate_reference",
     "frame_reason",
     "frame_words",
     "encode_login",
@@ -51,53 +46,10 @@ __all__ = [
     "encode_replace",
     "encode_heartbeat",
     "encode_reply",
-    "build_replies",
 ]
 
 PROTOCOL_VERSION: Final = 1
 FRAME_SIZE: Final = 64
-
-
-class Reason(enum.IntEnum):
-    """Why a request was rejected (``X``/``J``) or a session closed (``E``)."""
-
-    OK = 0
-    NOT_LOGGED_IN = 1
-    BAD_CREDENTIALS = 2
-    UNKNOWN_SYMBOL = 3
-    BAD_SIDE = 4
-    BAD_ORDER_TYPE = 5
-    BAD_QTY = 6
-    BAD_PRICE = 7
-    UNKNOWN_MESSAGE = 8
-    THROTTLED = 9
-    NOT_READY = 10
-    ALREADY_LOGGED_IN = 11
-    BAD_ORDER_ID = 12
-    # project additions: only ever sent with ``E``, just before the close
-    IDLE_TIMEOUT = 13
-    SESSION_LIMIT = 14
-
-
-class MsgType(enum.IntEnum):
-    """``msg_type`` of a client-to-exchange frame."""
-
-    LOGIN = ord("L")
-    NEW = ord("N")
-    CANCEL = ord("C")
-    REPLACE = ord("R")
-    HEARTBEAT = ord("H")
-
-
-class ReplyType(enum.IntEnum):
-    """``msg_type`` of an exchange-to-client frame."""
-
-    LOGIN_ACCEPTED = ord("A")
-    LOGIN_REJECTED = ord("J")
-    ACK = ord("K")
-    REJECT = ord("X")
-    HEARTBEAT = ord("H")
-    ERROR = ord("E")
 
 
 REPLY = np.dtype(
@@ -234,11 +186,21 @@ class SymbolTable:
         return np.where(self.names[pos] == symbols, pos, -1).astype(np.int64)
 
 
-_KNOWN = np.array(list(MsgType), dtype=np.uint8)
-
-
-# msg_type and code letters as plain ints: enum attribute lookups cost microseconds
+# msg_type, code letters and reasons as plain ints: enum attribute lookups cost
+# microseconds, and the jitted checks need constants
 _L, _N, _C, _R, _H = (int(m) for m in (MsgType.LOGIN, MsgType.NEW, MsgType.CANCEL, MsgType.REPLACE, MsgType.HEARTBEAT))
+_NOT_LOGGED_IN, _UNKNOWN_SYMBOL, _UNKNOWN_MESSAGE = (
+    int(Reason.NOT_LOGGED_IN),
+    int(Reason.UNKNOWN_SYMBOL),
+    int(Reason.UNKNOWN_MESSAGE),
+)
+_BAD_SIDE, _BAD_ORDER_TYPE, _BAD_QTY, _BAD_PRICE, _BAD_ORDER_ID = (
+    int(Reason.BAD_SIDE),
+    int(Reason.BAD_ORDER_TYPE),
+    int(Reason.BAD_QTY),
+    int(Reason.BAD_PRICE),
+    int(Reason.BAD_ORDER_ID),
+)
 _BUY, _SELL = int(Side.BUY), int(Side.SELL)
 _LIMIT, _MARKET = int(OrderType.LIMIT), int(OrderType.MARKET)
 _GTC, _IOC, _FOK, _POST = int(Tif.GTC), int(Tif.IOC), int(Tif.FOK), int(Tif.POST_ONLY)
@@ -276,16 +238,16 @@ def frame_reason(wu: np.ndarray, wi: np.ndarray, r: int, logged_in: bool, keys, 
     if not (new or cancel or replace):
         if mt == _L or mt == _H:
             return 0, -1
-        return 8, -1  # UNKNOWN_MESSAGE
+        return _UNKNOWN_MESSAGE, -1
     if not logged_in:
-        return 1, -1  # NOT_LOGGED_IN
+        return _NOT_LOGGED_IN, -1
     sym = symbol_slot(keys, key_index, wu[r, 1])
     if sym < 0:
-        return 3, -1  # UNKNOWN_SYMBOL
+        return _UNKNOWN_SYMBOL, -1
     if new:
         side = (w0 >> 8) & 0xFF
         if side != _BUY and side != _SELL:
-            return 4, sym  # BAD_SIDE
+            return _BAD_SIDE, sym
         otype = (w0 >> 16) & 0xFF
         tif = (w0 >> 24) & 0xFF
         if otype == _LIMIT:
@@ -295,20 +257,20 @@ def frame_reason(wu: np.ndarray, wi: np.ndarray, r: int, logged_in: bool, keys, 
         else:
             ok = False
         if not ok:
-            return 5, sym  # BAD_ORDER_TYPE
+            return _BAD_ORDER_TYPE, sym
     elif wu[r, 3] == 0:
-        return 12, sym  # BAD_ORDER_ID
+        return _BAD_ORDER_ID, sym
     if cancel:
         return 0, sym
     qty = wi[r, 5]
     if qty <= 0 or qty > bounds[3, sym]:
-        return 6, sym  # BAD_QTY
+        return _BAD_QTY, sym
     price = wi[r, 4]
     if new and ((w0 >> 16) & 0xFF) == _MARKET:
         if price != 0:
-            return 7, sym  # BAD_PRICE: a market order carries no price
+            return _BAD_PRICE, sym  # a market order carries no price
     elif price <= 0 or price < bounds[1, sym] or price > bounds[2, sym] or (price - bounds[1, sym]) % bounds[0, sym]:
-        return 7, sym  # BAD_PRICE
+        return _BAD_PRICE, sym
     return 0, sym
 
 
@@ -335,7 +297,7 @@ def validate(frames: np.ndarray, table: SymbolTable, logged_in: bool) -> np.ndar
 
     Logins and heartbeats pass (their handling is the session's business); rate,
     in-flight and readiness limits are not checked here either. One jitted pass over
-    the frames (``frame_reason``); ``validate_reference`` is the numpy equivalent.
+    the frames (``frame_reason``).
     """
     reasons = np.zeros(len(frames), dtype=np.uint16)
     if len(frames):
@@ -344,74 +306,6 @@ def validate(frames: np.ndarray, table: SymbolTable, logged_in: bool) -> np.ndar
             wu, wi, logged_in, table.keys, table.key_index, table.bounds, reasons, np.empty(len(frames), np.int64)
         )
     return reasons
-
-
-def validate_reference(
-    frames: np.ndarray, table: SymbolTable, logged_in: bool, symbol_index: np.ndarray | None = None
-) -> np.ndarray:
-    """``validate`` written with numpy whole-array operations: the reference the
-    jitted ``validate`` is tested against (same reasons, same precedence).
-
-    Checks, first failure wins: the message type is known; the session is logged in
-    (for requests); the symbol is listed; for ``N`` the side, the order type/tif
-    combination (limit with G/I/F/P, market with I/F), the quantity (1..max_qty) and
-    the price (a limit price in the band on a tick, a market price 0); for ``C`` and
-    ``R`` a non-zero order id; for ``R`` the new quantity and price as for a limit ``N``.
-
-    Logins and heartbeats pass (their handling is the session's business); rate,
-    in-flight and readiness limits are not checked here either. ``symbol_index``
-    may be passed in when the caller already computed ``table.index_of``.
-    """
-    mt = frames["msg_type"]
-    if symbol_index is None:
-        symbol_index = table.index_of(frames["symbol"])
-    listed = symbol_index >= 0
-    idx = np.where(listed, symbol_index, 0)
-    tick, pmin, pmax, qmax = table.tick[idx], table.price_min[idx], table.price_max[idx], table.max_qty[idx]
-
-    new = mt == MsgType.NEW
-    cancel = mt == MsgType.CANCEL
-    replace = mt == MsgType.REPLACE
-    request = new | cancel | replace
-    side, otype, tif = frames["side"], frames["order_type"], frames["tif"]
-    price, qty = frames["price"], frames["qty"]
-
-    limit = otype == OrderType.LIMIT
-    market = otype == OrderType.MARKET
-    tif_ok = np.where(
-        limit,
-        (tif == Tif.GTC) | (tif == Tif.IOC) | (tif == Tif.FOK) | (tif == Tif.POST_ONLY),
-        market & ((tif == Tif.IOC) | (tif == Tif.FOK)),
-    )
-    priced = (new & limit) | replace
-    price_ok = np.where(
-        priced,
-        (price > 0) & (price >= pmin) & (price <= pmax) & ((price - pmin) % tick == 0),
-        price == 0,
-    )
-    qty_ok = (qty > 0) & (qty <= qmax)
-
-    conditions = [
-        ~np.isin(mt, _KNOWN),
-        request & (not logged_in),
-        request & ~listed,
-        new & (side != Side.BUY) & (side != Side.SELL),
-        new & ~tif_ok,
-        (cancel | replace) & (frames["order_id"] == 0),
-        (new | replace) & ~qty_ok,
-        (new | replace) & ~price_ok,
-    ]
-    choices = [
-        Reason.UNKNOWN_MESSAGE,
-        Reason.NOT_LOGGED_IN,
-        Reason.UNKNOWN_SYMBOL,
-        Reason.BAD_SIDE,
-        Reason.BAD_ORDER_TYPE,
-        Reason.BAD_ORDER_ID,
-        Reason.BAD_QTY,
-        Reason.BAD_PRICE,
-    ]
-    return np.select(conditions, [np.uint16(c) for c in choices], np.uint16(0)).astype(np.uint16)
 
 
 ##########################################################################################
@@ -474,17 +368,3 @@ def encode_reply(
 ) -> bytes:
     """One exchange-to-client frame (logins, heartbeats, errors: the rare ones)."""
     return _REPLY.pack(msg_type, side, reason, session, symbol, client_order_id, order_id, price, qty, seq, ts_ns)
-
-
-def build_replies(frames: np.ndarray, reasons: np.ndarray, ts_ns: int | np.ndarray) -> np.ndarray:
-    """One ``REPLY`` per frame: ``X`` with its reason where ``reasons`` is non-zero,
-    else ``K``; the echoed fields copied as whole columns. ``seq`` is left 0 for the
-    caller to fill once the ring has placed the command. (The gateway's sessions
-    build theirs inside their jitted batch pass; this is for tools and tests.)"""
-    out = np.zeros(len(frames), dtype=REPLY)
-    out["msg_type"] = np.where(reasons != 0, np.uint8(ReplyType.REJECT), np.uint8(ReplyType.ACK))
-    out["reason"] = reasons
-    for name in ("side", "symbol", "client_order_id", "order_id", "price", "qty"):
-        out[name] = frames[name]
-    out["ts_ns"] = ts_ns
-    return out

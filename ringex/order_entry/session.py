@@ -27,7 +27,6 @@ that symbol's in-ring in one slice.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import enum
 import time
 from collections.abc import Callable
@@ -36,41 +35,19 @@ from typing import Protocol
 import numba
 import numpy as np
 
+from ringex.codes import MsgType, Reason, ReplyType, Side
+from ringex.config import OrderEntryLimits
 from ringex.order_entry.protocol import (
     COMMAND,
     NEED_DATA,
     FrameDecoder,
-    Reason,
-    ReplyType,
     SymbolTable,
     encode_reply,
     frame_reason,
     frame_words,
 )
 
-__all__ = ["Limits", "Clock", "SystemClock", "TokenBucket", "OrderIdCounter", "SessionState", "Session", "Publish"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Per-gateway and per-session limits. The defaults are picked for this 2-core
-    machine and a handful of clients, not derived: a session may sustain 20,000
-    requests/s with bursts of 2,000, and keep 4,096 waiting for the journal (a few ms
-    of a stalled fsync at that rate)."""
-
-    max_sessions: int = 1000
-    max_in_flight: int = 4096
-    rate_per_s: float = 20_000.0
-    burst: int = 2000
-    heartbeat_interval_s: float = 1.0
-    # three missed heartbeats (a client should heartbeat at our interval or faster)
-    idle_timeout_s: float = 5.0
-    login_timeout_s: float = 5.0
-    # a few stray frames are tolerated (answered X UNKNOWN_MESSAGE); a stream that
-    # keeps sending them has lost its framing or is hostile
-    max_garbage: int = 16
-    # replies a slow reader may leave unread before it is cut off (16k replies)
-    max_output_bytes: int = 1 << 20
+__all__ = ["Clock", "SystemClock", "TokenBucket", "OrderIdCounter", "SessionState", "Session", "Publish"]
 
 
 class Clock(Protocol):
@@ -156,8 +133,13 @@ R_END, R_STOP, R_REPLIES, R_VALID, R_TOKENS_USED, R_IDS_USED, R_GARBAGE = range(
 STOP_END, STOP_LOGIN, STOP_GARBAGE = 0, 1, 2
 
 _ACK, _REJECT = int(ReplyType.ACK), int(ReplyType.REJECT)
-_L, _N, _C, _R, _H = (ord(c) for c in "LNCRH")
-_THROTTLED, _NOT_READY, _ALREADY_LOGGED_IN, _UNKNOWN_MESSAGE = 9, 10, 11, 8
+_L, _N, _C, _R, _H = (int(m) for m in (MsgType.LOGIN, MsgType.NEW, MsgType.CANCEL, MsgType.REPLACE, MsgType.HEARTBEAT))
+_THROTTLED, _NOT_READY, _ALREADY_LOGGED_IN, _UNKNOWN_MESSAGE = (
+    int(Reason.THROTTLED),
+    int(Reason.NOT_READY),
+    int(Reason.ALREADY_LOGGED_IN),
+    int(Reason.UNKNOWN_MESSAGE),
+)
 
 
 @numba.njit(cache=True)
@@ -275,7 +257,7 @@ def warm_up() -> None:
     from ringex.order_entry.protocol import encode_login, encode_new_order
 
     s = Session(1, SymbolTable([SymbolSpec("WARM")]), lambda a, t: True, OrderIdCounter(1))
-    s.receive_data(encode_login(1, 1) + encode_new_order("WARM", ord("B"), 1, 1), True, lambda sym, c: 0)
+    s.receive_data(encode_login(1, 1) + encode_new_order("WARM", Side.BUY, 1, 1), True, lambda sym, c: 0)
     s.data_to_send(np.ones(1, dtype=np.int64))
 
 
@@ -304,14 +286,14 @@ class Session:
         table: SymbolTable,
         verify: Callable[[int, int], bool | None],
         order_ids: OrderIdCounter,
-        limits: Limits = Limits(),
+        limits: OrderEntryLimits | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.session_id = session_id
         self.table = table
         self.verify = verify
         self.order_ids = order_ids
-        self.limits = limits
+        self.limits = limits = limits or OrderEntryLimits()
         self.clock = clock = clock or SystemClock()
         self.state = SessionState.AWAITING_LOGIN
         self.account = 0

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ringex.bench import free_ports
+from .net import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,8 +120,7 @@ class RunningExchange:
 
     def shared_memory(self) -> list[str]:
         """This exchange's shared-memory objects still present in /dev/shm."""
-        from ringex.config import load_config
-        from ringex.supervisor import layout_for
+        from ringex.topology import prefix_for
 
-        prefix = layout_for(load_config(environ={}, overrides={"data_dir": str(self.data)})).prefix
+        prefix = prefix_for(self.data)
         return [name for name in os.listdir("/dev/shm") if prefix in name]

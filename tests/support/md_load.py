@@ -1,18 +1,18 @@
 """Harness for the notifier tests and benchmark: a real exchange's out-side, in pieces.
 
 ```
- MdExchange (test process)                         notifier (subprocess)          load processes (spawned)
-   Matcher(spec).apply(commands) ──► Producer ──► out-ring[SYM] ──► "notifier" ──► TCP/WS ──► sockets ...
-                                     "journaler" cursor, committed by journal() ─┘ (gate)
+ MdExchange (test process)                         notifier (a real stage)        load processes (spawned)
+   Matcher(spec).apply(commands) ──► Producer ──► out-ring[SYM] ──► notifier ──► TCP/WS ──► sockets ...
+                                     journaler's cursor, committed by journal() ─┘ (gate)
 ```
 
-- ``MdExchange`` creates one real out-ring per symbol (consumers "journaler" and
-  "notifier", the notifier gated on the journaler), matches commands with the real
-  ``Matcher`` and writes its EVENT records into the ring as the matcher process
-  would. ``journal()`` plays the journaler: it commits the "journaler" cursor,
-  which is what lets the notifier see events.
-- ``NotifierProcess`` runs ``python -m ringex.market_data.notifier`` on those rings (ports 0) and
-  reads its ready line.
+- ``MdExchange`` is a whole exchange's shared memory (``Stages``) whose matcher and
+  journaler the test plays: it matches commands with the real ``Matcher`` and writes
+  its EVENT records into the out-ring as the matcher process would, and
+  ``journal()`` commits the journaler's cursor, which is what lets the notifier see
+  them. ``start_notifier()`` runs the real notifier stage on it (free ports).
+  With ``in_rings=True`` the real journaler runs instead, and the commands go through
+  the in-rings first, as from the gateway.
 - ``load_main`` is a load process: ``n`` TCP connections in one epoll loop,
   each subscribed to trades of one symbol. It counts the trades each socket got and,
   per trade seq, the last time any of its sockets received it (for fan-out latency).
@@ -20,28 +20,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import resource
-import secrets
 import select
 import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ringex.codes import Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.engine.matcher import Matcher
 from ringex.market_data.messages import MarketData, Subscribe
-from ringex.market_data.notifier import out_ring_name
-from ringex.records import COMMAND, EVENT, Op, OrderType, Side, Tif, encode_symbol
-from ringex.ring import PipeDoorbell, Ring
+from ringex.records import COMMAND, make_records
+from ringex.ring import Ring
+from ringex.topology import JOURNALER, MATCHER, NOTIFIER
+
+from .stages import Stages
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -62,36 +63,36 @@ def command(
     order_type: OrderType = OrderType.LIMIT,
     tif: Tif = Tif.GTC,
 ) -> np.ndarray:
-    rec = np.zeros(1, COMMAND)
-    rec["msg_type"] = op
-    if op == Op.NEW:
-        rec["side"] = side
-        rec["order_type"] = order_type
-        rec["tif"] = tif
-    rec["symbol"] = encode_symbol(symbol)
-    rec["client_order_id"] = client_order_id
-    rec["order_id"] = order_id
-    rec["price"] = price
-    rec["qty"] = qty
-    rec["account"] = account
-    rec["ts_ns"] = time.time_ns()
-    return rec
+    """One command as the gateway would stamp it (a new order's side, type and tif)."""
+    new = op == Op.NEW
+    return make_records(
+        COMMAND,
+        msg_type=op,
+        side=side if new else 0,
+        order_type=order_type if new else 0,
+        tif=tif if new else 0,
+        symbol=symbol,
+        client_order_id=client_order_id,
+        order_id=order_id,
+        price=price,
+        qty=qty,
+        account=account,
+        ts_ns=time.time_ns(),
+    )
 
 
 class MdExchange:
-    """Real out-rings fed by real matchers; the test is producer and journaler."""
+    """Real out-rings fed by real matchers; the test is matcher and journaler (see the
+    module docstring). ``data`` is the exchange's data directory (accounts, journal)."""
 
     def __init__(
-        self, symbols=("ACME", "BOLT"), capacity: int = 1 << 14, *, in_rings: bool = False, pipe_bell: bool = False
+        self, data: Path, symbols=("ACME", "BOLT"), capacity: int = 1 << 14, *, in_rings: bool = False
     ) -> None:
-        """``pipe_bell``: out-rings with a pipe doorbell for the notifier, as the
-        supervisor makes them (one pump task polls it); without, a pump per ring
-        waits in a worker thread."""
-        self.prefix = f"rxmd{os.getpid()}x{secrets.token_hex(3)}"
-        self.bell = PipeDoorbell(f"{self.prefix}.bell.notifier") if pipe_bell else None
         self.symbols = tuple(symbols)
+        toml = "".join(f"[symbols.{s}]\n" + "".join(f"{k} = {v}\n" for k, v in SPEC.items()) for s in self.symbols)
+        self.stages = Stages(data, toml, ring_capacity=capacity, durability="async")
+        self.data = self.stages.data
         self.rings: dict[str, Ring] = {}
-        self.in_rings: dict[str, Ring] = {}
         self.in_producers = {}
         self.in_matchers = {}
         self.producers = {}
@@ -102,61 +103,38 @@ class MdExchange:
         self._coids = itertools.count(1)
         try:
             for s in self.symbols:
-                ring = Ring.create(
-                    out_ring_name(s, self.prefix),
-                    EVENT,
-                    capacity,
-                    consumers=["journaler", "notifier"],
-                    gating={"notifier": ["journaler"]},
-                    doorbells={"notifier": self.bell} if self.bell else None,
-                )
-                self.rings[s] = ring
+                ring = self.rings[s] = self.stages.out_ring(s)
                 self.producers[s] = ring.producer()
-                self.journalers[s] = ring.consumer("journaler")
                 if in_rings:
-                    # with in-rings, the real journaler process is the "journaler"
-                    in_ring = Ring.create(self.in_ring_name(s), COMMAND, capacity, consumers=["journaler", "matcher"])
-                    self.in_rings[s] = in_ring
+                    in_ring = self.stages.in_ring(s)
                     self.in_producers[s] = in_ring.producer()
-                    self.in_matchers[s] = in_ring.consumer("matcher")
+                    self.in_matchers[s] = in_ring.consumer(MATCHER)
+                else:
+                    self.journalers[s] = ring.consumer(JOURNALER)
+            if in_rings:
+                self.stages.start(JOURNALER)
         except BaseException:
             self.close()
             raise
 
-    def config_toml(self, path: Path) -> Path:
-        lines = []
-        for s in self.symbols:
-            lines.append(f"[symbols.{s}]")
-            lines += [f"{k} = {v}" for k, v in SPEC.items()]
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def in_ring_name(self, symbol: str) -> str:
-        return f"{self.prefix}.in.{symbol}"
-
-    def journaler_args(self, data_dir: Path) -> list[str]:
-        """The command line of the real journaler over these rings."""
-        specs = [f"{s}:{self.in_ring_name(s)}:{out_ring_name(s, self.prefix)}" for s in self.symbols]
-        return [PYTHON, "-m", "ringex.journal.journaler", "--data", str(data_dir), "--durability", "async", *specs]
+    def start_notifier(self, **market_data) -> NotifierProcess:
+        """The notifier stage on these rings, its ``[market_data]`` settings changed by
+        ``market_data``."""
+        settings = dataclasses.replace(self.stages.config.market_data, **market_data)
+        self.stages.start(NOTIFIER, config=dataclasses.replace(self.stages.config, market_data=settings))
+        return NotifierProcess(self.stages)
 
     def wait_journaled(self, timeout: float = 30.0) -> None:
         """Wait until the real journaler has committed everything published."""
         deadline = time.monotonic() + timeout
         for s, ring in self.rings.items():
-            j = ring.consumer_index("journaler")
-            while ring.statistics().consumers[j].cursor < self.producers[s].cursor:
+            while ring.consumer_cursor(JOURNALER) < self.producers[s].cursor:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"journaler did not catch up on {s}")
                 time.sleep(0.01)
 
     def close(self) -> None:
-        for group in (self.rings, self.in_rings):
-            for s, ring in list(group.items()):
-                ring.unlink()
-                ring.close()
-                del group[s]
-        if self.bell is not None:
-            Ring.remove_doorbell(self.bell)
+        self.stages.close()
 
     # -- producing --------------------------------------------------------------------
 
@@ -203,13 +181,16 @@ class MdExchange:
         self, symbol: str, n: int, *, price: int = 100, buyer: int = 1, seller: int = 2, publish: bool = True
     ) -> np.ndarray:
         """``n`` trades of qty 1 in one matcher call: n resting sells, then n buys."""
-        cmds = np.zeros(2 * n, COMMAND)
-        cmds["msg_type"] = Op.NEW
-        cmds["order_type"] = OrderType.LIMIT
-        cmds["tif"] = Tif.GTC
-        cmds["symbol"] = encode_symbol(symbol)
-        cmds["price"] = price
-        cmds["qty"] = 1
+        cmds = make_records(
+            COMMAND,
+            2 * n,
+            msg_type=Op.NEW,
+            order_type=OrderType.LIMIT,
+            tif=Tif.GTC,
+            symbol=symbol,
+            price=price,
+            qty=1,
+        )
         cmds["side"][:n] = Side.SELL
         cmds["account"][:n] = seller
         cmds["side"][n:] = Side.BUY
@@ -237,51 +218,17 @@ class MdExchange:
 
 
 class NotifierProcess:
-    """``python -m ringex.market_data.notifier`` on an ``MdExchange``'s rings, on ports 0."""
+    """The notifier stage an ``MdExchange`` started: its ports, pid and ``stop()``."""
 
-    def __init__(self, exchange: MdExchange, data_dir: Path, *, extra: list[str] = (), heartbeat: float = 5.0):
-        data_dir.mkdir(parents=True, exist_ok=True)
-        cfg = exchange.config_toml(data_dir / "ringex.toml")
-        args = [
-            PYTHON,
-            *(["-m", "cProfile", "-o", os.environ["MD_PROFILE"]] if os.environ.get("MD_PROFILE") else []),
-            "-m",
-            "ringex.market_data.notifier",
-            "--config",
-            str(cfg),
-            "--ring-prefix",
-            exchange.prefix,
-            "--md-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-            "--heartbeat",
-            str(heartbeat),
-            *extra,
-        ]
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(60)
-        if not ready or not ready[0]:
-            self.stop()
-            raise RuntimeError(f"notifier did not report ready (exit code {self.proc.poll()})")
-        info = json.loads(ready[0])
-        self.tcp_port = info["tcp"]
-        self.ws_port = info["ws"]
-        self.pid = info["pid"]
+    def __init__(self, stages: Stages) -> None:
+        self.stages = stages
+        self.tcp_port = stages.config.md_port
+        self.ws_port = stages.config.ws_port
+        self.pid = stages.pid(NOTIFIER)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if NOTIFIER in self.stages.procs:
+            self.stages.stop(NOTIFIER)
 
 
 def temp_dir() -> Path:

@@ -13,8 +13,9 @@ import dataclasses
 
 import numpy as np
 
+from ringex.codes import EventKind, EventReason, Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
-from ringex.records import EVENT, EventKind, EventReason, Op, OrderType, Side, Tif, encode_symbol
+from ringex.records import EVENT, encode_symbol
 
 VALID_TIFS = {OrderType.LIMIT: {Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_ONLY}, OrderType.MARKET: {Tif.IOC, Tif.FOK}}
 

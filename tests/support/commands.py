@@ -36,8 +36,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from ringex.codes import Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
-from ringex.records import COMMAND, Op, OrderType, Side, Tif, encode_symbol
+from ringex.records import COMMAND, encode_symbol
 
 __all__ = ["LIVE_WINDOW", "Mix", "CommandStream"]
 

@@ -1,0 +1,142 @@
+"""Every code that travels in a frame, a ring slot or a journal record, defined once.
+
+Each table is one ``IntEnum``, named for the field it fills. Letters are ASCII where
+the protocol uses letters (``../shared/PROTOCOL.md``), so a hex dump of a frame, a
+ring or a journal record reads naturally; reasons are small numbers grouped by range.
+
+Jitted kernels cannot look enum members up cheaply at run time, so hot modules copy
+the values they need into plain module constants *derived from these enums*
+(``_NEW = int(Op.NEW)``), never spelled as a number or an ``ord()`` of a letter:
+``tests/test_codes.py`` checks that no module outside this one does that.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "MsgType",
+    "Op",
+    "Side",
+    "OrderType",
+    "Tif",
+    "ReplyType",
+    "Reason",
+    "EventKind",
+    "EventReason",
+    "Stp",
+]
+
+
+class MsgType(enum.IntEnum):
+    """``msg_type`` of a client-to-exchange frame (order entry protocol v1)."""
+
+    LOGIN = ord("L")
+    NEW = ord("N")
+    CANCEL = ord("C")
+    REPLACE = ord("R")
+    HEARTBEAT = ord("H")
+
+
+class Op(enum.IntEnum):
+    """``COMMAND.msg_type``: what a command in an in-ring asks the matcher for. The
+    letters are the frame's: the gateway copies requests into the ring as they came."""
+
+    NEW = MsgType.NEW.value
+    CANCEL = MsgType.CANCEL.value
+    REPLACE = MsgType.REPLACE.value
+
+
+class Side(enum.IntEnum):
+    BUY = ord("B")
+    SELL = ord("S")
+
+
+class OrderType(enum.IntEnum):
+    LIMIT = ord("L")
+    MARKET = ord("M")
+
+
+class Tif(enum.IntEnum):
+    GTC = ord("G")
+    IOC = ord("I")
+    FOK = ord("F")
+    POST_ONLY = ord("P")
+
+
+class ReplyType(enum.IntEnum):
+    """``msg_type`` of an exchange-to-client frame."""
+
+    LOGIN_ACCEPTED = ord("A")
+    LOGIN_REJECTED = ord("J")
+    ACK = ord("K")
+    REJECT = ord("X")
+    HEARTBEAT = ord("H")
+    ERROR = ord("E")
+
+
+class Reason(enum.IntEnum):
+    """Why the gateway rejected a request (``X``/``J``) or closed a session (``E``)."""
+
+    OK = 0
+    NOT_LOGGED_IN = 1
+    BAD_CREDENTIALS = 2
+    UNKNOWN_SYMBOL = 3
+    BAD_SIDE = 4
+    BAD_ORDER_TYPE = 5
+    BAD_QTY = 6
+    BAD_PRICE = 7
+    UNKNOWN_MESSAGE = 8
+    THROTTLED = 9
+    NOT_READY = 10
+    ALREADY_LOGGED_IN = 11
+    BAD_ORDER_ID = 12
+    # project additions: only ever sent with ``E``, just before the close
+    IDLE_TIMEOUT = 13
+    SESSION_LIMIT = 14
+
+
+class EventKind(enum.IntEnum):
+    """``EVENT.kind``: what the matcher did."""
+
+    ACCEPTED = ord("A")
+    TRADE = ord("T")
+    CANCELLED = ord("C")
+    REPLACED = ord("R")
+    REJECTED = ord("J")
+
+
+class EventReason(enum.IntEnum):
+    """``EVENT.reason``, grouped by range: 0 none, 1-19 why an order was cancelled,
+    20-39 why the matcher rejected a command."""
+
+    NONE = 0
+    # cancelled
+    USER_REQUEST = 1
+    IOC_REMAINDER = 2
+    FOK_UNFILLED = 3
+    SELF_TRADE = 4
+    NO_LIQUIDITY = 5
+    # rejected
+    UNKNOWN_ORDER = 20
+    NOT_OWNER = 21
+    BOOK_FULL = 22
+    WOULD_TRADE = 23
+    BAD_PRICE = 24
+    BAD_QTY = 25
+    BAD_ORDER_TYPE = 26
+    DUPLICATE_ORDER_ID = 27
+
+
+class Stp(enum.IntEnum):
+    """A symbol's self-trade prevention mode (the config's ``stp`` names, lower-cased),
+    as the book's header stores it."""
+
+    OFF = 0
+    CANCEL_NEWEST = 1
+    CANCEL_OLDEST = 2
+    CANCEL_BOTH = 3
+
+    @classmethod
+    def from_name(cls, name: str) -> Stp:
+        return cls[name.upper()]

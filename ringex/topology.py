@@ -1,0 +1,245 @@
+"""The exchange's disruptor, written down once: rings, consumers, gating, doorbells, bases.
+
+::
+
+    gateway ──► in-ring[SYM] ──► matcher-N ──► out-ring[SYM] ──► notifier
+                     │                              │   (gated on the journaler)
+                     └──────────► journaler ◄───────┘
+                                      │
+                                    LMDB
+
+Every process finds its rings here, by name, and the supervisor creates exactly what
+this module describes; ``ringex status`` reads it back from the run file. Nothing else
+spells a ring or consumer name.
+
+- **Rings.** Per symbol an in-ring of ``COMMAND`` (produced by the gateway; consumed by
+  its matcher shard and the journaler) and an out-ring of ``EVENT`` (produced by the
+  shard; consumed by the journaler and the notifier, the notifier gated on the
+  journaler, so it never publishes an event whose command is not durable).
+- **Doorbells.** One per waiting process, shared by every ring it waits on, so it
+  sleeps once for all of them (``ringex.wait.Doorbell``): a semaphore for the
+  journaler and each shard, a FIFO (``PipeDoorbell``) for the two event loops, the
+  gateway (waiting for the journaler's cursor on its in-rings) and the notifier.
+- **Roles.** The processes ``ringex up`` runs, in start order (journaler, shards,
+  notifier, gateway); each role's name is also its line in the control block.
+- **Bases.** A ring numbers its slots from 0; the journal numbers a symbol's commands
+  and events from its first ever. The journaler records per ring the journal sequence
+  of slot 0 (the *base*) with the ring's creation time; ``journaled_base`` reads it
+  back, ``new_ring_base`` is what the journaler gives a ring it has not seen.
+
+Names derive from a prefix, itself derived from the data directory
+(``Topology.for_config``), so two exchanges on two data directories never collide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from ringex.config import Config
+from ringex.records import COMMAND, EVENT
+from ringex.ring import PipeDoorbell, Ring
+from ringex.wait import wait_until
+
+__all__ = [
+    "JOURNALER",
+    "MATCHER",
+    "NOTIFIER",
+    "GATEWAY",
+    "SUPERVISOR",
+    "CMD",
+    "EVT",
+    "Topology",
+    "matcher_role",
+    "journaled_base",
+    "new_ring_base",
+    "wait_for_base",
+]
+
+# Consumer names in the rings' headers, and the roles of the processes that own them.
+JOURNALER = "journaler"
+MATCHER = "matcher"
+NOTIFIER = "notifier"
+# The in-rings' producer (a role, not a consumer).
+GATEWAY = "gateway"
+# Not a ring party: the name the supervisor logs under.
+SUPERVISOR = "supervisor"
+# The journal's names for what an in-ring and an out-ring carry.
+CMD = "cmd"
+EVT = "evt"
+
+
+def matcher_role(shard: int) -> str:
+    """The role (and doorbell) of matcher shard ``shard``."""
+    return f"{MATCHER}-{shard}"
+
+
+def prefix_for(data_dir: str | Path) -> str:
+    """The shared-memory prefix of the exchange on ``data_dir``."""
+    digest = hashlib.blake2b(str(Path(data_dir).resolve()).encode(), digest_size=5).hexdigest()
+    return f"ringex-{digest}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """The names and shape of one exchange's shared memory. Picklable (children get it
+    from the supervisor) and JSON-able (the run file keeps it for ``ringex status``)."""
+
+    prefix: str
+    symbols: tuple[str, ...]
+    shards: tuple[tuple[str, ...], ...]  # symbols per matcher shard
+    capacity: int
+
+    @classmethod
+    def for_config(cls, config: Config, prefix: str | None = None) -> Topology:
+        """The exchange of ``config``: its symbols dealt round robin over
+        ``config.shards`` matcher shards; ``prefix`` defaults to one derived from the
+        data directory (tests pass their own)."""
+        names = tuple(s.name for s in config.symbols)
+        n = min(config.shards, len(names))
+        return cls(
+            prefix=prefix or prefix_for(config.data_dir),
+            symbols=names,
+            shards=tuple(names[i::n] for i in range(n)),
+            capacity=config.ring_capacity,
+        )
+
+    # -- names ---------------------------------------------------------------------------
+
+    @property
+    def control(self) -> str:
+        """The control block's shared-memory name."""
+        return f"/{self.prefix}.control"
+
+    def in_ring(self, symbol: str) -> str:
+        return f"{self.prefix}.in.{symbol}"
+
+    def out_ring(self, symbol: str) -> str:
+        return f"{self.prefix}.out.{symbol}"
+
+    def ring_names(self) -> Iterator[tuple[str, str, str]]:
+        """``(symbol, kind, name)`` of every ring, kind ``CMD`` (in) or ``EVT`` (out)."""
+        for symbol in self.symbols:
+            yield symbol, CMD, self.in_ring(symbol)
+            yield symbol, EVT, self.out_ring(symbol)
+
+    def shard_of(self, symbol: str) -> int:
+        return next(i for i, symbols in enumerate(self.shards) if symbol in symbols)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Every process role, in the order they start (see ``ringex.supervisor``)."""
+        return (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER, GATEWAY)
+
+    def doorbell(self, role: str) -> str | PipeDoorbell:
+        """What process ``role`` sleeps on for all its rings: an event loop polls a FIFO,
+        any other process sleeps on a semaphore."""
+        name = f"{self.prefix}.bell.{role}"
+        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER) else name
+
+    # -- the rings -------------------------------------------------------------------------
+
+    def create(self) -> list[Ring]:
+        """Make every ring (and the doorbells they share) anew, removing what a dead run
+        left under these names; returns them, in-ring then out-ring per symbol. The
+        caller owns them: ``remove()`` when the exchange stops."""
+        self.remove()
+        rings: list[Ring] = []
+        journaler = self.doorbell(JOURNALER)
+        try:
+            for symbol in self.symbols:
+                rings.append(
+                    Ring.create(
+                        self.in_ring(symbol),
+                        COMMAND,
+                        self.capacity,
+                        consumers=[MATCHER, JOURNALER],
+                        doorbells={MATCHER: self.doorbell(matcher_role(self.shard_of(symbol))), JOURNALER: journaler},
+                        producer_doorbell=self.doorbell(GATEWAY),
+                    )
+                )
+                rings.append(
+                    Ring.create(
+                        self.out_ring(symbol),
+                        EVENT,
+                        self.capacity,
+                        consumers=[JOURNALER, NOTIFIER],
+                        gating={NOTIFIER: [JOURNALER]},
+                        doorbells={JOURNALER: journaler, NOTIFIER: self.doorbell(NOTIFIER)},
+                    )
+                )
+        except BaseException:
+            for ring in rings:
+                ring.close()
+            self.remove()
+            raise
+        return rings
+
+    def remove(self) -> None:
+        """Unlink every ring and doorbell of this exchange (processes that still map
+        them are not hurt)."""
+        for _, _, name in self.ring_names():
+            Ring.remove(name)
+        for role in self.roles:
+            Ring.remove_doorbell(self.doorbell(role))
+
+    def attach_in(self, symbol: str, *, readonly: bool = False) -> Ring:
+        return Ring.attach(self.in_ring(symbol), COMMAND, readonly=readonly)
+
+    def attach_out(self, symbol: str, *, readonly: bool = False) -> Ring:
+        return Ring.attach(self.out_ring(symbol), EVENT, readonly=readonly)
+
+    # -- the run file ----------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Topology:
+        return cls(
+            prefix=doc["prefix"],
+            symbols=tuple(doc["symbols"]),
+            shards=tuple(tuple(s) for s in doc["shards"]),
+            capacity=int(doc["capacity"]),
+        )
+
+
+####################################################################################
+# Ring bases: ring sequence <-> journal sequence
+####################################################################################
+
+
+def journaled_base(journal, kind: str, symbol: str, ring: Ring) -> int | None:
+    """The journal sequence of ``ring``'s slot 0 as the journaler recorded it, or None
+    if it has not recorded one for this very ring (same name, another creation)."""
+    known = journal.ring_base(kind, symbol)
+    if known is not None and known[0] == int(ring.header["created_ns"]):
+        return known[1]
+    return None
+
+
+def new_ring_base(journal, kind: str, symbol: str, ring: Ring) -> int:
+    """The base of a ring the journaler has not recorded yet: its next unread record is
+    the journal's next one (``kind`` ``CMD`` or ``EVT``)."""
+    journal_next = journal.next_seq(symbol) if kind == CMD else journal.next_event_seq(symbol)
+    return journal_next - (ring.consumer_cursor(JOURNALER) + 1)
+
+
+def wait_for_base(data_dir: str, kind: str, symbol: str, ring: Ring) -> int:
+    """``ring``'s base, once the journaler has recorded it (it does before it reports
+    ready, so this waits only for a journaler that is starting)."""
+    from ringex.wal import Journal
+
+    found: list[int] = []
+
+    def recorded() -> bool:
+        with Journal(data_dir, readonly=True) as journal:
+            base = journaled_base(journal, kind, symbol, ring)
+        if base is not None:
+            found.append(base)
+        return base is not None
+
+    wait_until(recorded, f"the journaler to attach {ring.name}")
+    return found[0]
