@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from support.order_entry import OrderEntry  # noqa: E402
 
-from ringex.codes import Side  # noqa: E402
+from ringex.codes import ReplyType, Side  # noqa: E402
 from ringex.order_entry.protocol import COMMAND, REPLY, encode_new_order  # noqa: E402
 
 UNLIMITED = dict(rate_per_s=10_000_000.0, burst=1_000_000, max_in_flight=1_000_000, max_output_bytes=64 << 20)
@@ -81,9 +81,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _check(replies: np.ndarray, first_cid: int, want: str = "K") -> None:
-    replies = replies[replies["msg_type"] != ord("H")]
-    bad = replies["msg_type"] != ord(want)
+def _check(replies: np.ndarray, first_cid: int, want: ReplyType = ReplyType.ACK) -> None:
+    replies = replies[replies["msg_type"] != ReplyType.HEARTBEAT]
+    bad = replies["msg_type"] != want
     if bad.any():
         raise AssertionError(f"{int(bad.sum())} non-K replies, first reason {int(replies['reason'][bad][0])}")
     want = np.arange(first_cid, first_cid + len(replies))
@@ -140,7 +140,7 @@ def pipelined(ex: OrderEntry, n: int, window: int) -> dict:
         whole = len(buf) - len(buf) % 64
         if whole:
             replies = np.frombuffer(bytes(buf[:whole]), dtype=REPLY)
-            replies = replies[replies["msg_type"] != ord("H")]
+            replies = replies[replies["msg_type"] != ReplyType.HEARTBEAT]
             _check(replies, received + 1)
             received += len(replies)
             del buf[:whole]

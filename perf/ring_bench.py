@@ -62,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from ringex.records import COMMAND  # noqa: E402
+from ringex.topology import JOURNALER, MATCHER, NOTIFIER  # noqa: E402
 from ringex.ring import Ring  # noqa: E402
 from ringex.wait import wait_strategy  # noqa: E402
 
@@ -71,8 +72,8 @@ PING_CAPACITY = 1024
 RECORDS = {1: 300_000, 16: 3_000_000, 256: 10_000_000}
 # The exchange's own shape: journaler and matcher read the producer's cursor, the
 # notifier is gated on the journaler.
-PIPELINE_CONSUMERS = ("journaler", "matcher", "notifier")
-PIPELINE_GATING = {"notifier": ["journaler"]}
+PIPELINE_CONSUMERS = (JOURNALER, MATCHER, NOTIFIER)
+PIPELINE_GATING = {NOTIFIER: [JOURNALER]}
 PIPELINE_RECORDS = 10_000_000
 ROUND_TRIPS = 20_000
 WARMUP_TRIPS = 2_000

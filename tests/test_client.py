@@ -13,7 +13,7 @@ import pytest
 import trio
 from support.order_entry import ACCOUNT, TOKEN, OrderEntry
 
-from ringex.codes import Op, Reason, ReplyType
+from ringex.codes import Op, Reason, ReplyType, Side
 from ringex.order_entry.client import ClientConnection, LoginRejected, OrderClient, Reply, TrioOrderClient
 from ringex.order_entry.protocol import encode_reply
 
@@ -40,9 +40,9 @@ def test_sans_io_connection_skips_heartbeats_and_waits_for_whole_frames():
 
 
 def test_reply_in_words():
-    k = Reply("K", 0, ord("B"), 0, "ACME", 3, 99, 105, 10, 1000, 1)
+    k = Reply("K", 0, Side.BUY, 0, "ACME", 3, 99, 105, 10, 1000, 1)
     assert str(k) == "ACK ACME buy 10 @ 105 order 99 (client id 3), journal seq 1000"
-    x = Reply("X", Reason.BAD_PRICE, ord("S"), 0, "ACME", 4, 0, 103, 1, 0, 1)
+    x = Reply("X", Reason.BAD_PRICE, Side.SELL, 0, "ACME", 4, 0, 103, 1, 0, 1)
     assert str(x) == "REJECT ACME sell 1 @ 103 (client id 4): BAD_PRICE"
     assert str(Reply("J", 2, 0, 0, "", 0, 0, 0, 0, 0, 0)) == "LOGIN REJECTED: BAD_CREDENTIALS"
 

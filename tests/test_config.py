@@ -44,6 +44,13 @@ def test_file_then_environment_then_overrides(tmp_path):
         ("[symbols.ACME]\nsize = 3\n", "symbols.ACME.size"),
         ("[symbols.WAYTOOLONGNAME]\n", "symbols.WAYTOOLONGNAME"),
         ("order_port = \n", "not valid TOML"),
+        ("order_entry = 3\n", "order_entry"),
+        ("[order_entry]\nrate = 5\n", "order_entry.rate"),
+        ('[order_entry]\nmax_sessions = "many"\n', "order_entry.max_sessions"),
+        ("[order_entry]\nburst = 0\n", "order_entry.burst"),
+        ("[market_data]\nheartbeat_s = -1\n", "market_data.heartbeat_s"),
+        ("[market_data]\nstats_out = 3\n", "market_data.stats_out"),
+        ("[journal]\nmap_size = 1024\nmax_map_size = 512\n", "journal.max_map_size"),
     ],
 )
 def test_bad_config_names_the_key_and_the_problem(tmp_path, text, named):
@@ -68,9 +75,20 @@ def test_symbol_listed_twice_is_refused():
         Config(symbols=(SymbolSpec("ACME"), SymbolSpec("ACME")))
 
 
+def test_each_process_is_tuned_by_its_own_table(tmp_path):
+    path = tmp_path / "tuned.toml"
+    path.write_text("[order_entry]\nrate_per_s = 500\nmax_sessions = 3\n[market_data]\nheartbeat_s = 1\n")
+    config = load_config(path, environ={})
+    assert config.order_entry.rate_per_s == 500.0 and config.order_entry.max_sessions == 3
+    assert config.order_entry.burst == Config().order_entry.burst  # what the file leaves out keeps its default
+    assert config.market_data.heartbeat_s == 1.0 and config.journal == Config().journal
+
+
 def test_the_example_config_loads():
     from pathlib import Path
 
     config = load_config(Path(__file__).parents[1] / "examples" / "ringex.toml", environ={})
     assert [s.name for s in config.symbols] == ["ACME", "BOLT"]
     assert config.symbol("BOLT").stp == "cancel_newest"
+    # it documents every table's defaults: the ones it shows are the embedded ones
+    assert config.order_entry == Config().order_entry and config.journal == Config().journal

@@ -15,7 +15,7 @@ from support.commands import CommandStream, Mix
 from ringex.codes import EventKind, Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.engine.matcher import Matcher
-from ringex.market_data.client import LocalBook, SequenceGap
+from ringex.market_data.client import FeedGap, LocalBook
 from ringex.market_data.messages import (
     MAX_LINE_BYTES,
     ClientError,
@@ -29,7 +29,7 @@ from ringex.market_data.messages import (
     parse_request,
     ws_text_frame,
 )
-from ringex.records import COMMAND, encode_symbol
+from ringex.records import COMMAND, make_records
 
 SYMBOLS = ("ACME", "BOLT")
 ACME = SymbolSpec("ACME", price_max=1000, capacity=4096)
@@ -160,7 +160,7 @@ def test_depth_snapshot_plus_updates_equals_the_matchers_book_after_every_batch(
         out = dict(md.apply(events))
         for levels, book in books.items():
             for msg in _messages(out.get(("depth", "ACME", levels), [])):
-                book.on_message(msg)  # raises SequenceGap on a gap
+                book.on_message(msg)  # raises FeedGap on a gap
             assert book.top(levels) == _book_of(matcher, levels)
         bid, _, ask, _ = md.views["ACME"].bbo()
         assert (bid, ask) == (matcher.best_bid(), matcher.best_ask())
@@ -186,17 +186,20 @@ def test_view_seeded_from_resting_orders_matches_the_book():
 
 
 def _cross(matcher: Matcher) -> np.ndarray:
-    cmds = np.zeros(2, COMMAND)
-    cmds["msg_type"] = Op.NEW
-    cmds["symbol"] = encode_symbol("ACME")
-    cmds["order_type"] = OrderType.LIMIT
-    cmds["tif"] = Tif.GTC
-    cmds["side"] = (Side.SELL, Side.BUY)
-    cmds["account"] = (20, 10)
-    cmds["order_id"] = (1, 2)
-    cmds["client_order_id"] = (555, 777)
-    cmds["price"] = 100
-    cmds["qty"] = (10, 4)
+    cmds = make_records(
+        COMMAND,
+        2,
+        msg_type=Op.NEW,
+        symbol="ACME",
+        order_type=OrderType.LIMIT,
+        tif=Tif.GTC,
+        side=(Side.SELL, Side.BUY),
+        account=(20, 10),
+        order_id=(1, 2),
+        client_order_id=(555, 777),
+        price=100,
+        qty=(10, 4),
+    )
     return matcher.apply(cmds, 0)
 
 
@@ -268,7 +271,7 @@ def test_local_book_raises_on_a_gap():
     book.on_message({"type": "depth_snapshot", "symbol": "ACME", "seq": 4, "bids": [[99, 1]], "asks": []})
     book.on_message({"type": "depth_update", "symbol": "ACME", "seq": 5, "bids": [[99, 0]], "asks": [[101, 2]]})
     assert book.top() == {"bids": [], "asks": [(101, 2)]}
-    with pytest.raises(SequenceGap):
+    with pytest.raises(FeedGap):
         book.on_message({"type": "depth_update", "symbol": "ACME", "seq": 7, "bids": [], "asks": []})
 
 

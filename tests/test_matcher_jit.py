@@ -354,7 +354,7 @@ def market_scenario(draw):
                 )
         else:
             streams[spec.name].append(
-                command(draw(st.sampled_from([0, ord("N"), ord("X")])), next_id, account, price=price, qty=qty)
+                command(draw(st.sampled_from([0, Op.NEW, b"X"[0]])), next_id, account, price=price, qty=qty)
             )
         next_id += 1
     batches = {name: draw(st.lists(st.integers(1, 8), min_size=1, max_size=40)) for name in streams}

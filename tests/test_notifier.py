@@ -19,7 +19,6 @@ import re
 import socket
 import time
 
-import numpy as np
 import pytest
 from support.md_load import MdExchange, NotifierProcess, command, expected_bytes, load_main, raise_nofile, reap
 from support.reference_book import ReferenceBook
@@ -27,7 +26,7 @@ from support.reference_book import ReferenceBook
 from ringex.codes import EventKind, Op, OrderType, Side, Tif
 from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient
 from ringex.order_entry.accounts import AccountStore
-from ringex.records import COMMAND, encode_symbol
+from ringex.records import COMMAND, encode_symbol, make_records
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -156,7 +155,7 @@ def test_crossing_orders_yield_one_trade_and_a_fill_for_each_owner_and_nothing_f
 
 
 def _random_commands(rng, symbol, n, live, ids):
-    cmds = np.zeros(n, COMMAND)
+    cmds = make_records(COMMAND, n)
     for i in range(n):
         rec = cmds[i]
         rec["symbol"] = encode_symbol(symbol)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringex.codes import EventKind, EventReason
+from ringex.codes import EventKind, EventReason, OrderType, Side, Tif
 from ringex.events import event_to_dict
 from ringex.records import EVENT
 
@@ -108,10 +108,10 @@ def test_event_to_dict_names_reasons_and_parties():
     ev = np.zeros(2, EVENT)
     ev[0] = (
         EventKind.CANCELLED,
-        ord("B"),
+        Side.BUY,
         EventReason.SELF_TRADE,
-        ord("L"),
-        ord("G"),
+        OrderType.LIMIT,
+        Tif.GTC,
         4,
         5,
         6,
@@ -127,7 +127,27 @@ def test_event_to_dict_names_reasons_and_parties():
         0,
         b"ACME",
     )
-    ev[1] = (EventKind.TRADE, ord("S"), 0, ord("M"), ord("I"), 4, 5, 6, 7, 8, 100, 3, 1, 9, 10, 11, 12, 13, b"ACME")
+    ev[1] = (
+        EventKind.TRADE,
+        Side.SELL,
+        0,
+        OrderType.MARKET,
+        Tif.IOC,
+        4,
+        5,
+        6,
+        7,
+        8,
+        100,
+        3,
+        1,
+        9,
+        10,
+        11,
+        12,
+        13,
+        b"ACME",
+    )
     cancelled, trade = (event_to_dict(r) for r in ev)
     assert cancelled["event"] == "cancelled" and cancelled["reason"] == "self_trade" and cancelled["side"] == "buy"
     assert cancelled["symbol"] == "ACME" and cancelled["seq"] == 4 and cancelled["qty"] == 3

@@ -23,6 +23,7 @@ from ringex.order_entry.protocol import (
     encode_reply,
     validate,
 )
+from ringex.records import make_records
 
 TABLE = SymbolTable(
     [
@@ -36,11 +37,7 @@ L, M = OrderType.LIMIT, OrderType.MARKET
 
 
 def raw(msg_type: int, **fields) -> bytes:
-    rec = np.zeros(1, dtype=COMMAND)
-    rec["msg_type"] = msg_type
-    for k, v in fields.items():
-        rec[k] = v
-    return rec.tobytes()
+    return make_records(COMMAND, msg_type=msg_type, **fields).tobytes()
 
 
 # (name, frame bytes, expected reason when logged in)
@@ -226,7 +223,7 @@ def test_random_bytes_never_raise():
 def test_jitted_validate_matches_the_numpy_reference_on_random_frames(logged_in):
     rng = np.random.default_rng(11)
     n = 20_000
-    frames = np.zeros(n, dtype=COMMAND)
+    frames = make_records(COMMAND, n)
     frames["msg_type"] = rng.choice(np.frombuffer(b"LNCRHZ\0", np.uint8), n)
     frames["side"] = rng.choice(np.frombuffer(b"BSX\0", np.uint8), n)
     frames["order_type"] = rng.choice(np.frombuffer(b"LMQ\0", np.uint8), n)

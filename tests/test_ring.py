@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import ring_procs
 
-from ringex.records import COMMAND, EVENT
+from ringex.records import COMMAND, EVENT, make_records
 from ringex.ring import (
     MAX_CONSUMERS,
     Batch,
@@ -731,7 +731,7 @@ def test_an_event_loop_polls_a_pipe_doorbell_and_a_commit_on_any_ring_wakes_it(p
     bell = Doorbell([p.sleeper for p in producers])
     assert isinstance(bell.semaphore, PipeSemaphore)
     for p in producers:
-        p.write(np.zeros(1, COMMAND))
+        p.write(make_records(COMMAND))
     poller = select.poll()
     poller.register(bell.semaphore.fileno(), select.POLLIN)
 

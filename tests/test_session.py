@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ringex.codes import Reason, Side
+from ringex.codes import Reason, ReplyType, Side
 from ringex.config import OrderEntryLimits, SymbolSpec
 from ringex.order_entry.protocol import (
     COMMAND,
@@ -18,6 +18,7 @@ from ringex.order_entry.protocol import (
     encode_replace,
 )
 from ringex.order_entry.session import OrderIdCounter, Session, SessionState, TokenBucket
+from ringex.records import make_records
 
 TABLE = SymbolTable([SymbolSpec("ACME", tick=1, price_min=1, price_max=1000, max_qty=100), SymbolSpec("BOLT")])
 ACME, BOLT = TABLE.index("ACME"), TABLE.index("BOLT")
@@ -53,7 +54,7 @@ class ListRings:
         return first
 
     def commands(self, sym: int) -> np.ndarray:
-        return np.concatenate(self.published[sym]) if self.published[sym] else np.zeros(0, COMMAND)
+        return np.concatenate(self.published[sym]) if self.published[sym] else make_records(COMMAND, 0)
 
     def all_durable(self) -> np.ndarray:
         return np.array([self.count(ACME), self.count(BOLT)], dtype=np.int64)
@@ -235,7 +236,7 @@ def test_heartbeat_when_quiet_and_close_when_silent():
     clock.now += 0.2
     s.poll_timers()
     r = replies(s.data_to_send(NOTHING_DURABLE))
-    assert r["msg_type"][-1] == ord("E") and r["reason"][-1] == Reason.IDLE_TIMEOUT
+    assert r["msg_type"][-1] == ReplyType.ERROR and r["reason"][-1] == Reason.IDLE_TIMEOUT
     assert s.state is SessionState.CLOSED
 
 

@@ -14,9 +14,9 @@ import lmdb
 import numpy as np
 import pytest
 
-from ringex.codes import Op
+from ringex.codes import EventKind, Op
 from ringex.config import SymbolSpec
-from ringex.records import COMMAND, EVENT, encode_symbol
+from ringex.records import COMMAND, EVENT, encode_symbol, make_records
 from ringex.wal import (
     CorruptRecordError,
     Journal,
@@ -34,18 +34,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def commands(first_oid: int, n: int, symbol: str = "ACME") -> np.ndarray:
-    out = np.zeros(n, COMMAND)
-    out["msg_type"] = Op.NEW
-    out["symbol"] = encode_symbol(symbol)
-    out["order_id"] = np.arange(first_oid, first_oid + n)
-    out["price"] = np.arange(n) % 97 + 1
-    out["qty"] = 7
-    return out
+    return make_records(
+        COMMAND,
+        n,
+        msg_type=Op.NEW,
+        symbol=symbol,
+        order_id=np.arange(first_oid, first_oid + n),
+        price=np.arange(n) % 97 + 1,
+        qty=7,
+    )
 
 
 def events(first: int, n: int, symbol: str = "ACME") -> np.ndarray:
     out = np.zeros(n, EVENT)
-    out["kind"] = ord("A")
+    out["kind"] = EventKind.ACCEPTED
     out["seq"] = np.arange(first, first + n)
     out["order_id"] = np.arange(first, first + n) + 1
     out["symbol"] = encode_symbol(symbol)
@@ -261,9 +263,9 @@ def test_a_reader_process_reads_safely_while_the_writer_grows_the_map(tmp_path):
 WRITER = r"""
 import os, sys, numpy as np
 from ringex.wal import Journal
-from ringex.records import COMMAND
+from ringex.records import COMMAND, make_records
 journal = Journal(sys.argv[1], durability=sys.argv[2])
-c = np.zeros(100, COMMAND)
+c = make_records(COMMAND, 100)
 for i in range(50):
     journal.commit([("ACME", i * 100, c)])
 print("committed", flush=True)

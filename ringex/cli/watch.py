@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient, SequenceGap
+from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient, FeedGap
 
 __all__ = ["add_arguments", "run"]
 
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                     return 1
                 try:
                     view.on_message(msg)
-                except SequenceGap as gap:
+                except FeedGap as gap:
                     view.status = f"resync: {gap}"
                     md.unsubscribe("depth", args.symbol, levels=args.levels)
                     md.subscribe("depth", args.symbol, levels=args.levels)

@@ -6,7 +6,7 @@ Used by ``ringex watch``, the tests and anyone scripting against the notifier:
         md.subscribe("depth", "ACME", levels=5)
         book = LocalBook()
         while True:
-            book.on_message(md.recv())               # SequenceGap -> resubscribe
+            book.on_message(md.recv())               # FeedGap -> resubscribe
 
 Both transports give the same dicts: TCP carries one JSON object per line, WebSocket
 one per text message (wsproto drives the handshake and the framing).
@@ -22,14 +22,14 @@ from typing import Any
 import wsproto
 import wsproto.events as wse
 
-__all__ = ["MdClient", "ConnectionClosed", "LocalBook", "SequenceGap"]
+__all__ = ["MdClient", "ConnectionClosed", "LocalBook", "FeedGap"]
 
 
 class ConnectionClosed(ConnectionError):
     """The notifier closed the connection (or the socket broke)."""
 
 
-class SequenceGap(Exception):
+class FeedGap(Exception):
     """A stream's seq jumped: the local state is stale; resubscribe for a snapshot."""
 
 
@@ -180,7 +180,7 @@ class MdClient:
 class LocalBook:
     """A client's copy of one depth stream, kept by the recipe in docs/market-data.md:
     take the snapshot, apply each update whose seq is the last one plus one, and on a
-    gap raise ``SequenceGap`` so the caller resubscribes."""
+    gap raise ``FeedGap`` so the caller resubscribes."""
 
     def __init__(self) -> None:
         self.bids: dict[int, int] = {}
@@ -202,7 +202,7 @@ class LocalBook:
         if msg["seq"] <= self.seq:
             return True
         if msg["seq"] != self.seq + 1:
-            raise SequenceGap(f"depth {msg['symbol']}: expected seq {self.seq + 1}, got {msg['seq']}")
+            raise FeedGap(f"depth {msg['symbol']}: expected seq {self.seq + 1}, got {msg['seq']}")
         self.seq = msg["seq"]
         for side, levels in (("bids", self.bids), ("asks", self.asks)):
             for price, qty in msg[side]:

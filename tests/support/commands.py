@@ -38,7 +38,7 @@ import numpy as np
 
 from ringex.codes import Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
-from ringex.records import COMMAND, encode_symbol
+from ringex.records import COMMAND, encode_symbol, make_records
 
 __all__ = ["LIVE_WINDOW", "Mix", "CommandStream"]
 
@@ -89,7 +89,7 @@ class CommandStream:
     def batch(self, symbol: str, n: int) -> np.ndarray:
         """``n`` commands for ``symbol``, continuing the stream."""
         spec, live, rng, mix = self._specs[symbol], self._live[symbol], self.rng, self.mix
-        out = np.zeros(n, COMMAND)
+        out = make_records(COMMAND, n)
         for rec in out:
             rec["symbol"] = encode_symbol(symbol)
             rec["client_order_id"] = rng.randint(1, 1 << 40)

@@ -18,7 +18,7 @@ import traceback
 
 import numpy as np
 
-from ringex.records import COMMAND
+from ringex.records import COMMAND, make_records
 from ringex.ring import Ring, RingTimeout
 from ringex.wait import wait_strategy
 
@@ -173,7 +173,7 @@ def publish_later(queue, name: str, delay: float, count: int, ready=None) -> Non
         if ready is not None:
             ready.set()
         time.sleep(delay)
-        return producer.write(np.zeros(count, COMMAND))
+        return producer.write(make_records(COMMAND, count))
 
     _report(queue, "publisher", body)
 
@@ -190,7 +190,7 @@ def ring_when_all_sleep(queue, names: list[str], consumer: str, target: int) -> 
             while not all(ring.statistics().consumers[index].sleeping for ring in rings):
                 alive()
                 time.sleep(0.001)
-            rings[target].producer().write(np.zeros(1, COMMAND))
+            rings[target].producer().write(make_records(COMMAND))
             return target
         finally:
             for ring in rings:
