@@ -169,11 +169,16 @@ class MarketDataSettings:
 
 @dataclasses.dataclass(frozen=True)
 class JournalSettings:
-    """``[journal]``: the LMDB map. It starts at ``map_size`` bytes and doubles when
-    full, up to ``max_map_size``; a commit that still does not fit halts the exchange."""
+    """``[journal]``: the LMDB map, and how long events may wait to be journaled.
+
+    The map starts at ``map_size`` bytes and doubles when full, up to ``max_map_size``;
+    a commit that still does not fit halts the exchange. Events (derived from the
+    journaled commands, see ``ringex.journal.journaler``) ride along with the next
+    commit of commands, or are committed on their own after ``event_delay_ms``."""
 
     map_size: int = 64 << 20
     max_map_size: int = 64 << 30
+    event_delay_ms: float = 5.0
 
     def __post_init__(self) -> None:
         _check_positive("journal", self)
@@ -202,6 +207,9 @@ class Config:
     shards: int = 1
     snapshot_interval: int = 100_000
     log_level: str = "info"
+    # Stage tracing (ringex.trace): every process notes when it handled the commands
+    # whose journal sequence is a multiple of this; 0: off.
+    trace_every: int = 0
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
@@ -229,6 +237,8 @@ class Config:
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+        if not isinstance(self.trace_every, int) or self.trace_every < 0:
+            raise ConfigError(f"trace_every: must be 0 (off) or a positive integer, got {self.trace_every!r}")
 
     def symbol(self, name: str) -> SymbolSpec:
         for spec in self.symbols:

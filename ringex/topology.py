@@ -2,20 +2,23 @@
 
 ::
 
-    gateway ──► in-ring[SYM] ──► matcher-N ──► out-ring[SYM] ──► notifier
-                     │                              │   (gated on the journaler)
-                     └──────────► journaler ◄───────┘
-                                      │
-                                    LMDB
+    gateway ──► in-ring[SYM] ──(gated on the journaler)──► matcher-N ──► out-ring[SYM] ──► notifier
+                     │                                                       │
+                     └───────────────────────► journaler ◄───────────────────┘
+                                                   │
+                                                 LMDB
 
 Every process finds its rings here, by name, and the supervisor creates exactly what
 this module describes; ``ringex status`` reads it back from the run file. Nothing else
 spells a ring or consumer name.
 
 - **Rings.** Per symbol an in-ring of ``COMMAND`` (produced by the gateway; consumed by
-  its matcher shard and the journaler) and an out-ring of ``EVENT`` (produced by the
-  shard; consumed by the journaler and the notifier, the notifier gated on the
-  journaler, so it never publishes an event whose command is not durable).
+  the journaler and by its matcher shard, which is gated on the journaler: as at LMAX,
+  the business logic sees a command only once it is durable) and an out-ring of
+  ``EVENT`` (produced by the shard; consumed by the notifier and the journaler). Every
+  event is caused by a durable command, so the notifier publishes it at once: the
+  events are a deterministic function of the journaled commands, which recovery can
+  always reproduce, and the journaler records them off the critical path.
 - **Doorbells.** One per waiting process, shared by every ring it waits on, so it
   sleeps once for all of them (``ringex.wait.Doorbell``): a semaphore for the
   journaler and each shard, a FIFO (``PipeDoorbell``) for the two event loops, the
@@ -156,6 +159,7 @@ class Topology:
                         COMMAND,
                         self.capacity,
                         consumers=[MATCHER, JOURNALER],
+                        gating={MATCHER: [JOURNALER]},
                         doorbells={MATCHER: self.doorbell(matcher_role(self.shard_of(symbol))), JOURNALER: journaler},
                         producer_doorbell=self.doorbell(GATEWAY),
                     )
@@ -166,7 +170,6 @@ class Topology:
                         EVENT,
                         self.capacity,
                         consumers=[JOURNALER, NOTIFIER],
-                        gating={NOTIFIER: [JOURNALER]},
                         doorbells={JOURNALER: journaler, NOTIFIER: self.doorbell(NOTIFIER)},
                     )
                 )

@@ -19,9 +19,10 @@ from support.stages import Stages
 from ringex.codes import EventKind, Op
 from ringex.config import SymbolSpec, load_config
 from ringex.control import ControlBlock, ExchangeState
-from ringex.journal.journaler import EXIT_HALTED, Journaler, JournalerHalted, _Feed
+from ringex.journal import journaler as journaler_module
+from ringex.journal.journaler import EXIT_HALTED, IDLE_WAIT_S, Journaler, JournalerHalted, _Feed
 from ringex.records import COMMAND, EVENT, make_records
-from ringex.topology import GATEWAY, JOURNALER, MATCHER, NOTIFIER, Topology
+from ringex.topology import GATEWAY, JOURNALER, MATCHER, Topology
 from ringex.wal import Journal
 
 SYMBOLS = ("ACME", "BOLT")
@@ -93,19 +94,60 @@ def test_a_round_journals_both_rings_in_one_group_then_moves_the_cursors(tmp_pat
             journaler.close()
 
 
-def test_the_notifier_only_sees_events_the_journaler_made_durable(tmp_path, rings):
-    acme_in, acme_out = rings["ACME"]
-    notifier = acme_out.consumer(NOTIFIER)
+def test_the_matcher_only_sees_commands_the_journaler_made_durable(tmp_path, rings):
+    acme_in, _ = rings["ACME"]
+    matcher = acme_in.consumer(MATCHER)
     acme_in.producer().write(commands(1, 3, "ACME"))
-    acme_out.producer().write(events_for(0, 3, "ACME"))
-    assert not notifier.poll()
+    assert not matcher.poll()
     with Journal(tmp_path) as journal:
         journaler = Journaler(journal, rings.topology)
         try:
             journaler.round()
         finally:
             journaler.close()
-    assert len(notifier.poll()) == 3
+    assert len(matcher.poll()) == 3
+
+
+def test_events_ride_with_the_next_commands_or_wait_their_delay(tmp_path, rings, monkeypatch):
+    """Events are journaled off the critical path: with the next commands' commit, or
+    alone once they have waited ``event_delay_s``; never a commit of their own at once."""
+    acme_in, acme_out = rings["ACME"]
+    now = [100.0]
+    monkeypatch.setattr(journaler_module.time, "monotonic", lambda: now[0])
+    with Journal(tmp_path) as journal:
+        journaler = Journaler(journal, rings.topology, event_delay_s=0.005)
+        try:
+            acme_in.producer().write(commands(1, 2, "ACME"))
+            assert journaler.round() == 2  # the commands at once
+            acme_out.producer().write(events_for(0, 2, "ACME"))
+            assert journaler.round() == 0  # their events wait...
+            assert journaler._sleep_for() == pytest.approx(0.005)
+            acme_in.producer().write(commands(3, 1, "ACME"))
+            assert journaler.round() == 3  # ...for the next commands, and share their commit
+            assert journal.next_event_seq("ACME") == 2
+            acme_out.producer().write(events_for(2, 1, "ACME"))
+            assert journaler.round() == 0
+            now[0] += 0.004
+            assert journaler.round() == 0
+            now[0] += 0.001
+            assert journaler.round() == 1  # or alone, once they have waited their delay
+            assert journal.next_event_seq("ACME") == 3 and acme_out.consumer_cursor(JOURNALER) == 2
+            assert journaler._sleep_for() == IDLE_WAIT_S  # nothing waits: sleep until woken
+        finally:
+            journaler.close()
+
+
+def test_a_half_full_out_ring_is_journaled_at_once(tmp_path, rings):
+    _, acme_out = rings["ACME"]
+    with Journal(tmp_path) as journal:
+        journaler = Journaler(journal, rings.topology, event_delay_s=3600)
+        try:
+            acme_out.producer().write(events_for(0, 127, "ACME"))
+            assert journaler.round() == 0
+            acme_out.producer().write(events_for(127, 1, "ACME"))  # 128 of 256 slots
+            assert journaler.round() == 128
+        finally:
+            journaler.close()
 
 
 def test_a_restart_skips_what_was_committed_but_not_marked(tmp_path, rings, monkeypatch):
@@ -164,9 +206,9 @@ def test_a_failed_commit_halts_the_exchange_and_keeps_cursors_at_the_durable_end
                 with pytest.raises(JournalerHalted):
                     while True:
                         producer.write(commands(oid, 200, "ACME"), timeout=5)
-                        matcher.commit(matcher.wait_for(0, 0))
                         oid += 200
                         journaler.round()
+                        matcher.commit(matcher.wait_for(0, 0))  # it may read what is durable
                 durable_end = journal.next_seq("ACME")
                 assert acme_in.consumer_cursor(JOURNALER) == durable_end - 1
                 assert acme_in.producer_cursor > durable_end - 1
@@ -208,9 +250,9 @@ def test_the_journaler_process_halts_on_a_full_disk(small_disk):
         oid = 1
         deadline = time.monotonic() + 60
         while stages.alive(JOURNALER) and time.monotonic() < deadline:
+            matcher.commit(matcher.wait_for(0, 0))  # what the journaler made durable
             try:
                 producer.write(commands(oid, 100, "ACME"), timeout=0.2)
-                matcher.commit(matcher.wait_for(0, 0))
                 oid += 100
             except TimeoutError:
                 pass  # the ring is full: the journaler stopped consuming

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ringex.market_data.client import ConnectionClosed, LocalBook, MdClient, FeedGap
+from ringex.market_data.client import ConnectionClosed, FeedGap, LocalBook, MdClient
 
 __all__ = ["add_arguments", "run"]
 

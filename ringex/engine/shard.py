@@ -43,6 +43,7 @@ from ringex.control import NullControl
 from ringex.engine.recovery import recover_book
 from ringex.ring import Consumer, ConsumerSet, Producer, Ring, RingTimeout
 from ringex.topology import CMD, JOURNALER, MATCHER, Topology, matcher_role, wait_for_base
+from ringex.trace import NullTracer, Stage, tracer_for
 from ringex.wait import wait_strategy, wait_until
 from ringex.wal import Journal, SnapshotStore
 
@@ -63,9 +64,10 @@ class _Book:
     """One symbol as the shard sees it: its matcher, rings and sequence bases."""
 
     def __init__(
-        self, spec: SymbolSpec, consumer: Consumer, producer: Producer, capacity: int, base: int, book
+        self, spec: SymbolSpec, consumer: Consumer, producer: Producer, capacity: int, base: int, book, index: int
     ) -> None:
         self.spec = spec
+        self.index = index  # the symbol's place in the topology (for traces)
         self.consumer = consumer
         self.producer = producer
         self.capacity = capacity  # of the out-ring: the most one claim may take
@@ -80,9 +82,10 @@ class Shard:
     ``control`` is the exchange's ``ControlBlock`` (a ``NullControl`` when run on its
     own)."""
 
-    def __init__(self, config: Config, topology: Topology, index: int, control=None) -> None:
+    def __init__(self, config: Config, topology: Topology, index: int, control=None, tracer=None) -> None:
         self.config = config
         self.control = control or NullControl()
+        self.tracer = tracer or NullTracer()
         self.role = matcher_role(index)
         self.snapshots = SnapshotStore(config.data_dir)
         self.rings: list[Ring] = []
@@ -94,7 +97,9 @@ class Shard:
                 in_ring = topology.attach_in(symbol)
                 out_ring = topology.attach_out(symbol)
                 self.rings += [in_ring, out_ring]
-                self.books.append(self._recover(config.symbol(symbol), in_ring, out_ring, wait))
+                book = self._recover(config.symbol(symbol), in_ring, out_ring, wait)
+                book.index = topology.symbols.index(symbol)
+                self.books.append(book)
         except BaseException:
             self.close()
             raise
@@ -135,7 +140,7 @@ class Shard:
             book.matcher.best_ask(),
             len(book.pending_events),
         )
-        return _Book(spec, consumer, producer, out_ring.capacity, base_in, book)
+        return _Book(spec, consumer, producer, out_ring.capacity, base_in, book, 0)
 
     def stop(self) -> None:
         """Finish the current batch and return from ``run`` (safe from a signal handler)."""
@@ -178,6 +183,8 @@ class Shard:
                 if len(events):
                     self._publish(book, events)
                     book.next_event_seq += len(events)
+                if self.tracer.every:
+                    self.tracer.span(Stage.MATCHED, book.index, ring_seq + book.base, len(view))
             # Only now: a shard killed before this line sees the batch again.
             book.consumer.commit(batch.hi)
             book.since_snapshot += len(batch)
@@ -218,11 +225,13 @@ def run_shard(config: Config, topology: Topology, index: int, control) -> int:
     from ringex.matcher_jit import warm_up
 
     log.info("matching kernels ready in %.2f s", warm_up())
-    shard = Shard(config, topology, index, control)
+    tracer = tracer_for(config, matcher_role(index))
+    shard = Shard(config, topology, index, control, tracer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shard.stop())
     try:
         shard.run()
     finally:
         shard.close()
+        tracer.close()
     return 0

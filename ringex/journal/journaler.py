@@ -4,20 +4,32 @@
 
     in-ring[SYM]  ──► journaler ──► LMDB (one transaction per round)
     out-ring[SYM] ──┘      │
-                           └── stores its "journaler" cursor on each ring only after
-                               the commit: that cursor IS the durable cursor
+                           └── stores its cursor on each ring only after the commit:
+                               that cursor IS the durable cursor
+
+The journal's job on the critical path is the *input*: an order is acknowledged, and
+matched, only once its command is durable (the gateway acks on the journaler's cursor
+on the in-ring, and the topology gates the matcher on it). The events are a
+deterministic function of the journaled commands (recovery replays them and
+``ringex recover --verify`` proves it), so they are journaled too, for ``journal
+dump``, ``--verify`` and a quick restart, but off the critical path: the notifier
+publishes them without waiting for that, and the journaler takes them along with the
+next commands rather than paying a commit (and an fsync) for them alone.
 
 One round:
 
-1. Read every out-ring's available events, *then* every in-ring's commands. The
-   matcher publishes an event only after reading its command from the in-ring, so
-   every event read in step 1 has its cause among the commands read in step 2.
-2. Commit both in one transaction (group commit: the round takes everything there is,
+1. Take every in-ring's commands. Take the out-rings' events too when there are
+   commands (they share the commit), or when events have waited ``event_delay_ms``
+   (an idle exchange still journals its last events promptly), or when an out-ring is
+   half full (its producer, the matcher, must never wait for us), or on the way out.
+2. Commit them in one transaction (group commit: a round takes everything there is,
    so under load one fsync covers thousands of records).
 3. Only then store the journaler's consumer cursor on each ring. Hence "in-ring
    sequence s is durable" is exactly "the journaler's cursor on that in-ring has
-   passed s": the gateway acks on it, and the notifier, gated on the journaler's
-   cursor on the out-ring, never publishes an event whose command is not durable.
+   passed s".
+
+The journaler sleeps on its doorbell for the in-rings only: a command wakes it at
+once; events wait for the next command or for their delay.
 
 Sequences: a ring counts from 0 when it is created, the journal counts from the first
 command ever. The journaler keeps, per ring, ``base`` = the journal sequence of ring
@@ -41,7 +53,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
+import numpy as np
 import posix_ipc
 
 from ringex import wal
@@ -49,6 +63,7 @@ from ringex.config import Config
 from ringex.control import NullControl
 from ringex.ring import Consumer, ConsumerSet, Ring
 from ringex.topology import CMD, EVT, JOURNALER, Topology, journaled_base, new_ring_base
+from ringex.trace import NullTracer, Stage, tracer_for
 from ringex.wal import Journal, JournalError, JournalWriteError
 
 __all__ = ["Journaler", "JournalerHalted", "EXIT_HALTED", "run_journaler"]
@@ -76,9 +91,10 @@ class JournalerHalted(RuntimeError):
 class _Feed:
     """One ring as the journaler sees it: consumer, base and the journal's kind."""
 
-    def __init__(self, kind: str, symbol: str, ring: Ring, journal: Journal) -> None:
+    def __init__(self, kind: str, symbol: str, ring: Ring, journal: Journal, index: int = 0) -> None:
         self.kind = kind  # CMD or EVT
         self.symbol = symbol
+        self.index = index  # the symbol's place in the topology (for traces)
         self.ring = ring
         self.consumer: Consumer = ring.consumer(JOURNALER)
         journal_next = journal.next_seq(symbol) if kind == CMD else journal.next_event_seq(symbol)
@@ -104,12 +120,27 @@ class _Feed:
             self.consumer.commit(ring_next - 1)
         self.batch = None
 
+    def pending(self) -> int:
+        """How many records wait to be journaled (two cursor reads)."""
+        consumer = self.consumer
+        return consumer.available() - consumer.cursor
+
     def take(self):
         """This ring's unread records, or None (checked first without building a batch:
         most rounds find most rings empty)."""
         consumer = self.consumer
         self.batch = consumer.poll(MAX_PER_RING) if consumer.available() > consumer.cursor else None
         return self.batch
+
+    def trace(self, tracer) -> None:
+        """Note the sampled commands this batch made durable (or whose events it did)."""
+        batch = self.batch
+        if self.kind == CMD:
+            tracer.span(Stage.JOURNALED, self.index, self.base + batch.lo, len(batch))
+        else:
+            for view in batch.views:
+                seqs = view["seq"]
+                tracer.seqs(Stage.EVENTS, self.index, np.unique(seqs[seqs % tracer.every == 0]).tolist())
 
     def segments(self):
         for ring_seq, view in self.batch.segments():
@@ -129,26 +160,34 @@ class Journaler:
     fails.
     """
 
-    def __init__(self, journal: Journal, topology: Topology, control=None) -> None:
+    def __init__(
+        self, journal: Journal, topology: Topology, control=None, *, event_delay_s: float = 0.005, tracer=None
+    ) -> None:
         self.journal = journal
         self.control = control or NullControl()
+        self.tracer = tracer or NullTracer()
+        self.event_delay_s = event_delay_s
         self.rings: list[Ring] = []
         self.out_feeds: list[_Feed] = []
         self.in_feeds: list[_Feed] = []
         try:
-            for symbol in topology.symbols:
+            for index, symbol in enumerate(topology.symbols):
                 out_ring = topology.attach_out(symbol)
                 in_ring = topology.attach_in(symbol)
                 self.rings += [out_ring, in_ring]
-                self.out_feeds.append(_Feed(EVT, symbol, out_ring, journal))
-                self.in_feeds.append(_Feed(CMD, symbol, in_ring, journal))
+                self.out_feeds.append(_Feed(EVT, symbol, out_ring, journal, index))
+                self.in_feeds.append(_Feed(CMD, symbol, in_ring, journal, index))
         except BaseException:
             self.close()
             raise
         self.rounds = 0
         self.records = 0
+        # An out-ring this full is journaled at once: its producer must never wait.
+        self._events_high_water = topology.capacity // 2
+        self._events_since: float | None = None  # when events were first seen waiting
         self._stop = threading.Event()
-        self._waiting = ConsumerSet([f.consumer for f in self.in_feeds + self.out_feeds])
+        # Woken by commands only (see the module docstring); events wait on a timeout.
+        self._waiting = ConsumerSet([f.consumer for f in self.in_feeds])
 
     def stop(self) -> None:
         """Ask the loop to finish its round and return (safe from a signal handler)."""
@@ -159,11 +198,12 @@ class Journaler:
             ring.close()
         self.rings = []
 
-    def round(self) -> int:
-        """Journal everything available now; returns how many records it committed."""
-        # Out-rings first: see the module docstring for why this order matters.
-        outs = [f for f in self.out_feeds if f.take()]
+    def round(self, *, all_events: bool = False) -> int:
+        """Journal the commands available now, and the events when it is their turn (see
+        the module docstring; ``all_events``: take them whatever). Returns how many
+        records it committed."""
         ins = [f for f in self.in_feeds if f.take()]
+        outs = [f for f in self.out_feeds if f.take()] if ins or all_events or self._events_due() else []
         if not outs and not ins:
             return 0
         commands = [seg for f in ins for seg in f.segments()]
@@ -173,14 +213,37 @@ class Journaler:
         except JournalWriteError as exc:
             self._halt(exc)
             raise JournalerHalted(str(exc)) from exc
+        tracer = self.tracer
+        if tracer.every:
+            for feed in ins + outs:
+                feed.trace(tracer)
         # Durable now: only from here may anyone treat these sequences as journaled.
         for feed in ins:
             feed.commit()
         for feed in outs:
             feed.commit()
+        if outs:
+            self._events_since = None
         self.rounds += 1
         self.records += stats.commands + stats.events
         return stats.commands + stats.events
+
+    def _events_due(self) -> bool:
+        """Whether the waiting events should be journaled now, without commands."""
+        pending = [f.pending() for f in self.out_feeds]
+        if not any(pending):
+            self._events_since = None
+            return False
+        now = time.monotonic()
+        if self._events_since is None:
+            self._events_since = now
+        return now - self._events_since >= self.event_delay_s or max(pending) >= self._events_high_water
+
+    def _sleep_for(self) -> float:
+        """How long the loop may sleep: until the waiting events are due, if any."""
+        if self._events_since is None:
+            return IDLE_WAIT_S
+        return max(0.0, min(IDLE_WAIT_S, self._events_since + self.event_delay_s - time.monotonic()))
 
     def _halt(self, exc: Exception) -> None:
         ends = ", ".join(f"{f.symbol} commands < {self.journal.next_seq(f.symbol)}" for f in self.in_feeds)
@@ -191,7 +254,7 @@ class Journaler:
 
     def _idle_wait(self) -> None:
         try:
-            self._waiting.wait(IDLE_WAIT_S)
+            self._waiting.wait(self._sleep_for())
         except posix_ipc.SignalError:
             pass  # SIGTERM while asleep: the loop checks the stop flag next
 
@@ -207,8 +270,10 @@ class Journaler:
             if self.rounds >= check_readers_at:
                 self.journal.clear_stale_readers()
                 check_readers_at = self.rounds + READER_CHECK_ROUNDS
-        # A last round so a clean stop leaves nothing published but unjournaled.
-        self.round()
+        # Last rounds so a clean stop leaves nothing published but unjournaled.
+        while self.round(all_events=True):
+            pass
+        self.tracer.flush()
 
 
 # -- the process ---------------------------------------------------------------------------
@@ -224,10 +289,12 @@ def run_journaler(config: Config, topology: Topology, control) -> int:
         map_size=settings.map_size,
         max_map_size=settings.max_map_size,
     )
+    tracer = tracer_for(config, JOURNALER)
     try:
-        journaler = Journaler(journal, topology, control)
+        journaler = Journaler(journal, topology, control, event_delay_s=settings.event_delay_ms / 1000, tracer=tracer)
     except BaseException:
         journal.close()
+        tracer.close()
         raise
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: journaler.stop())
@@ -237,6 +304,7 @@ def run_journaler(config: Config, topology: Topology, control) -> int:
         return EXIT_HALTED
     finally:
         journaler.close()
+        tracer.close()
         try:
             journal.close()
         except Exception:  # the env may be unusable after a failed write; the halt is logged

@@ -1,7 +1,7 @@
 """The market data notifier: reads every out-ring, publishes over TCP and WebSocket.
 
 ```
- out-ring[SYM] ──(gated on the journaler)──► Notifier.pump_rings ──► MarketData.apply ──► fan-out
+ out-ring[SYM] ──► Notifier.pump_rings ──► MarketData.apply ──► fan-out
                                                                              │
                           TCP JSON lines :7002 ◄── Session.write(same bytes) ┤
                           WebSocket      :7003 ◄── Session.write(same bytes) ┘
@@ -13,14 +13,16 @@ this module owns the sockets, the sessions and the ring reading.
 Reading the rings. One task reads every out-ring (``pump_rings``): it takes whatever
 is available without waiting, and only when every ring is empty does it wait, on the
 rings' shared *pipe doorbell* for the notifier (``ringex.ring.PipeDoorbell``, a FIFO
-the journaler's commit writes) with ``trio.lowlevel.wait_readable``, like a socket:
+the matcher's publish writes) with ``trio.lowlevel.wait_readable``, like a socket:
 ~0% CPU while idle, no worker thread, no hand-off back to trio. Under load there is
 always something to read, so the batch grows with the load. Polling with
 ``trio.sleep`` instead would have to choose between burning CPU while idle and adding
 its period to every latency.
-The notifier is consumer ``NOTIFIER`` on each out-ring, gated on ``JOURNALER``
-(``ringex.topology``): the journaler moves its cursor only after the LMDB commit that
-covers each event and its cause, so everything read here is durable.
+The notifier is consumer ``NOTIFIER`` on each out-ring (``ringex.topology``). Every
+event there was caused by a durable command (the matcher only sees commands the
+journaler has committed), so it is published at once: recovery reproduces it from the
+journal whatever happens next. The journaler records the events themselves off this
+path.
 
 Fan-out. A batch of events becomes, per stream, one blob of bytes built once; each
 subscribed session gets the same blob (a session on several streams that moved gets
@@ -84,8 +86,9 @@ from ringex.market_data.messages import (
     ws_text_frame,
 )
 from ringex.ring import Ring
-from ringex.topology import EVT, NOTIFIER, Topology, journaled_base, new_ring_base
-from ringex.wait import Doorbell
+from ringex.topology import EVT, JOURNALER, NOTIFIER, Topology, journaled_base, new_ring_base
+from ringex.trace import NullTracer, Stage, tracer_for
+from ringex.wait import Doorbell, wait_until
 
 __all__ = [
     "RingEventSource",
@@ -333,12 +336,13 @@ class _Batch:
     stream, their blobs (built once, on first use, for every slice), and how many
     events had been read once it was (for ``fan_out_log``)."""
 
-    __slots__ = ("id", "events", "outputs", "tcp", "ws")
+    __slots__ = ("id", "events", "outputs", "tcp", "ws", "traced")
 
     def __init__(self, batch_id: int, events: int, outputs: list[tuple[Any, list[bytes]]]) -> None:
         self.id = batch_id
         self.events = events
         self.outputs = outputs
+        self.traced: tuple[int, list[int]] | None = None  # (symbol, sampled command seqs)
         self.tcp: list[bytes | None] = [None] * len(outputs)
         self.ws: list[bytes | None] = [None] * len(outputs)
 
@@ -425,6 +429,7 @@ class Notifier:
         sndbuf: int | None = None,
         slice_sessions: int = SLICE_SESSIONS,
         coalesce_s: float = 0.0,
+        tracer=None,
     ) -> None:
         self.symbols = tuple(symbols)
         self.md = MarketData(self.symbols)
@@ -460,6 +465,7 @@ class Notifier:
         # goes out in its next turn, in one send per session. It trades that much latency
         # for fewer sends (every send costs both ends ~10-25 µs whatever its size).
         self.coalesce_s = coalesce_s
+        self.tracer = tracer or NullTracer()
         # With ``record_fan_out()``: per batch, (events read so far, time.time_ns() once
         # the last fan-out ``send`` of the batch returned). For benchmarks: it tells
         # "the notifier handed it to the kernel" apart from "the client received it".
@@ -495,9 +501,10 @@ class Notifier:
     # session's request (subscribe, unsubscribe, ping) first brings its slice up to
     # date, so an ack or a snapshot comes after every message it already covers.
 
-    def _take(self, events) -> None:
-        """Apply one batch; queue its messages for the fan-out. Never awaits, so a
-        snapshot taken later reflects exactly the batches queued before it."""
+    def _take(self, events, symbol_index: int = 0) -> None:
+        """Apply one batch (of the symbol at ``symbol_index`` in the topology); queue its
+        messages for the fan-out. Never awaits, so a snapshot taken later reflects
+        exactly the batches queued before it."""
         self._events += len(events)
         self._batches += 1
         outputs = [(stream, payloads) for stream, payloads in self.md.apply(events) if stream in self.md.subscribers]
@@ -506,7 +513,11 @@ class Notifier:
             if self.fan_out_log is not None:
                 self.fan_out_log.append((self._events, time.time_ns()))
             return
-        self._backlog.append(_Batch(self._next_batch, self._events, outputs))
+        batch = _Batch(self._next_batch, self._events, outputs)
+        if self.tracer.every and outputs:
+            seqs = events["seq"]
+            batch.traced = (symbol_index, np.unique(seqs[seqs % self.tracer.every == 0]).tolist())
+        self._backlog.append(batch)
         self._next_batch += 1
 
     def _serve_next(self) -> float:
@@ -552,11 +563,13 @@ class Notifier:
         backlog = self._backlog
         low = min((sl.sent for sl in self._slices), default=self._next_batch)
         log = self.fan_out_log
-        now = time.time_ns() if log is not None else 0
+        now = time.time_ns() if log is not None or self.tracer.every else 0
         while backlog and backlog[0].id < low:
             batch = backlog.popleft()
             if log is not None:
                 log.append((batch.events, now))
+            if batch.traced is not None:
+                self.tracer.seqs(Stage.PRINTED, batch.traced[0], batch.traced[1], now)
 
     def _send_batches(self, sl: _Slice, pending: list[_Batch]) -> None:
         """Send ``pending`` to ``sl``'s subscribers, one ``send`` per session.
@@ -679,10 +692,10 @@ class Notifier:
 
         while True:
             took = False
-            for source in sources:
+            for index, source in enumerate(sources):
                 events = source.read_nowait()
                 if events is not None and len(events):
-                    self._take(events)
+                    self._take(events, index)
                     took = True
             if not took and not self._backlog:
                 bell.announce()
@@ -953,8 +966,8 @@ MAX_BATCH = 4096
 
 
 class RingEventSource:
-    """An out-ring read as consumer ``NOTIFIER``, which the topology gates on
-    ``JOURNALER``: ``read_nowait`` never returns an event the journal has not committed.
+    """An out-ring read as consumer ``NOTIFIER``: every event it returns was caused by a
+    command the journal holds (see the module docstring).
 
     ``read_nowait`` copies the available slots (one memcpy) and commits them at once,
     so the producer may reuse the slots while the fan-out runs.
@@ -999,14 +1012,22 @@ def replay_journal(md: MarketData, data_dir: str | os.PathLike[str], sources: It
 
     The notifier's next ring sequence ``cursor + 1`` is journal event ``base + cursor
     + 1`` (``ringex.topology``: the base the journaler recorded for this ring, or the
-    one it will give a ring it has not attached yet). No journal: nothing to replay.
-    Replay costs a few µs per event (the whole history; a snapshot of the views would
-    bound it, and is not built yet).
+    one it will give a ring it has not attached yet). A previous notifier may have
+    published events the journaler has not taken yet (it takes them off the critical
+    path, within ``event_delay_ms``): wait for them first. No journal: nothing to
+    replay. Replay costs a few µs per event (the whole history; a snapshot of the views
+    would bound it, and is not built yet).
     """
     from ringex.wal import Journal, journal_path  # noqa: PLC0415
 
     if not (journal_path(data_dir) / "data.mdb").exists():
         return 0
+    for source in sources:
+        ring = source.ring
+        wait_until(
+            lambda r=ring, c=source.consumer: r.consumer_cursor(JOURNALER) >= c.cursor,
+            f"the journaler to take the events already published from {ring.name}",
+        )
     journal = Journal(data_dir, readonly=True)
     replayed = 0
     try:
@@ -1068,6 +1089,7 @@ async def serve(
     """
     raise_nofile_limit()
     sources = ring_sources(topology)
+    tracer = tracer_for(config, NOTIFIER)
     if verify is None:
         from ringex.order_entry.accounts import AccountStore  # noqa: PLC0415
 
@@ -1087,6 +1109,7 @@ async def serve(
         sndbuf=settings.sndbuf or None,
         slice_sessions=settings.slice_sessions,
         coalesce_s=settings.coalesce_ms / 1000,
+        tracer=tracer,
     )
     gc_pauses = _GcPauses() if stats_out else None
     if stats_out:
@@ -1102,6 +1125,7 @@ async def serve(
     finally:
         for source in sources:
             source.close()
+        tracer.close()
         if gc_pauses is not None:
             gc_pauses.stop()
             doc = {

@@ -62,10 +62,11 @@ from ringex.codes import Op, Reason, ReplyType
 from ringex.config import Config, OrderEntryLimits
 from ringex.control import ExchangeState, NullControl
 from ringex.order_entry.accounts import AccountStore
-from ringex.order_entry.protocol import SymbolTable, encode_reply
+from ringex.order_entry.protocol import REPLY, SymbolTable, encode_reply
 from ringex.order_entry.session import OrderIdCounter, Session, SessionState, SystemClock, warm_up
 from ringex.ring import Producer, Ring
 from ringex.topology import CMD, GATEWAY, JOURNALER, Topology, wait_for_base
+from ringex.trace import NullTracer, Stage, tracer_for
 from ringex.wait import Doorbell, wait_until
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "start_position", "run_gateway"]
@@ -126,13 +127,17 @@ class Gateway:
         control=None,
         seq_bases: Mapping[str, int] | None = None,
         first_order_id: int | None = None,
+        tracer=None,
     ) -> None:
         self.config = config
+        self.tracer = tracer or NullTracer()
         self.accounts = accounts
         self.limits: OrderEntryLimits = config.order_entry
         self.control = control = control or NullControl()
         self.ready = lambda: control.accepting
         self.table = SymbolTable(config.symbols)
+        # the table is sorted by name; traces number symbols as the topology does
+        self._trace_index = [topology.symbols.index(spec.name) for spec in self.table.specs]
         self.order_ids = OrderIdCounter(first_order_id)
         self.clock = SystemClock()
         self.rings: list[Ring] = []
@@ -209,7 +214,12 @@ class Gateway:
         batch.fill(commands)
         producer.publish(batch.hi)
         self.published += len(commands)
-        return int(self.bases[sym]) + batch.lo
+        first = int(self.bases[sym]) + batch.lo
+        if self.tracer.every:
+            index = self._trace_index[sym]
+            self.tracer.span(Stage.RECEIVED, index, first, len(commands), int(commands["ts_ns"][0]))
+            self.tracer.span(Stage.PUBLISHED, index, first, len(commands))
+        return first
 
     # -- the loop -------------------------------------------------------------------
 
@@ -402,6 +412,8 @@ class Gateway:
             self._send(conn)
             if conn.sock.fileno() < 0:
                 return
+        if data and self.tracer.every:
+            self._trace_acks(data)
         if len(conn.out) > self.limits.max_output_bytes:
             self.closed_slow += 1
             self._close(conn, why=f"{len(conn.out)} reply bytes unread (slow consumer)")
@@ -409,6 +421,16 @@ class Gateway:
         if session.state is SessionState.CLOSED and not conn.out and not session.pending_replies():
             reason = session.close_reason
             self._close(conn, graceful=True, why="" if reason == Reason.OK else f"closed with {reason.name}")
+
+    def _trace_acks(self, data: bytes) -> None:
+        replies = np.frombuffer(data, REPLY)
+        acks = replies[(replies["msg_type"] == ReplyType.ACK) & (replies["seq"] % self.tracer.every == 0)]
+        if len(acks):
+            now = time.time_ns()
+            for table_index, seq in zip(
+                self.table.index_of(acks["symbol"]).tolist(), acks["seq"].tolist(), strict=True
+            ):
+                self.tracer.seqs(Stage.ACKED, self._trace_index[table_index], (seq,), now)
 
     def _send(self, conn: _Conn) -> None:
         if conn.out:
@@ -554,7 +576,10 @@ def serve(
         accounts = AccountStore.open(config.data_dir)
     warm_up()  # compile or load the jitted checks before the first client waits on them
     bases, first_order_id = start_position(config, topology)
-    gateway = Gateway(config, topology, accounts, control=control, seq_bases=bases, first_order_id=first_order_id)
+    tracer = tracer_for(config, GATEWAY)
+    gateway = Gateway(
+        config, topology, accounts, control=control, seq_bases=bases, first_order_id=first_order_id, tracer=tracer
+    )
     previous = {sig: signal.signal(sig, lambda *_: gateway.stop()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if on_listening is not None:
@@ -566,6 +591,7 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         gateway.close()
+        tracer.close()
     return 0
 
 
