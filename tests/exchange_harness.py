@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ringex.bench import free_ports
+from ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
