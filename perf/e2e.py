@@ -55,11 +55,13 @@ __all__ = ["StepConfig", "run_step", "sweep", "add_arguments", "execute", "run",
 RESULTS = HERE / "results"
 BEGIN, END = "<!-- e2e:begin (perf/e2e.py writes this part) -->", "<!-- e2e:end -->"
 DESIGNS = ("ringex", "baseline")
-# Requests due less than this apart go out together (``workload.make_workload``'s tick):
-# on this VM a wake-up of the load generator costs ~20-45 µs of CPU (nested
-# virtualisation), so one per request took 35-40% of a core at 10,000/s. Picked from the
-# measured trade-off (perf/RESULTS.md, "The load generator"); 0 sends every request at
-# its own instant.
+# Requests due less than this apart go out together, in one write of one session
+# (``workload.make_workload``'s tick). On this VM every wake-up of the load generator
+# costs 20-45 µs of CPU (nested virtualisation): one per request took 29-46% of a core at
+# 10,000/s, this tick 8-11% (2,000 wake-ups/s at most). Below 2,000/s nothing changes;
+# above, orders arrive in bursts of rate/2,000, which the exchanges batch (at 10,000/s it
+# halved the baseline's CPU per request and doubled its ack p50): perf/RESULTS.md, "The
+# load generator", has the measurements. 0 sends every request at its own instant.
 DEFAULT_TICK_US = 500.0
 # Every design runs every rate up to here; above it, a design that saturated stops.
 ALWAYS_UP_TO = 50_000

@@ -55,7 +55,7 @@ MD_BUFFER = 4 << 20
 # While sending, the private orders connections (only fills are read from them) are read
 # at most this often: reading each at every wake-up cost ~1 recv per request. Their lines
 # then carry the arrival time of the newest data of a read (TCP merges what waits).
-MD_POLL_S = 0.001
+MD_POLL_S = 0.005
 # The sender starts this long after the sessions are logged in, so the first intended
 # times are in the future for every session (picked, not derived).
 START_DELAY_NS = 200_000_000

@@ -74,7 +74,8 @@ def make_workload(
     """The seeded flow of ``rate * seconds`` requests, evenly spaced in time, dealt out
     round robin to ``sessions`` sessions over ``symbols``. With ``tick_ns``, intended
     times are rounded down to a multiple of it, so requests closer together than a tick
-    are due at the same instant (``TICK`` says why). Each symbol's mid price is
+    are due at the same instant and go out in one write of one session (the sessions
+    take the instants in turn); ``perf/e2e.py``'s ``DEFAULT_TICK_US`` says why. Each symbol's mid price is
     a random walk (a tick every 20 requests on average); prices and quantities follow
     the matcher benchmark (see ``HALF_SPREAD_LEVELS``), so the flow trades mostly
     through its IOCs."""
