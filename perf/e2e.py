@@ -451,7 +451,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rates",
         type=_floats,
-        default=_floats("1k,5k,10k,20k,50k,100k,150k"),
+        default=_floats("1k,5k,10k,20k,50k,100k,150k,200k"),
         help="offered orders/s, comma separated (1k = 1000)",
     )
     parser.add_argument("--durability", default="fsync,async", help="modes to sweep (default fsync,async)")
