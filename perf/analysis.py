@@ -271,18 +271,17 @@ def runs_table(steps: list[dict]) -> str:
 
 
 def breakdown_table(steps: list[dict]) -> str:
-    """Where ringex's time goes, per run: latency split at the gateway's receive stamp,
-    CPU per process and (with ``--ring-lag``) how far each ring consumer was behind."""
+    """Where the time goes, per run of either design: latency split at the exchange's
+    receive stamp (ringex's gateway, the baseline's loop), CPU per process and, for ringex
+    with ``--ring-lag``, how far each ring consumer was behind."""
     stages = ("in.journaler", "in.matcher", "out.journaler", "out.notifier")
-    roles = ("gateway", "journaler", "matcher-0", "notifier", "supervisor")
-    head = "| mode | rate/s | run | to gateway p50/p99 | gateway→ack p50/p99 | gateway→trade p50/p99 | CPU % "
-    head += "/".join(r.split("-")[0][:4] for r in roles) + " | "
+    roles = ("gateway", "journaler", "matcher-0", "notifier")
+    head = "| mode | rate/s | design | run | to exchange p50/p99 | exchange→ack p50/p99 | exchange→trade p50/p99 "
+    head += "| CPU %: ringex gw/jn/mt/nt, baseline | "
     head += " | ".join(f"{st} lag mean/max" for st in stages) + " |\n"
-    head += "|" + "---|" * (7 + len(stages)) + "\n"
+    head += "|" + "---|" * (8 + len(stages)) + "\n"
     rows = []
     for s in steps:
-        if s["design"] != "ringex":
-            continue
         split = s["split_at_gateway_us"]
 
         def pair(name, split=split):
@@ -292,10 +291,11 @@ def breakdown_table(steps: list[dict]) -> str:
         lag = s.get("ring_lag") or {}
         lags = " | ".join(f"{lag[st]['mean']:,.0f} / {lag[st]['max']:,}" if st in lag else "-" for st in stages)
         cpu = s.get("cpu_percent", {})
+        mine = roles if s["design"] == "ringex" else [r for r in cpu if r not in ("loadgen", "idle_other")]
         rows.append(
-            f"| {s['durability']} | {s['rate']:,.0f} | {s['repeat'] + 1} | {pair('to_gateway')} | "
+            f"| {s['durability']} | {s['rate']:,.0f} | {s['design']} | {s['repeat'] + 1} | {pair('to_gateway')} | "
             f"{pair('gateway_to_ack')} | {pair('gateway_to_trade')} | "
-            + "/".join(f"{cpu.get(r, 0):.0f}" for r in roles)
+            + "/".join(f"{cpu.get(r, 0):.0f}" for r in mine)
             + f" | {lags} |"
         )
     return head + "\n".join(rows) + "\n"
