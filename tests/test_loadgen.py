@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from perf import analysis, e2e, loadgen
-from perf.targets import BaselineExchange, LocalExchange
+from perf.targets import BaselineExchange, LocalExchange, RingLagSampler
 from perf.workload import CANCEL, GTC, IOC, REPLACE
 from ringex.config import DEFAULT_SYMBOLS
 from ringex.protocol import COMMAND, encode_reply
@@ -207,9 +207,15 @@ def test_a_short_step_against_ringex(loadgen_process):
         assert len(target.accounts) >= 2
         assert {"gateway", "journaler", "matcher-0", "notifier", "supervisor"} <= set(target.pids)
         e2e.run_step(target, loadgen_process, e2e.StepConfig(1000, 1.0, 0.2, symbols=1), SYMBOLS)
-        r = e2e.run_step(target, loadgen_process, e2e.StepConfig(1000, 1.0, 0.3, symbols=1, seed=2), SYMBOLS)
+        lag = RingLagSampler(target.data_dir, interval=0.1)
+        try:
+            step = e2e.StepConfig(1000, 1.0, 0.3, symbols=1, seed=2)
+            r = e2e.run_step(target, loadgen_process, step, SYMBOLS, lag=lag)
+        finally:
+            lag.close()
     _check_short_run(r, 1000)
     assert {"gateway", "journaler", "matcher-0", "notifier"} <= set(r["cpu_percent"])
+    assert {"in.journaler", "in.matcher", "out.notifier"} <= set(r["ring_lag"])
 
 
 def test_the_frame_layout_the_c_loop_assumes():
