@@ -8,19 +8,30 @@ Topology (one process; its hot loop is C, ``loadgen.c``, called through ctypes):
         └─────── market data: trades (every symbol) + each account's orders channel
                  (trade, fill and error lines kept with their receive time)
 
-Why C: the Python sender this replaces took 30-64% of a core at 10,000 orders/s and was
-1-4 ms late at p99 on this 2-core machine, so every figure measured it as much as the
-exchange. The C loop does per request only what the protocol needs (a ``send`` of the
-due frames straight from the plan's array, a ``recv`` per batch of replies) and waits
-with ``epoll_pwait2`` on a nanosecond deadline with a 1 ns timer slack.
+Why it looks like this: the Python sender this replaces took 30-64% of a core at 10,000
+orders/s and was 1-4 ms late at p99 on this 2-core machine. On this VM a wake-up alone
+costs 12-20 µs of CPU and a ``send`` that wakes the receiver ~5-10 µs more (measurements
+in perf/RESULTS.md, "The load generator"), so what a sender costs is the number of its
+wake-ups, whatever it is written in. The C loop therefore:
+
+- wakes only for send instants (``epoll_pwait2`` on a nanosecond deadline, 1 ns timer
+  slack) and for the public trades connection, and sends each session's due frames in one
+  ``send`` straight from the plan's array; the workload's tick (``perf/e2e.py``
+  ``DEFAULT_TICK_US``) makes requests due close together share an instant;
+- reads replies and the private ``orders`` channels after the sends of a wake-up (those
+  at most every ``MD_POLL_S``), never waking for them, and takes their receive time from
+  the kernel (``SO_TIMESTAMPNS``: when the data reached the socket), so reading late does
+  not make a reply late (TCP merges segments that wait unread into one stamped with the
+  newest: a reply queued behind a later one on its connection is reported as late as
+  that one); ``eager_acks`` wakes for every reply instead, to check that.
 
 Build: ``build()`` compiles ``loadgen.c`` with the system C compiler (``$CC``, default
 ``cc``) on first use into ``perf/.build/`` (git-ignored), named by a hash of the source,
 so an edit rebuilds and concurrent first uses do not collide.
 
-What it records per request (``run_step`` returns the path of an ``.npz``):
+What it records per request (``send_step`` returns the path of an ``.npz``):
 ``intended_ns`` (t0 + t_ns), ``sent_ns`` (just before the ``send`` that handed its
-last byte to the kernel), ``ack_ns`` (after the ``recv`` that returned its reply),
+last byte to the kernel), ``ack_ns`` (the kernel's receive time of its reply),
 ``ack_type``, ``reason``, ``order_id``, ``ts_ns`` (the exchange's receive stamp,
 wall clock) and ``kind`` (GTC where a C/R had no target yet); and the kept market data
 lines (``md_kept``, ``md_kept_ns``). Lateness is ``sent_ns - intended_ns``.
