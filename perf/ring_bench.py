@@ -62,8 +62,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from ringex.records import COMMAND  # noqa: E402
-from ringex.topology import JOURNALER, MATCHER, NOTIFIER  # noqa: E402
 from ringex.ring import Ring  # noqa: E402
+from ringex.topology import JOURNALER, MATCHER, NOTIFIER  # noqa: E402
 from ringex.wait import wait_strategy  # noqa: E402
 
 CAPACITY = 4096

@@ -80,6 +80,12 @@ def test_codes_are_spelled_only_in_the_codes_module():
                 and isinstance(node.args[0], ast.Constant)
             ):
                 found.append(f"{_where(path, node.lineno)}: ord({node.args[0].value!r})")
+            if (  # ord(c) for c in "LNCRH"
+                isinstance(node, ast.GeneratorExp | ast.ListComp | ast.SetComp)
+                and any(isinstance(g.iter, ast.Constant) and isinstance(g.iter.value, str) for g in node.generators)
+                and any(isinstance(n, ast.Name) and n.id == "ord" for n in ast.walk(node.elt))
+            ):
+                found.append(f"{_where(path, node.lineno)}: {ast.unparse(node)}")
         for node in tree.body:  # module constants such as MSG_NEW = 78
             if isinstance(node, ast.Assign):
                 values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
