@@ -221,6 +221,7 @@ def sweep(
     stop_when_saturated: bool = True,
     ring_lag: bool = False,
     ringex_args: list[str] | None = None,
+    ringex_root: Path | None = None,
     remote: Target | None = None,
     console=None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
@@ -242,7 +243,7 @@ def sweep(
                 else:
                     for design in designs:
                         if design == "ringex":
-                            targets[design] = stack.enter_context(LocalExchange(mode, ringex_args))
+                            targets[design] = stack.enter_context(LocalExchange(mode, ringex_args, root=ringex_root))
                         else:
                             targets[design] = stack.enter_context(BaselineExchange(mode))
                 lag = None
@@ -491,6 +492,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stop", action="store_true", help="run every rate even after saturation")
     parser.add_argument("--ring-lag", action="store_true", help="sample ringex's ring lag (~1 ms of CPU per reading)")
     parser.add_argument("--ringex-args", default="", help="more flags for `ringex up`, e.g. '--config my.toml'")
+    parser.add_argument(
+        "--ringex-root",
+        type=Path,
+        default=None,
+        help="run the ringex of this checkout (e.g. a worktree of an earlier commit) instead of this one's",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1k and 10k/s, async, 2 s runs")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON (a side run: nothing else written)")
     parser.add_argument("--plot", metavar="PNG", help="write the plot (needs matplotlib: pip install -e '.[perf]')")
@@ -545,6 +552,7 @@ def execute(args: argparse.Namespace, console=None, command: str = "") -> dict:
         stop_when_saturated=not args.no_stop,
         ring_lag=args.ring_lag,
         ringex_args=args.ringex_args.split(),
+        ringex_root=args.ringex_root,
         remote=remote,
         console=console,
     )

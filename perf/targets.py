@@ -83,7 +83,10 @@ class _Subprocess:
 
     design = ""
 
-    def __init__(self, durability: str, extra: list[str] | None = None, data: Path | None = None) -> None:
+    def __init__(
+        self, durability: str, extra: list[str] | None = None, data: Path | None = None, root: Path | None = None
+    ) -> None:
+        self.root = Path(root) if root is not None else ROOT  # the checkout whose code runs
         self.durability = durability
         self.extra = extra or []
         self.tmp = tempfile.TemporaryDirectory(prefix=f"ringex-e2e-{self.design}-{os.getpid()}-")
@@ -99,10 +102,12 @@ class _Subprocess:
 
     def __enter__(self) -> Target:
         order, md, ws = free_ports(3)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(self.root), os.environ.get("PYTHONPATH")]))
+        )
         self.proc = subprocess.Popen(
             self.command(order, md, ws),
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=open(Path(self.tmp.name) / "stderr", "ab"),  # noqa: SIM115 - the child owns it

@@ -33,6 +33,7 @@ __all__ = [
     "OrderEntryLimits",
     "MarketDataSettings",
     "JournalSettings",
+    "SchedulingSettings",
     "Config",
     "DEFAULT_SYMBOLS",
     "load_config",
@@ -110,7 +111,7 @@ def _check_positive(where: str, obj) -> None:
 
 
 # Settings for which 0 means "off" or "the system's choice" (documented per field).
-_ZERO_ALLOWED = {"coalesce_ms", "sndbuf", "fan_out_threads"}
+_ZERO_ALLOWED = {"coalesce_ms", "sndbuf", "fan_out_threads", "durable_spin_us"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +134,10 @@ class OrderEntryLimits:
     max_garbage: int = 16
     # replies a slow reader may leave unread before it is cut off (16k replies)
     max_output_bytes: int = 1 << 20
+    # After publishing requests, the gateway polls for the journaler's commit this long
+    # (µs) before it sleeps and asks the journaler to wake it: a commit that lands within
+    # it is acked without a sleep and a wake-up on either side. 0: always sleep.
+    durable_spin_us: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("order_entry", self)
@@ -186,8 +191,56 @@ class JournalSettings:
             raise ConfigError(f"journal.max_map_size: {self.max_map_size} is below map_size {self.map_size}")
 
 
+def parse_policy(where: str, text: str) -> tuple[str, int]:
+    """A scheduling policy as ``("nice", n)`` (the normal scheduler at niceness n, -20..19)
+    or ``("fifo", p)`` (SCHED_FIFO at real-time priority p, 1..99)."""
+    kind, _, value = text.partition(":")
+    limits = {"nice": (-20, 19), "fifo": (1, 99)}
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if kind not in limits or number is None or not limits[kind][0] <= number <= limits[kind][1]:
+        raise ConfigError(f"{where}: must be 'nice:N' (-20..19) or 'fifo:P' (1..99), got {text!r}")
+    return kind, number
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulingSettings:
+    """``[scheduling]``: who gets a core first. Each process of the exchange asks the
+    kernel for its policy when it starts (``ringex.roles``): ``"nice:N"`` for the normal
+    scheduler at niceness N, or ``"fifo:P"`` for SCHED_FIFO at real-time priority P, which
+    runs the moment it is woken, ahead of every normal process. The ack path (gateway,
+    journaler) should win a core over the stages behind it (matcher, notifier), which
+    matter for trade prints but not for acks. Raising a priority (a negative nice, any
+    fifo) needs CAP_SYS_NICE (root, or ``setcap``); without it the process says so once
+    in the log and runs at nice 0."""
+
+    gateway: str = "nice:0"
+    journaler: str = "nice:0"
+    matcher: str = "nice:0"
+    notifier: str = "nice:0"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str):
+                raise ConfigError(f"scheduling.{f.name}: must be a string like 'nice:5' or 'fifo:10', got {value!r}")
+            parse_policy(f"scheduling.{f.name}", value)
+
+    def policy(self, role: str) -> tuple[str, int]:
+        """The policy of process ``role`` (a matcher shard's is ``matcher``'s)."""
+        name = role.partition("-")[0]
+        return parse_policy(f"scheduling.{name}", getattr(self, name))
+
+
 # [table] name -> its settings class and the Config field that holds it
-_TABLES = {"order_entry": OrderEntryLimits, "market_data": MarketDataSettings, "journal": JournalSettings}
+_TABLES = {
+    "order_entry": OrderEntryLimits,
+    "market_data": MarketDataSettings,
+    "journal": JournalSettings,
+    "scheduling": SchedulingSettings,
+}
 
 
 DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = tuple(SymbolSpec(name) for name in ("ACME", "BOLT", "CRUX", "DYNE"))
@@ -213,6 +266,7 @@ class Config:
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
 
     def __post_init__(self) -> None:
         if not self.symbols:

@@ -64,6 +64,7 @@ from ringex.control import NullControl
 from ringex.ring import Consumer, ConsumerSet, Ring
 from ringex.topology import CMD, EVT, JOURNALER, Topology, journaled_base, new_ring_base
 from ringex.trace import NullTracer, Stage, tracer_for
+from ringex.wait import post_all
 from ringex.wal import Journal, JournalError, JournalWriteError
 
 __all__ = ["Journaler", "JournalerHalted", "EXIT_HALTED", "run_journaler"]
@@ -146,9 +147,9 @@ class _Feed:
         for ring_seq, view in self.batch.segments():
             yield self.symbol, ring_seq + self.base, view
 
-    def commit(self) -> None:
+    def commit(self, posts: dict) -> None:
         if self.batch:
-            self.consumer.commit(self.batch.hi)
+            self.consumer.commit(self.batch.hi, posts)
         self.batch = None
 
 
@@ -185,6 +186,7 @@ class Journaler:
         # An out-ring this full is journaled at once: its producer must never wait.
         self._events_high_water = topology.capacity // 2
         self._events_since: float | None = None  # when events were first seen waiting
+        self._posts: dict = {}
         self._stop = threading.Event()
         # Woken by commands only (see the module docstring); events wait on a timeout.
         self._waiting = ConsumerSet([f.consumer for f in self.in_feeds])
@@ -218,10 +220,12 @@ class Journaler:
             for feed in ins + outs:
                 feed.trace(tracer)
         # Durable now: only from here may anyone treat these sequences as journaled.
+        posts = self._posts
         for feed in ins:
-            feed.commit()
+            feed.commit(posts)
         for feed in outs:
-            feed.commit()
+            feed.commit(posts)
+        post_all(posts)  # the gateway's and the matcher's doorbells, once each
         if outs:
             self._events_since = None
         self.rounds += 1

@@ -67,7 +67,7 @@ from ringex.order_entry.session import OrderIdCounter, Session, SessionState, Sy
 from ringex.ring import Producer, Ring
 from ringex.topology import CMD, GATEWAY, JOURNALER, Topology, wait_for_base
 from ringex.trace import NullTracer, Stage, tracer_for
-from ringex.wait import Doorbell, wait_until
+from ringex.wait import Doorbell, post_all, wait_until
 
 __all__ = ["Gateway", "GatewayStatistics", "serve", "start_position", "run_gateway"]
 
@@ -133,6 +133,13 @@ class Gateway:
         self.tracer = tracer or NullTracer()
         self.accounts = accounts
         self.limits: OrderEntryLimits = config.order_entry
+        # After publishing, the loop polls for the journaler's commit this long before it
+        # sleeps and asks to be woken (see ``OrderEntryLimits.durable_spin_us``).
+        self._spin_s = self.limits.durable_spin_us / 1e6
+        self._spin_until = 0.0
+        # The journaler's doorbell is posted once per loop turn, after every session's
+        # input of the turn is in the rings (``_publish`` collects, ``run`` posts).
+        self._posts: dict = {}
         self.control = control = control or NullControl()
         self.ready = lambda: control.accepting
         self.table = SymbolTable(config.symbols)
@@ -152,7 +159,9 @@ class Gateway:
             for spec in self.table.specs:
                 ring = topology.attach_in(spec.name)
                 self.rings.append(ring)
-                self.producers.append(ring.producer())
+                producer = ring.producer()
+                producer.watch(JOURNALER)  # only the journaler's commits mean acks to send
+                self.producers.append(producer)
             self._journal_probes = [functools.partial(r.consumer_cursor, JOURNALER) for r in self.rings]
             self._bell = Doorbell([p.sleeper for p in self.producers])
             self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
@@ -212,8 +221,9 @@ class Gateway:
         if batch is None:
             return None
         batch.fill(commands)
-        producer.publish(batch.hi)
+        producer.publish(batch.hi, self._posts)
         self.published += len(commands)
+        self._spin_until = time.monotonic() + self._spin_s
         first = int(self.bases[sym]) + batch.lo
         if self.tracer.every:
             index = self._trace_index[sym]
@@ -237,15 +247,26 @@ class Gateway:
         next_tick = time.monotonic() + TICK_S
         select = self.sel.select
         bell = self._bell
+        yield_cpu = os.sched_yield
         while not self._stop.is_set():
             touched: set[_Conn] = set()
             timeout = max(0.0, next_tick - time.monotonic())
-            armed = bool(self._waiting)
-            if armed:
-                # acks are pending: ask the journaler to ring, then look once more
-                bell.announce()
+            armed = moved = False
+            if self._waiting:
                 if self._durable_moved():
                     timeout = 0.0
+                    moved = True
+                elif time.monotonic() < self._spin_until:
+                    # Acks are due any moment: look again soon rather than sleep (see
+                    # ``durable_spin_us``); the yield lets a journaler on this core run.
+                    timeout = 0.0
+                    yield_cpu()
+                else:
+                    # ask the journaler to ring, then look once more
+                    armed = True
+                    bell.announce()
+                    if self._durable_moved():
+                        timeout = 0.0
             events = select(timeout)
             if armed:
                 bell.withdraw()
@@ -267,7 +288,9 @@ class Gateway:
                     touched.add(conn)
             if self._verified:
                 self._finish_logins(touched)
-            if self._waiting:
+            if self._posts:
+                post_all(self._posts)
+            if self._waiting and (moved or armed or events):
                 self._refresh_durable()
                 touched |= self._waiting
             now = time.monotonic()
