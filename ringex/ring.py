@@ -465,6 +465,11 @@ class Ring:
         self.dtype = np.dtype(dtype) if dtype is not None else np.dtype((np.void, self.itemsize))
         self.slots = np.ndarray((self.capacity,), self.dtype, buffer=mm, offset=int(h["slots_offset"]))
         self._raw_slots = self.slots.view(np.dtype((np.void, self.itemsize)))
+        # The slots as a (capacity, itemsize) uint8 matrix: a consumer that hands records
+        # on as bytes (the journaler) slices rows from it without a dtype view per batch.
+        self.slot_bytes = np.ndarray(
+            (self.capacity, self.itemsize), np.uint8, buffer=mm, offset=int(h["slots_offset"])
+        )
         self._no_slots = self.slots[0:0]  # the second part of a batch that does not wrap
         self._sems: list[posix_ipc.Semaphore] = []
         self._producer_sem: posix_ipc.Semaphore | None = None
@@ -721,7 +726,7 @@ class Ring:
         self._sems.clear()
         for view in reversed(self._views):
             view.release()
-        self.header = self.slots = self._raw_slots = self._no_slots = None  # type: ignore[assignment]
+        self.header = self.slots = self._raw_slots = self._no_slots = self.slot_bytes = None  # type: ignore[assignment]
         self._mm = None
 
     def unlink(self) -> None:
@@ -1116,6 +1121,17 @@ class Consumer:
         if hi < lo:
             return self._ring._empty_batch(lo)
         return self._ring._batch(lo, hi)
+
+    def poll_range(self, max_n: int) -> tuple[int, int]:
+        """``poll`` as the bounds ``(lo, hi)`` only (``hi < lo``: nothing), for a reader
+        that slices the slots itself (``Ring.slot_bytes``) and builds no ``Batch``."""
+        lo = self._sequence + 1
+        hi = self.available()
+        if hi > self._seen:
+            self._seen = hi
+        if hi - lo + 1 > max_n:
+            hi = lo + max_n - 1
+        return lo, hi
 
     def wait_batch(self, timeout: float | None = None, max_n: int | None = None) -> Batch:
         """Wait (up to ``timeout`` s) for the next sequence, then ``poll(max_n)``."""
