@@ -467,9 +467,7 @@ class Ring:
         self._raw_slots = self.slots.view(np.dtype((np.void, self.itemsize)))
         # The slots as a (capacity, itemsize) uint8 matrix: a consumer that hands records
         # on as bytes (the journaler) slices rows from it without a dtype view per batch.
-        self.slot_bytes = np.ndarray(
-            (self.capacity, self.itemsize), np.uint8, buffer=mm, offset=int(h["slots_offset"])
-        )
+        self.slot_bytes = np.ndarray((self.capacity, self.itemsize), np.uint8, buffer=mm, offset=int(h["slots_offset"]))
         self._no_slots = self.slots[0:0]  # the second part of a batch that does not wrap
         self._sems: list[posix_ipc.Semaphore] = []
         self._producer_sem: posix_ipc.Semaphore | None = None

@@ -136,9 +136,9 @@ def read_traces(data_dir: str | os.PathLike[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, TRACE)
 
 
-def stage_latencies(records: np.ndarray, since_ns: int = 0) -> dict[str, dict[str, float]]:
-    """Per stage, the delay after RECEIVED of the sampled requests received at or after
-    ``since_ns``, in µs: ``{"JOURNALED": {"n": .., "p50": .., "p90": .., "p99": .., "max": ..}, ...}``.
+def stage_latencies(records: np.ndarray, since_ns: int = 0, until_ns: int | None = None) -> dict[str, dict[str, float]]:
+    """Per stage, the delay after RECEIVED of the sampled requests received from
+    ``since_ns`` to ``until_ns`` (wall clock, ns), in µs: ``{"JOURNALED": {"n": .., "p50": .., "p90": .., "p99": .., "max": ..}, ...}``.
     A request's stage is its first record of that stage (a restarted stage may note one
     twice)."""
     if not len(records):
@@ -146,6 +146,7 @@ def stage_latencies(records: np.ndarray, since_ns: int = 0) -> dict[str, dict[st
     key = (records["symbol"].astype(np.int64) << 56) | records["seq"]
     received = records["stage"] == Stage.RECEIVED
     start = dict(zip(key[received].tolist(), records["t_ns"][received].tolist(), strict=True))
+    end = until_ns if until_ns is not None else 1 << 62
     out: dict[str, dict[str, float]] = {}
     for stage in Stage:
         if stage is Stage.RECEIVED:
@@ -153,7 +154,7 @@ def stage_latencies(records: np.ndarray, since_ns: int = 0) -> dict[str, dict[st
         mask = records["stage"] == stage
         first: dict[int, int] = {}
         for k, t in zip(key[mask].tolist(), records["t_ns"][mask].tolist(), strict=True):
-            if k in start and start[k] >= since_ns and (k not in first or t < first[k]):
+            if k in start and since_ns <= start[k] < end and (k not in first or t < first[k]):
                 first[k] = t
         if not first:
             continue

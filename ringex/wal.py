@@ -219,7 +219,13 @@ def warm_up() -> None:
     _max_new_order_id(np.zeros((1, COMMAND.itemsize), np.uint8), _OP_NEW)
     rows = np.zeros((1, COMMAND.itemsize), np.uint8)
     _pack_commands(
-        symbol, 0, rows, np.empty((1, 16), np.uint8), np.empty((1, COMMAND_VALUE.itemsize), np.uint8), _CRC_TABLE, _OP_NEW
+        symbol,
+        0,
+        rows,
+        np.empty((1, 16), np.uint8),
+        np.empty((1, COMMAND_VALUE.itemsize), np.uint8),
+        _CRC_TABLE,
+        _OP_NEW,
     )
 
 
@@ -585,7 +591,9 @@ class Journal:
                         max_oid = oid
                 else:
                     _pack_rows(symbol, first_seq, rows, keys, values, _CRC_TABLE)
-                puts.append((name, keys.reshape(-1).view(f"V{JOURNAL_KEY.itemsize}"), values.reshape(-1).view(f"V{value_size}")))
+                puts.append(
+                    (name, keys.reshape(-1).view(f"V{JOURNAL_KEY.itemsize}"), values.reshape(-1).view(f"V{value_size}"))
+                )
                 counts[which] += n
         if puts:
             while True:

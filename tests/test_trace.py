@@ -89,7 +89,9 @@ def test_a_traced_exchange_shows_every_stage_of_a_trade_in_order(make_stages):
 
 
 def test_ringex_trace_says_when_nothing_was_traced(tmp_path):
-    cli = subprocess.run([sys.executable, "-m", "ringex", "trace", "--data", str(tmp_path)], capture_output=True, text=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "ringex", "trace", "--data", str(tmp_path)], capture_output=True, text=True
+    )
     assert cli.returncode == 1 and "trace_every" in cli.stderr
     assert not (tmp_path / "trace").exists()
     assert Side.BUY  # codes import kept for the frames above
