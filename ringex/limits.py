@@ -6,6 +6,9 @@ time (``time.monotonic()`` or ``trio.current_time()``), so the tests use a fake 
 
 - ``ConnectionLimit``: open connections in total and per client address.
 - ``RateLimit``: one rate with a burst (a session's requests).
+- ``OrderEntryLimits`` and ``MarketDataLimits``: every such number of the gateway and
+  of the notifier, with its default; the ``[order_entry]`` and ``[market_data]``
+  tables of the config file (``ringex.config``) are these.
 - ``FailedLoginLimit``: failed logins per account, per address and in total, each at
   most ``limit`` per ``window_s``. A login that needs the deliberately slow secret
   check (scrypt, ~30-80 ms of a core, ``ringex.accounts``) is charged *before* the
@@ -27,16 +30,103 @@ IPv6 addresses would be no limits at all).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from collections.abc import Hashable
 
-__all__ = ["address_key", "ConnectionLimit", "RateLimit", "FailedLoginLimit", "MAX_TRACKED_KEYS"]
+__all__ = [
+    "OrderEntryLimits",
+    "MarketDataLimits",
+    "address_key",
+    "ConnectionLimit",
+    "RateLimit",
+    "FailedLoginLimit",
+    "MAX_TRACKED_KEYS",
+]
 
 # Accounts and addresses a FailedLoginLimit remembers at most: 65,536 small entries
 # (a few MiB) is nothing to the server and more than any honest population fails in a
 # window. Past it, expired entries go first, then the oldest.
 MAX_TRACKED_KEYS = 1 << 16
+
+
+####################################################################################
+# The numbers
+####################################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderEntryLimits:
+    """Per-gateway and per-session limits of order entry (``ringex.session.Limits`` is
+    this class; the config's ``[order_entry]`` table sets them).
+
+    The defaults are picked for this 2-core machine and a handful of clients, not
+    derived: a session may sustain 20,000 requests/s with bursts of 2,000, and keep
+    4,096 waiting for the journal (a few ms of a stalled fsync at that rate)."""
+
+    max_sessions: int = 1000
+    # one address (a firm's gateway, or one attacker) may hold a tenth of the sessions
+    max_sessions_per_address: int = 100
+    max_in_flight: int = 4096
+    rate_per_s: float = 20_000.0
+    burst: int = 2000
+    heartbeat_interval_s: float = 1.0
+    # three missed heartbeats (a client should heartbeat at our interval or faster)
+    idle_timeout_s: float = 5.0
+    # the deadline to log in after connecting (slowloris: a connection that never logs
+    # in holds a session slot for this long at most)
+    login_timeout_s: float = 5.0
+    # a few stray frames are tolerated (answered X UNKNOWN_MESSAGE); a stream that
+    # keeps sending them has lost its framing or is hostile
+    max_garbage: int = 16
+    # replies a slow reader may leave unread before it is cut off (16k replies),
+    # counting those queued behind a K that waits for the journal
+    max_output_bytes: int = 1 << 20
+    # logins that need the slow secret check and fail, per window (see FailedLoginLimit):
+    # an honest client fails a few times at most; 120 per minute in total is at most
+    # ~2 scrypt checks a second, a few percent of one core
+    failed_logins_per_account: int = 10
+    failed_logins_per_address: int = 20
+    failed_logins_total: int = 120
+    failed_logins_window_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketDataLimits:
+    """The market data notifier's limits (the config's ``[market_data]`` table)."""
+
+    # A session's outgoing bytes not yet taken by the kernel. Beyond this it is a slow
+    # consumer. 1 MiB is ~5,000 trades: seconds of a busy symbol, far beyond a blip.
+    max_queue_bytes: int = 1 << 20
+    # An idle session is told the server is alive this often (seconds).
+    heartbeat_s: float = 5.0
+    # How long a session the server closes gets to take the tail of its queue and the
+    # final error before the socket is closed under it.
+    close_grace_s: float = 2.0
+    # Open connections, TCP and WebSocket together: under the 20,000 files a process
+    # may open here, with room for listeners, rings and logs; 10,000 subscribers is
+    # what the notifier is built and measured for.
+    max_connections: int = 16_000
+    # Picked: a firm fanning out to more subscribers than this from one address should
+    # run its own fan-out, or be given a higher limit.
+    max_connections_per_address: int = 256
+    # A WebSocket client must finish its HTTP upgrade within this (slowloris).
+    handshake_timeout_s: float = 5.0
+    # A request (a TCP line, a WebSocket message) that has started arriving must be
+    # complete within this, so a trickle of bytes cannot hold a session open.
+    partial_request_timeout_s: float = 10.0
+    # A request is a short JSON object; a longer line or message closes the session.
+    max_line_bytes: int = 4096
+    # Requests (and WebSocket pings) per session: subscribing to every channel of a
+    # few symbols at once fits the burst; a flood is answered with errors, then closed.
+    requests_per_s: float = 20.0
+    request_burst: int = 100
+    # Logins to the orders channel that need the slow secret check and fail, per window.
+    failed_logins_per_account: int = 10
+    failed_logins_per_address: int = 20
+    failed_logins_total: int = 120
+    failed_logins_window_s: float = 60.0
 
 
 def address_key(peer: object) -> str:

@@ -27,7 +27,6 @@ that symbol's in-ring in one slice.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import enum
 import time
 from collections.abc import Callable
@@ -36,6 +35,9 @@ from typing import Protocol
 import numba
 import numpy as np
 
+# The limits live with the notifier's in ``ringex.limits`` (the config file sets both);
+# ``Limits`` stays this module's name for them.
+from ringex.limits import OrderEntryLimits as Limits
 from ringex.protocol import (
     COMMAND,
     NEED_DATA,
@@ -49,28 +51,6 @@ from ringex.protocol import (
 )
 
 __all__ = ["Limits", "Clock", "SystemClock", "TokenBucket", "OrderIdCounter", "SessionState", "Session", "Publish"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Per-gateway and per-session limits. The defaults are picked for this 2-core
-    machine and a handful of clients, not derived: a session may sustain 20,000
-    requests/s with bursts of 2,000, and keep 4,096 waiting for the journal (a few ms
-    of a stalled fsync at that rate)."""
-
-    max_sessions: int = 1000
-    max_in_flight: int = 4096
-    rate_per_s: float = 20_000.0
-    burst: int = 2000
-    heartbeat_interval_s: float = 1.0
-    # three missed heartbeats (a client should heartbeat at our interval or faster)
-    idle_timeout_s: float = 5.0
-    login_timeout_s: float = 5.0
-    # a few stray frames are tolerated (answered X UNKNOWN_MESSAGE); a stream that
-    # keeps sending them has lost its framing or is hostile
-    max_garbage: int = 16
-    # replies a slow reader may leave unread before it is cut off (16k replies)
-    max_output_bytes: int = 1 << 20
 
 
 class Clock(Protocol):
@@ -304,7 +284,7 @@ class Session:
         table: SymbolTable,
         verify: Callable[[int, int], bool | None],
         order_ids: OrderIdCounter,
-        limits: Limits = Limits(),
+        limits: Limits = Limits(),  # noqa: B008 - frozen, so one shared default is safe
         clock: Clock | None = None,
     ) -> None:
         self.session_id = session_id
