@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_DEPTH_LEVELS",
     "MAX_DEPTH_LEVELS",
     "MAX_LINE_BYTES",
+    "MAX_REQUEST_OPENERS",
     "ClientError",
     "Login",
     "Subscribe",
@@ -66,6 +67,15 @@ MAX_DEPTH_LEVELS = 100
 # A request is a short JSON object; a longer line is a broken or hostile client, and
 # buffering it without a bound would let one client grow the server's memory.
 MAX_LINE_BYTES = 4096
+# A request is one flat JSON object of scalars, so it has exactly one "{" and no "[".
+# ``json.loads`` recurses once per nesting level: a line of 3,000 "[" raised
+# RecursionError out of the parser and took the notifier down (issue 18). Openers are
+# counted (at C speed) before anything is parsed; a few spare ones keep an unusual but
+# harmless request (an empty list in a field we ignore) answerable by name.
+MAX_REQUEST_OPENERS = 8
+# How much of a client's value an error message quotes back: enough to recognise it,
+# not enough for a 4 KiB request to be echoed whole.
+ECHO_CHARS = 40
 
 _SIDE_NAME = {Side.BUY: "buy", Side.SELL: "sell"}
 _SIDE_BYTES = {Side.BUY: b"buy", Side.SELL: b"sell"}
@@ -148,14 +158,31 @@ def _uint(obj: dict, key: str) -> int:
     return value
 
 
+def _echo(value: Any) -> str:
+    """``repr(value)`` cut to ``ECHO_CHARS``, for quoting a client's value back to it."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
 def parse_request(raw: bytes | str, symbols: Iterable[str]) -> Request:
     """Parse one client message (a JSON object) against the listed ``symbols``.
 
-    Raises ``ClientError`` naming the problem; never anything else for bad input.
+    Error handling: any input at all, of any size, nesting, encoding or types, either
+    parses or raises ``ClientError`` naming the problem (sent back as an ``error``
+    message); nothing else escapes. A request longer than ``MAX_LINE_BYTES`` or with
+    more than ``MAX_REQUEST_OPENERS`` arrays and objects is refused before it is parsed.
     """
+    if len(raw) > MAX_LINE_BYTES:
+        raise ClientError(f"request longer than {MAX_LINE_BYTES} bytes")
+    opener_count = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
+    if opener_count > MAX_REQUEST_OPENERS:
+        raise ClientError(f"more than {MAX_REQUEST_OPENERS} arrays or objects: a request is one flat JSON object")
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad UTF-8 (UnicodeDecodeError) and integers of
+        # more digits than ``sys.get_int_max_str_digits``; RecursionError cannot happen
+        # under the opener bound and is caught anyway: a parser must not be a crash
         raise ClientError("malformed JSON") from None
     if not isinstance(obj, dict):
         raise ClientError("a message must be a JSON object")
@@ -165,16 +192,16 @@ def parse_request(raw: bytes | str, symbols: Iterable[str]) -> Request:
     if op == "login":
         return Login(_uint(obj, "account"), _uint(obj, "token"))
     if op not in ("subscribe", "unsubscribe"):
-        raise ClientError(f"unknown op {op!r}" if isinstance(op, str) else "missing op")
+        raise ClientError(f"unknown op {_echo(op)}" if isinstance(op, str) else "missing op")
     channel = obj.get("channel")
-    if channel not in CHANNELS:
-        raise ClientError(f"unknown channel {channel!r}; channels: {', '.join(CHANNELS)}")
+    if not isinstance(channel, str) or channel not in CHANNELS:
+        raise ClientError(f"unknown channel {_echo(channel)}; channels: {', '.join(CHANNELS)}")
     symbol = obj.get("symbol")
     if symbol is None:
         if channel != "orders":
             raise ClientError(f"{channel}: symbol is required")
     elif not isinstance(symbol, str) or symbol not in symbols:
-        raise ClientError(f"unknown symbol {symbol!r}")
+        raise ClientError(f"unknown symbol {_echo(symbol)}")
     levels = obj.get("levels", DEFAULT_DEPTH_LEVELS)
     if not isinstance(levels, int) or isinstance(levels, bool) or not 1 <= levels <= MAX_DEPTH_LEVELS:
         raise ClientError(f"levels: must be an integer from 1 to {MAX_DEPTH_LEVELS}")
