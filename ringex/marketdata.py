@@ -164,16 +164,17 @@ def _echo(value: Any) -> str:
     return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 
-def parse_request(raw: bytes | str, symbols: Iterable[str]) -> Request:
+def parse_request(raw: bytes | str, symbols: Iterable[str], *, max_bytes: int = MAX_LINE_BYTES) -> Request:
     """Parse one client message (a JSON object) against the listed ``symbols``.
 
     Error handling: any input at all, of any size, nesting, encoding or types, either
     parses or raises ``ClientError`` naming the problem (sent back as an ``error``
-    message); nothing else escapes. A request longer than ``MAX_LINE_BYTES`` or with
-    more than ``MAX_REQUEST_OPENERS`` arrays and objects is refused before it is parsed.
+    message); nothing else escapes. A request longer than ``max_bytes`` (characters,
+    for a ``str``) or with more than ``MAX_REQUEST_OPENERS`` arrays and objects is
+    refused before it is parsed.
     """
-    if len(raw) > MAX_LINE_BYTES:
-        raise ClientError(f"request longer than {MAX_LINE_BYTES} bytes")
+    if len(raw) > max_bytes:
+        raise ClientError(f"request longer than {max_bytes} bytes")
     opener_count = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
     if opener_count > MAX_REQUEST_OPENERS:
         raise ClientError(f"more than {MAX_REQUEST_OPENERS} arrays or objects: a request is one flat JSON object")
@@ -226,6 +227,11 @@ class LineDecoder:
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not a complete line yet (after ``next_line`` returned None)."""
+        return len(self._buf)
 
     def next_line(self) -> bytes | None:
         """The next complete line, or ``None``; ``ClientError`` if a line is too long."""

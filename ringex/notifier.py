@@ -71,13 +71,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import trio
-import wsproto
-import wsproto.events as wse
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ringex.config import Config, load_config
+from ringex.limits import ConnectionLimit, FailedLoginLimit, MarketDataLimits, RateLimit, address_key
 from ringex.marketdata import (
-    MAX_LINE_BYTES,
     ClientError,
     LineDecoder,
     Login,
@@ -92,6 +89,7 @@ from ringex.marketdata import (
 from ringex.records import EVENT
 from ringex.ring import Ring
 from ringex.wait import Doorbell
+from ringex.ws_server import End, Refuse, Request, Send, WebSocketServer
 
 __all__ = [
     "EventSource",
@@ -108,23 +106,29 @@ __all__ = [
 
 log = logging.getLogger("ringex.notifier")
 
-# A session's outgoing bytes not yet taken by the kernel. Beyond this it is a slow
-# consumer. 1 MiB is ~5,000 trades: seconds of a busy symbol, far beyond a blip.
-DEFAULT_MAX_QUEUE_BYTES = 1 << 20
-# An idle session is told the server is alive this often (seconds).
-DEFAULT_HEARTBEAT_S = 5.0
+# The defaults of the config's [market_data] table (``ringex.limits.MarketDataLimits``
+# says why each is what it is).
+DEFAULT_MAX_QUEUE_BYTES = MarketDataLimits.max_queue_bytes
+DEFAULT_HEARTBEAT_S = MarketDataLimits.heartbeat_s
 # Bad messages a session may send before it is closed: enough for a human typing
 # into nc to recover, few enough that a broken client cannot keep us parsing garbage.
 MAX_ERRORS = 5
-# How long a disconnected session gets to take the tail of its queue plus the final
-# error before the socket is closed under it.
-DEFAULT_CLOSE_GRACE_S = 2.0
+DEFAULT_CLOSE_GRACE_S = MarketDataLimits.close_grace_s
 # Longest the ring wait sleeps in its worker thread before the pump looks again; it
 # bounds how long shutdown waits for that thread, not latency (wake-ups are posted).
 RING_WAIT_S = 0.05
 # Like trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or buffers is a reason to
 # wait and retry accept, not to die.
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Like trio's SocketListener: errors that belong to the one connection being accepted
+# (reset before we took it, refused by a firewall hook), never to the listener; a
+# flood of connect-then-reset must not end the accept loop.
+ACCEPT_IGNORABLE_ERRNOS = {
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "EPERM", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET")
+    + ("EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    if hasattr(errno, name)
+}
 LISTEN_BACKLOG = 4096
 RECV_BYTES = 65536
 # Below this many sessions on a stream, handing sends to another thread costs more
@@ -173,20 +177,29 @@ class EventSource(Protocol):
 
 
 class SessionClosed(Exception):
-    """Raised inside a session's tasks to end it; ``reason`` goes to the client."""
+    """Raised inside a session's tasks to end it; with ``tell``, ``reason`` goes to the
+    client (else there is nobody to tell: the connection is gone)."""
 
-    def __init__(self, reason: str | None) -> None:
+    def __init__(self, reason: str | None, *, tell: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.tell = tell
 
 
 class Session:
-    """One subscriber connection: its socket, subscriptions and outgoing queue."""
+    """One subscriber connection: its socket, subscriptions and outgoing queue.
+
+    ``id`` numbers the notifier's sessions (for logs); ``address`` is the key its
+    connection and failed logins are counted under (``ringex.limits.address_key``);
+    ``ws`` is its ``WebSocketServer`` (None for TCP); ``requests`` its request rate."""
 
     __slots__ = (
         "sock",
         "ws",
+        "id",
         "peer",
+        "address",
+        "requests",
         "account",
         "streams",
         "errors",
@@ -201,15 +214,28 @@ class Session:
         "__weakref__",
     )
 
-    def __init__(self, sock: socket.socket, websocket: bool, max_bytes: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        websocket: bool,
+        max_bytes: int,
+        *,
+        session_id: int = 0,
+        peer: Any = None,
+        limits: MarketDataLimits | None = None,
+    ) -> None:
+        limits = limits or MarketDataLimits()
         self.sock = sock
-        self.ws: wsproto.WSConnection | None = (
-            wsproto.WSConnection(wsproto.ConnectionType.SERVER) if websocket else None
-        )
-        try:
-            self.peer = sock.getpeername()
-        except OSError:
-            self.peer = None
+        self.ws: WebSocketServer | None = WebSocketServer(limits.max_line_bytes) if websocket else None
+        self.id = session_id
+        if peer is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = None
+        self.peer = peer
+        self.address = address_key(peer)
+        self.requests = RateLimit(limits.requests_per_s, limits.request_burst)
         self.account: int | None = None
         self.streams: set[tuple] = set()
         self.errors = 0
@@ -310,6 +336,14 @@ class Session:
                     sent = self.sock.send(head)
                 except BlockingIOError:
                     break
+                except OSError as exc:
+                    # a queued send met a dead socket: that ends this session, like a
+                    # failed direct ``write`` (a reset peer's OSError used to escape here
+                    # and end the whole notifier)
+                    self.close(f"connection lost: {exc.strerror or exc}", tell=False)
+                    pending.clear()  # also when the session was closing already (linger)
+                    self._pending_bytes = 0
+                    return
                 self._pending_bytes -= sent
                 if sent == len(head):
                     pending.popleft()
@@ -425,6 +459,11 @@ class NotifierStats:
     # queued for the session's writer task)
     sends: int = 0
     short_sends: int = 0
+    # connections refused by the connection limits, logins refused by the failed-login
+    # limits, and sessions ended by a bug in serving them (each logged with its traceback)
+    refused_connections: int = 0
+    refused_logins: int = 0
+    session_bugs: int = 0
 
 
 class Notifier:
@@ -434,8 +473,17 @@ class Notifier:
     every listener when ``run`` returns. Sessions are tracked in ``self.sessions``.
 
     Error handling: socket errors end the one session they happen on; a client's bad
-    message is answered with an ``error`` and counted (``MAX_ERRORS`` closes it);
-    anything else is a bug and propagates, ending the notifier.
+    message is answered with an ``error`` and counted (``MAX_ERRORS`` closes it). An
+    unexpected exception while serving a session is a bug: it is logged with the
+    session's id and peer and ends that session only, so no client can end the
+    notifier (and, through the supervisor's restart policy, trading). A bug in the
+    ring pumps or the fan-out propagates and ends the notifier.
+
+    Limits (``limits``, the config's ``[market_data]``; ``max_queue_bytes``,
+    ``heartbeat_s`` and ``close_grace_s`` given here win over it): connections in total
+    and per address, a deadline for the WebSocket handshake and for a request that has
+    started arriving, a longest request, a request rate per session, and failed logins
+    per account, per address and in total before the slow secret check runs.
     """
 
     def __init__(
@@ -448,13 +496,15 @@ class Notifier:
         ws_port: int | None = 7003,
         verify: Callable[[int, int], bool] | None = None,
         books: dict[str, Iterable[tuple[int, int, int, int]]] | None = None,
-        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-        close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+        max_queue_bytes: int | None = None,
+        heartbeat_s: float | None = None,
+        close_grace_s: float | None = None,
         fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
         sndbuf: int | None = None,
         slice_sessions: int = SLICE_SESSIONS,
         coalesce_s: float = 0.0,
+        limits: MarketDataLimits | None = None,
+        verify_nowait: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         self.symbols = tuple(symbols)
         self.md = MarketData(self.symbols)
@@ -465,9 +515,24 @@ class Notifier:
         self.tcp_port = tcp_port
         self.ws_port = ws_port
         self.verify = verify
-        self.max_queue_bytes = max_queue_bytes
-        self.heartbeat_s = heartbeat_s
-        self.close_grace_s = close_grace_s
+        # answers a login verified before without the slow check (AccountStore.verify_nowait)
+        self.verify_nowait = verify_nowait
+        given = {"max_queue_bytes": max_queue_bytes, "heartbeat_s": heartbeat_s, "close_grace_s": close_grace_s}
+        self.limits = limits = dataclasses.replace(
+            limits or MarketDataLimits(), **{k: v for k, v in given.items() if v is not None}
+        )
+        self.max_queue_bytes = limits.max_queue_bytes
+        self.heartbeat_s = limits.heartbeat_s
+        self.close_grace_s = limits.close_grace_s
+        self.connections = ConnectionLimit(limits.max_connections, limits.max_connections_per_address)
+        self.failed_logins = FailedLoginLimit(
+            limits.failed_logins_per_account,
+            limits.failed_logins_per_address,
+            limits.failed_logins_total,
+            limits.failed_logins_window_s,
+        )
+        self._session_ids = itertools.count(1)
+        self._session_bugs = 0
         self.sessions: set[Session] = set()
         self._fan_out_threads = fan_out_threads
         # Kernel send buffer per session (None: the kernel's autotuning, up to
@@ -507,6 +572,9 @@ class Notifier:
             ports=dict(self.ports),
             sends=self._sends,
             short_sends=self._short_sends,
+            refused_connections=self.connections.refused,
+            refused_logins=self.failed_logins.refused,
+            session_bugs=self._session_bugs,
         )
 
     def record_fan_out(self) -> None:
@@ -792,15 +860,9 @@ class Notifier:
         elif isinstance(request, Login):
             if session.account is not None:
                 raise ClientError("already logged in")
-            ok = False
-            if self.verify is not None:
-                # scrypt takes tens of ms: off the loop, one at a time (the store is not
-                # meant for concurrent callers, and a login flood must not eat both cores)
-                if self._verify_limiter is None:
-                    self._verify_limiter = trio.CapacityLimiter(1)
-                ok = await trio.to_thread.run_sync(
-                    self.verify, request.account, request.token, limiter=self._verify_limiter
-                )
+            ok = await self._check_login(session, request)
+            if ok is None:
+                return  # refused by the failed-login limits: the session is closing
             if not ok:
                 # each failed attempt costs a scrypt: do not let one session retry
                 session.close("bad credentials")
@@ -824,9 +886,40 @@ class Notifier:
                 if not sl.subs[stream]:
                     del sl.subs[stream]
 
+    async def _check_login(self, session: Session, request: Login) -> bool | None:
+        """Whether the login's token is right; None if the failed-login limits refuse to
+        check it (the session is then closed, saying why)."""
+        if self.verify is None:
+            return False
+        if self.verify_nowait is not None:
+            quick = self.verify_nowait(request.account, request.token)
+            if quick is not None:
+                return quick  # verified before, or an unknown account: no scrypt needed
+        # The slow check is charged as a failure before it runs (refunded if it passes),
+        # so however many sessions try at once, at most the limits' worth of checks run.
+        refusal = self.failed_logins.try_attempt(request.account, session.address, trio.current_time())
+        if refusal is not None:
+            session.close(refusal)
+            return None
+        # scrypt takes tens of ms: off the loop, one at a time (the store is not meant
+        # for concurrent callers, and a login flood must not eat both cores)
+        if self._verify_limiter is None:
+            self._verify_limiter = trio.CapacityLimiter(1)
+        ok = await trio.to_thread.run_sync(self.verify, request.account, request.token, limiter=self._verify_limiter)
+        if ok:
+            self.failed_logins.attempt_succeeded(request.account, session.address)
+        return bool(ok)
+
     async def _request(self, session: Session, raw: bytes | str) -> None:
+        if not session.requests.try_take(trio.current_time()):
+            limits = self.limits
+            self._client_error(
+                session,
+                f"too many requests (at most {limits.requests_per_s:g} a second, bursts of {limits.request_burst})",
+            )
+            return
         try:
-            request = parse_request(raw, self.symbols)
+            request = parse_request(raw, self.symbols, max_bytes=self.limits.max_line_bytes)
             await self._handle(session, request)
         except ClientError as exc:
             self._client_error(session, exc.reason)
@@ -840,79 +933,110 @@ class Notifier:
             session.send_message(session_message("error", reason=reason))
 
     async def _read_tcp(self, session: Session) -> None:
-        decoder = LineDecoder()
+        decoder = LineDecoder(self.limits.max_line_bytes)
+        partial_since = None  # when the line now buffered began to arrive
         while session.closing is None:
-            data = await self._recv(session)
+            deadline = math.inf if partial_since is None else partial_since + self.limits.partial_request_timeout_s
+            data = await self._recv(session, deadline, "a request took too long to arrive", tell=True)
             decoder.receive_data(data)
+            completed = False
             try:
                 while session.closing is None and (line := decoder.next_line()) is not None:
+                    completed = True
                     if line.strip():
                         await self._request(session, line)
             except ClientError as exc:  # a line too long: the stream has lost its place
                 session.close(exc.reason)
+            if not decoder.buffered:
+                partial_since = None
+            elif completed or partial_since is None:
+                partial_since = trio.current_time()
 
     async def _read_ws(self, session: Session) -> None:
-        ws = session.ws
-        assert ws is not None
-        text: list[str] = []
-        size = 0
+        server = session.ws
+        assert server is not None
+        limits = self.limits
+        handshake_deadline = trio.current_time() + limits.handshake_timeout_s
+        partial_since = None  # when input that did not complete a message began to arrive
         while session.closing is None:
-            data = await self._recv(session)
-            try:
-                ws.receive_data(data)
-                for event in ws.events():
-                    if isinstance(event, wse.Request):
-                        session.write(ws.send(wse.AcceptConnection()))
-                    elif isinstance(event, wse.TextMessage):
-                        text.append(event.data)
-                        size += len(event.data)
-                        if size > MAX_LINE_BYTES:
-                            # like an over-long TCP line: do not buffer what we will refuse
-                            session.close(f"message longer than {MAX_LINE_BYTES} bytes")
-                            return
-                        if event.message_finished:
-                            raw, text, size = "".join(text), [], 0
-                            await self._request(session, raw)
-                    elif isinstance(event, wse.BytesMessage):
-                        if event.message_finished:
-                            self._client_error(session, "binary messages are not understood; send JSON text")
-                    elif isinstance(event, wse.Ping):
-                        session.write(ws.send(event.response()))
-                    elif isinstance(event, wse.CloseConnection):
-                        if ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
-                            session.write(ws.send(event.response()))
-                        session.close("closed by the client", tell=False)
-                        return
-            except (LocalProtocolError, RemoteProtocolError) as exc:
-                # before the handshake completes the peer does not speak WebSocket:
-                # a text frame would mean nothing to it
-                opened = ws.state is wsproto.connection.ConnectionState.OPEN
-                session.close(f"websocket protocol error: {exc}", tell=opened)
-                return
+            if not server.open:
+                data = await self._recv(session, handshake_deadline, "the WebSocket handshake took too long")
+            elif partial_since is not None:
+                deadline = partial_since + limits.partial_request_timeout_s
+                data = await self._recv(session, deadline, "a message took too long to arrive", tell=True)
+            else:
+                data = await self._recv(session)
+            actions = server.receive_data(data)
+            for action in actions:
+                if isinstance(action, Send):
+                    session.write(action.data)
+                elif isinstance(action, Request):
+                    await self._request(session, action.text)
+                elif isinstance(action, Refuse):
+                    self._client_error(session, action.reason)
+                elif isinstance(action, End):
+                    session.close(action.reason, tell=action.tell)
+                if session.closing is not None:
+                    return
+            if not server.incomplete:
+                partial_since = None
+            elif actions or partial_since is None:
+                partial_since = trio.current_time()
 
-    async def _recv(self, session: Session) -> bytes:
+    async def _recv(self, session: Session, deadline: float = math.inf, late: str = "", *, tell: bool = False) -> bytes:
+        """The next bytes from the session's socket. ``SessionClosed`` at EOF or on a
+        socket error, and at ``deadline`` (``trio.current_time()``) with ``late`` as
+        the reason, told to the client if ``tell``."""
         while True:
             try:
                 data = session.sock.recv(RECV_BYTES)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(session.sock)
-                continue
+                if deadline == math.inf:
+                    await trio.lowlevel.wait_readable(session.sock)
+                    continue
+                with trio.move_on_at(deadline):
+                    await trio.lowlevel.wait_readable(session.sock)
+                    continue
+                raise SessionClosed(late, tell=tell) from None
             except OSError as exc:
                 raise SessionClosed(None) from exc
             if not data:
                 raise SessionClosed(None)
             return data
 
-    async def _run_session(self, sock: socket.socket, websocket: bool) -> None:
-        session = Session(sock, websocket, self.max_queue_bytes)
+    async def _run_session(self, sock: socket.socket, websocket: bool, peer: Any, address: str) -> None:
+        """Serve one connection until it ends, then close its socket and release the
+        connection limit it was admitted under (``_accept_loop``, as ``address``)."""
+        try:
+            session = Session(
+                sock, websocket, self.max_queue_bytes, session_id=next(self._session_ids), peer=peer, limits=self.limits
+            )
+            await self._serve_session(session)
+        finally:
+            sock.close()
+            self.connections.release(address)
+
+    async def _serve_session(self, session: Session) -> None:
         self.sessions.add(session)
         self._join_slice(session)
         try:
-            with trio.CancelScope() as scope:
-                session._cancel = scope
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._session_reader, session)
-                    await session.writer()
+            try:
+                with trio.CancelScope() as scope:
+                    session._cancel = scope
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._session_reader, session)
+                        await session.writer()
+            except Exception:
+                # Isolation: whatever went wrong is this session's alone. Cancellation
+                # (shutdown) is a BaseException and passes.
+                self._session_bugs += 1
+                log.exception(
+                    "session %d (%s, %s): bug while serving it; closing it",
+                    session.id,
+                    _peer_text(session.peer),
+                    "tcp" if session.ws is None else "websocket",
+                )
+                session.close("internal error; the session is closed")
         finally:
             self._forget(session)
             self._leave_slice(session)
@@ -921,8 +1045,8 @@ class Notifier:
                 self._slow += 1
             try:
                 await self._linger(session)
-            finally:
-                sock.close()
+            except Exception:
+                log.exception("session %d (%s): bug while closing it", session.id, _peer_text(session.peer))
 
     async def _session_reader(self, session: Session) -> None:
         try:
@@ -931,7 +1055,7 @@ class Notifier:
             else:
                 await self._read_ws(session)
         except SessionClosed as exc:
-            session.close(exc.reason or "connection closed by the client", tell=False)
+            session.close(exc.reason or "connection closed by the client", tell=exc.tell)
 
     async def _linger(self, session: Session) -> None:
         """Give a closed session ``close_grace_s`` to take its tail and the error
@@ -940,12 +1064,9 @@ class Notifier:
             return
         with trio.move_on_after(self.close_grace_s), contextlib.suppress(OSError):
             await session.flush()
-            if session.ws is not None:
-                ws = session.ws
-                try:
-                    session.sock.send(ws.send(wse.CloseConnection(code=1008, reason="closed by server")))
-                except (LocalProtocolError, BlockingIOError):
-                    pass
+            if session.ws is not None and (frame := session.ws.close_frame()):
+                with contextlib.suppress(BlockingIOError):
+                    session.sock.send(frame)
             session.sock.shutdown(socket.SHUT_WR)
 
     # -- listeners ------------------------------------------------------------------
@@ -962,21 +1083,33 @@ class Notifier:
     async def _accept_loop(self, listener: socket.socket, websocket: bool, nursery: trio.Nursery) -> None:
         while True:
             try:
-                conn, _ = listener.accept()
+                conn, peer = listener.accept()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(listener)
                 continue
             except OSError as exc:
+                if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                    continue
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     log.warning("accept: %s; retrying in 100 ms", exc)
                     await trio.sleep(0.1)
                     continue
                 raise
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.sndbuf is not None:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
-            nursery.start_soon(self._run_session, conn, websocket)
+            address = address_key(peer)
+            refusal = self.connections.admit(address)
+            if refusal is not None:
+                _refuse_connection(conn, refusal, websocket)
+                continue
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.sndbuf is not None:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            except OSError:  # reset already: nothing to serve
+                conn.close()
+                self.connections.release(address)
+                continue
+            nursery.start_soon(self._run_session, conn, websocket, peer, address)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen, read the rings and serve until cancelled.
@@ -1007,6 +1140,24 @@ class Notifier:
                 listener.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
+
+
+def _peer_text(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown peer"
+
+
+def _refuse_connection(conn: socket.socket, reason: str, websocket: bool) -> None:
+    """Tell a connection over the limits why, in its protocol, and close it: one
+    non-blocking send, nothing kept (a flood of them must cost as little as possible)."""
+    if websocket:
+        body = reason.encode()
+        answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
+        answer += b"Connection: close\r\n\r\n" + body
+    else:
+        answer = session_message("error", reason=reason) + b"\n"
+    with contextlib.suppress(OSError):
+        conn.send(answer)
+    conn.close()
 
 
 ####################################################################################
@@ -1155,10 +1306,10 @@ async def serve(
     books: dict[str, Iterable[tuple[int, int, int, int]]] | None = None,
     ring_prefix: str = DEFAULT_RING_PREFIX,
     on_ready: Callable[[dict[str, int]], Any] | None = None,
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-    heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    max_queue_bytes: int | None = None,
+    heartbeat_s: float | None = None,
     fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
-    close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+    close_grace_s: float | None = None,
     sndbuf: int | None = None,
     slice_sessions: int = SLICE_SESSIONS,
     coalesce_s: float = 0.0,
@@ -1178,6 +1329,8 @@ async def serve(
     - ``on_ready(ports)``: called once the listeners are bound and the pumps run, with
       ``{"tcp": port, "ws": port}``.
     - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``.
+    - Limits: ``config.market_data``; ``max_queue_bytes``, ``heartbeat_s`` and
+      ``close_grace_s``, when given, win over it.
     - ``stats_out``: a path; on the way out, ``statistics()`` and the per-batch
       ``fan_out_log`` are written there as JSON (for benchmarks).
     """
@@ -1185,10 +1338,12 @@ async def serve(
     owned: list[RingEventSource] = []
     if sources is None:
         sources = owned = ring_sources(config, prefix=ring_prefix)
+    verify_nowait = None
     if verify is None:
         from ringex.accounts import AccountStore  # noqa: PLC0415
 
-        verify = AccountStore.open(config.data_dir).verify
+        store = AccountStore.open(config.data_dir)
+        verify, verify_nowait = store.verify, store.verify_nowait
     notifier = Notifier(
         [s.name for s in config.symbols],
         sources,
@@ -1204,6 +1359,8 @@ async def serve(
         sndbuf=sndbuf,
         slice_sessions=slice_sessions,
         coalesce_s=coalesce_s,
+        limits=config.market_data,
+        verify_nowait=verify_nowait,
     )
     gc_pauses = _GcPauses() if stats_out is not None else None
     if stats_out is not None:
@@ -1248,8 +1405,8 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_RING_PREFIX,
         help="out-rings are named PREFIX.out.SYMBOL (default: %(default)s)",
     )
-    parser.add_argument("--max-queue-bytes", type=int, default=DEFAULT_MAX_QUEUE_BYTES)
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT_S, help="seconds")
+    parser.add_argument("--max-queue-bytes", type=int, default=None, help="default: the config's (1 MiB)")
+    parser.add_argument("--heartbeat", type=float, default=None, help="seconds (default: the config's, 5)")
     parser.add_argument("--fan-out-threads", type=int, default=DEFAULT_FAN_OUT_THREADS)
     parser.add_argument("--sndbuf", type=int, default=None, help="kernel send buffer per session (bytes)")
     parser.add_argument(
@@ -1262,14 +1419,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--close-grace",
         type=float,
-        default=DEFAULT_CLOSE_GRACE_S,
-        help="seconds a closed session gets to read the error",
+        default=None,
+        help="seconds a closed session gets to read the error (default: the config's, 2)",
     )
+    covered = {"max_queue_bytes", "heartbeat_s", "close_grace_s"}
+    for f in dataclasses.fields(MarketDataLimits):
+        if f.name not in covered:
+            flag = f"--{f.name.replace('_', '-')}"
+            parser.add_argument(flag, dest=f.name, type=type(f.default), default=None, help="default: the config's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s notifier %(levelname)s %(message)s")
     config = load_config(
         args.config,
         overrides={"host": args.host, "md_port": args.md_port, "ws_port": args.ws_port, "data_dir": args.data_dir},
+    )
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(MarketDataLimits) if f.name not in covered}
+    config = dataclasses.replace(
+        config, market_data=dataclasses.replace(config.market_data, **{k: v for k, v in given.items() if v is not None})
     )
 
     def ready(ports: dict[str, int]) -> None:

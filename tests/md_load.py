@@ -259,6 +259,10 @@ class NotifierProcess:
             str(data_dir),
             "--heartbeat",
             str(heartbeat),
+            # every load process connects from 127.0.0.1: the per-address limit (256 by
+            # default) would refuse a 10,000-subscriber run; ``extra`` may set it again
+            "--max-connections-per-address",
+            "20000",
             *extra,
         ]
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
