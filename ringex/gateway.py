@@ -34,7 +34,14 @@ semaphore the rings' producer sleeps on; they idle in 50 ms naps.
 Logins: a pair the ``AccountStore`` has verified before is answered at once; a new
 one needs a scrypt (~80 ms here), which runs on one worker thread (scrypt releases
 the GIL) while the session waits in VERIFYING, so a burst of logins, good or bad,
-never stalls the loop or the other sessions.
+never stalls the loop or the other sessions. Before that check runs, the failed-login
+limits (``ringex.limits.FailedLoginLimit``: per account, per address, in total) may
+refuse it with ``J`` THROTTLED, so a flood of wrong tokens costs a bounded number of
+checks, not a core.
+
+Limits (``config.order_entry``, or ``limits``): sessions in total and per address
+(``E`` SESSION_LIMIT), the login deadline, request rate and in-flight cap, garbage
+frames, and replies owed to a client that does not read them.
 
 Sequences: the ``seq`` in a ``K`` is the command's sequence in its symbol's journal,
 ``base + ring sequence``; ``seq_bases`` gives each symbol's base (the supervisor reads
@@ -70,7 +77,8 @@ import numpy as np
 from ringex.accounts import AccountStore
 from ringex.config import Config, load_config
 from ringex.control import ExchangeState
-from ringex.protocol import Reason, ReplyType, SymbolTable, encode_reply
+from ringex.limits import ConnectionLimit, FailedLoginLimit, address_key
+from ringex.protocol import FRAME_SIZE, Reason, ReplyType, SymbolTable, encode_reply
 from ringex.records import COMMAND
 from ringex.ring import Producer, Ring
 from ringex.session import Limits, OrderIdCounter, Session, SessionState, SystemClock, warm_up
@@ -91,6 +99,14 @@ TICK_S = 0.1
 # A closing session whose last replies cannot be written within this is dropped.
 CLOSE_LINGER_S = 2.0
 LISTEN_BACKLOG = 1024
+# Like trio's SocketListener: errors of the one connection being accepted (reset before
+# we took it...), never of the listener; a flood of connect-then-reset must not matter.
+ACCEPT_IGNORABLE_ERRNOS = {
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "EPERM", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET")
+    + ("EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    if hasattr(errno, name)
+}
 
 
 def in_ring_name(symbol: str, prefix: str = DEFAULT_RING_PREFIX) -> str:
@@ -108,19 +124,24 @@ class GatewayStatistics:
     closed_slow: int
     closed_garbage: int
     waiting_sessions: int
+    refused_sessions: int
+    refused_logins: int
+    session_bugs: int
     durable: dict[str, int]
     published_seq: dict[str, int]
 
 
 class _Conn:
-    __slots__ = ("sock", "session", "out", "writing", "closing_since")
+    __slots__ = ("sock", "session", "out", "writing", "closing_since", "peer", "address")
 
-    def __init__(self, sock: socket.socket, session: Session) -> None:
+    def __init__(self, sock: socket.socket, session: Session, peer: object = None) -> None:
         self.sock = sock
         self.session = session
         self.out = bytearray()
         self.writing = False
         self.closing_since: float | None = None
+        self.peer = peer
+        self.address = address_key(peer)  # what the connection and failed-login limits count
 
 
 class _JournalWatcher(threading.Thread):
@@ -162,8 +183,9 @@ class Gateway:
     and eventfd in ``close()``.
 
     Error handling: socket errors of one session close that session only. An
-    exception while processing a session's bytes is a bug; it is logged with its
-    traceback and that session is closed, so one client can never stop the gateway.
+    exception while serving a session (its input, its login, its replies, its timers)
+    is a bug; it is logged with its traceback, the session's id and peer, and that
+    session is closed, so one client can never stop the gateway.
     """
 
     def __init__(
@@ -182,7 +204,15 @@ class Gateway:
     ) -> None:
         self.config = config
         self.accounts = accounts
-        self.limits = limits or Limits()
+        self.limits = limits = limits or config.order_entry
+        self.connections = ConnectionLimit(limits.max_sessions, limits.max_sessions_per_address)
+        self.failed_logins = FailedLoginLimit(
+            limits.failed_logins_per_account,
+            limits.failed_logins_per_address,
+            limits.failed_logins_total,
+            limits.failed_logins_window_s,
+        )
+        self.session_bugs = 0
         self.ready = ready or (lambda: True)
         self.control = control
         self.table = SymbolTable(config.symbols)
@@ -334,51 +364,95 @@ class Gateway:
             for conn in touched:
                 self._flush(conn)
 
+    def _session_bug(self, conn: _Conn, doing: str) -> None:
+        """Isolation: log the bug that just struck while ``doing`` something for one
+        session, with the session's identity, and close that session only."""
+        self.session_bugs += 1
+        session = conn.session
+        log.exception(
+            "session %d (%s, account %d): bug while %s; closing it",
+            session.session_id,
+            _peer_text(conn.peer),
+            session.account,
+            doing,
+        )
+        session.state = SessionState.CLOSED
+        self._close(conn)
+
     def _tick(self, now: float) -> None:
         if self.control is not None:
             self.control.beat(ROLE)
             if self.control.state is ExchangeState.HALTED:
                 # The journaler has stopped for good: what waits for it gets its X now.
                 for conn in list(self.conns.values()):
-                    if conn.session.waiting_for_journal and conn.session.refuse_pending():
+                    try:
+                        refused = conn.session.waiting_for_journal and conn.session.refuse_pending()
+                    except Exception:
+                        self._session_bug(conn, "refusing its pending requests")
+                        continue
+                    if refused:
                         self._flush(conn)
         for conn in list(self.conns.values()):
-            conn.session.poll_timers()
+            try:
+                conn.session.poll_timers()
+            except Exception:
+                self._session_bug(conn, "running its timers")
+                continue
             if conn.closing_since is not None and now - conn.closing_since > CLOSE_LINGER_S:
                 self._close(conn, why="its last replies were not read in time")
 
     def _accept(self) -> None:
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                    continue  # that one connection was reset before we took it
                 # EMFILE and friends: keep serving the sessions we have
                 log.warning("accept failed: %s", exc)
                 return
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if len(self.conns) >= self.limits.max_sessions:
+            address = address_key(peer)
+            if self.connections.admit(address) is not None:
                 try:
                     sock.send(encode_reply(ReplyType.ERROR, reason=Reason.SESSION_LIMIT, ts_ns=time.time_ns()))
                 except OSError:
                     pass
                 _close_quietly(sock)
                 continue
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset already: nothing to serve
+                self.connections.release(address)
+                _close_quietly(sock)
+                continue
             sid = self._next_session
             self._next_session = (self._next_session + 1) & 0xFFFFFFFF or 1
             session = Session(sid, self.table, None, self.order_ids, self.limits, self.clock)
-            conn = _Conn(sock, session)
+            conn = _Conn(sock, session, peer)
             session.verify = functools.partial(self._verify, conn)
             self.conns[sock.fileno()] = conn
             self.sessions_total += 1
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
-    def _verify(self, conn: _Conn, account: int, token: int) -> bool | None:
+    def _verify(self, conn: _Conn, account: int, token: int) -> bool | Reason | None:
         quick = self.accounts.verify_nowait(account, token)
         if quick is not None:
             return quick
+        # The slow check is charged as a failure before it runs and refunded if it
+        # passes (``_finish_logins``): past the limits, the login is refused unchecked.
+        refusal = self.failed_logins.try_attempt(account, conn.address, time.monotonic())
+        if refusal is not None:
+            log.debug(
+                "session %d (%s): login of account %d refused: %s",
+                conn.session.session_id,
+                _peer_text(conn.peer),
+                account,
+                refusal,
+            )
+            return Reason.THROTTLED
         waiting = self._verifying.get((account, token))
         if waiting is not None:
             # the same pair is being checked already (a fleet of sessions logging in
@@ -407,13 +481,15 @@ class Gateway:
         while self._verified:
             pair, ok = self._verified.popleft()
             for conn in self._verifying.pop(pair, ()):
+                if ok:
+                    self.failed_logins.attempt_succeeded(pair[0], conn.address)
                 if conn.sock.fileno() < 0:
                     continue
                 try:
                     conn.session.finish_login(ok, bool(self.ready()), self._publish)
                 except Exception:
-                    log.exception("session %d: bug while finishing its login; closing it", conn.session.session_id)
-                    conn.session.state = SessionState.CLOSED
+                    self._session_bug(conn, "finishing its login")
+                    continue
                 self._note_closing(conn)
                 touched.add(conn)
 
@@ -436,8 +512,8 @@ class Gateway:
         try:
             conn.session.receive_data(data, bool(self.ready()), self._publish)
         except Exception:
-            log.exception("session %d: bug while processing its input; closing it", conn.session.session_id)
-            conn.session.state = SessionState.CLOSED
+            self._session_bug(conn, "processing its input")
+            return
         self._note_closing(conn)
         if not data:
             self._close(conn, why="")  # the client closed: nothing to report
@@ -455,6 +531,12 @@ class Gateway:
             self._close(conn, why=f"socket error {exc}")
 
     def _flush(self, conn: _Conn) -> None:
+        try:
+            self._write_replies(conn)
+        except Exception:
+            self._session_bug(conn, "writing its replies")
+
+    def _write_replies(self, conn: _Conn) -> None:
         if conn.sock.fileno() < 0:
             return
         session = conn.session
@@ -469,9 +551,12 @@ class Gateway:
             self._send(conn)
             if conn.sock.fileno() < 0:
                 return
-        if len(conn.out) > self.limits.max_output_bytes:
+        owed = len(conn.out) + FRAME_SIZE * session.queued_replies
+        if owed > self.limits.max_output_bytes:
+            # unread, or queued behind K's waiting for the journal: either way a client
+            # that keeps sending without reading its answers must not grow our memory
             self.closed_slow += 1
-            self._close(conn, why=f"{len(conn.out)} reply bytes unread (slow consumer)")
+            self._close(conn, why=f"{owed} reply bytes owed and unread (slow consumer)")
             return
         if session.state is SessionState.CLOSED and not conn.out and not session.pending_replies():
             reason = session.close_reason
@@ -502,6 +587,7 @@ class Gateway:
             return
         if why:
             log.info("session %d (account %d): %s", conn.session.session_id, conn.session.account, why)
+        self.connections.release(conn.address)
         self.conns.pop(sock.fileno(), None)
         self._waiting.discard(conn)
         try:
@@ -532,6 +618,9 @@ class Gateway:
             closed_slow=self.closed_slow,
             closed_garbage=self.closed_garbage,
             waiting_sessions=len(self._waiting),
+            refused_sessions=self.connections.refused,
+            refused_logins=self.failed_logins.refused,
+            session_bugs=self.session_bugs,
             durable=dict(zip(names, self.durable.tolist(), strict=True)),
             published_seq={n: int(b) + p.cursor + 1 for n, b, p in zip(names, self.bases, self.producers, strict=True)},
         )
@@ -564,6 +653,10 @@ def _max_order_id_in(ring: Ring) -> int:
     slots = ring.slots[: min(published, ring.capacity)]
     ids = slots["order_id"][slots["msg_type"] == ord("N")]
     return int(ids.max()) if len(ids) else 0
+
+
+def _peer_text(peer: object) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown peer"
 
 
 def _close_quietly(sock: socket.socket) -> None:
@@ -600,7 +693,8 @@ def serve(
     - ``ready``: callable, true while orders may be accepted; else ``control``'s
       ``accepting``; else always true. ``control``: a ``ControlBlock``; the gateway
       reports ready on it as role ``"gateway"`` and heartbeats it.
-    - ``limits``: ``ringex.session.Limits`` (sessions, rate, in-flight, timeouts).
+    - ``limits``: ``ringex.session.Limits`` (sessions, rate, in-flight, timeouts,
+      failed logins); default ``config.order_entry``.
     - ``seq_bases``: ``{symbol: journal sequence of ring sequence 0}`` so a ``K``
       carries journal sequences; 0 for a symbol not given.
     - ``first_order_id``: the first exchange order id to issue (default: the clock in
@@ -646,11 +740,12 @@ def serve(
     return 0
 
 
-def _limits_from_args(args: argparse.Namespace) -> Limits:
+def _limits_from_args(args: argparse.Namespace, config: Config) -> Limits:
+    """The config's ``[order_entry]`` limits, with those given as flags replaced."""
     given = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(Limits) if getattr(args, f.name, None) is not None
     }
-    return dataclasses.replace(Limits(), **given)
+    return dataclasses.replace(config.order_entry, **given)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -690,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
             config,
             ring_prefix=args.ring_prefix,
             control=control,
-            limits=_limits_from_args(args),
+            limits=_limits_from_args(args, config),
             seq_bases=bases,
             first_order_id=args.first_order_id,
             host=args.host,
