@@ -89,7 +89,7 @@ from ringex.marketdata import (
 from ringex.records import EVENT
 from ringex.ring import Ring
 from ringex.wait import Doorbell
-from ringex.ws_server import End, Refuse, Request, Send, WebSocketServer
+from ringex.ws_server import End, Pong, Refuse, Request, Send, WebSocketServer
 
 __all__ = [
     "EventSource",
@@ -910,13 +910,19 @@ class Notifier:
             self.failed_logins.attempt_succeeded(request.account, session.address)
         return bool(ok)
 
+    def _within_rate(self, session: Session) -> bool:
+        """Count one request (or WebSocket ping) of ``session``; past its rate, answer it
+        with an error instead (``MAX_ERRORS`` of them close the session) and say False."""
+        if session.requests.try_take(trio.current_time()):
+            return True
+        limits = self.limits
+        self._client_error(
+            session, f"too many requests (at most {limits.requests_per_s:g} a second, bursts of {limits.request_burst})"
+        )
+        return False
+
     async def _request(self, session: Session, raw: bytes | str) -> None:
-        if not session.requests.try_take(trio.current_time()):
-            limits = self.limits
-            self._client_error(
-                session,
-                f"too many requests (at most {limits.requests_per_s:g} a second, bursts of {limits.request_burst})",
-            )
+        if not self._within_rate(session):
             return
         try:
             request = parse_request(raw, self.symbols, max_bytes=self.limits.max_line_bytes)
@@ -970,6 +976,9 @@ class Notifier:
             for action in actions:
                 if isinstance(action, Send):
                     session.write(action.data)
+                elif isinstance(action, Pong):
+                    if self._within_rate(session):
+                        session.write(action.data)
                 elif isinstance(action, Request):
                     await self._request(session, action.text)
                 elif isinstance(action, Refuse):

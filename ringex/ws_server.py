@@ -5,7 +5,9 @@ wsproto speaks the protocol (the HTTP upgrade, frames, masking, fragments, close
 notifier's WebSocket reader is a loop over ``receive_data`` and this whole path is
 fuzzed without a socket (``tests/test_hostile_input.py``). Bytes in, actions out:
 
-- ``Send(data)``: write these bytes (the handshake's answer, a pong, a close reply);
+- ``Send(data)``: write these bytes (the handshake's answer, a close reply);
+- ``Pong(data)``: write these bytes, the answer to a ping (a request like any other
+  for the notifier's request rate);
 - ``Request(text)``: one complete text message, a request for ``parse_request``;
 - ``Refuse(reason)``: a message we do not understand; answer it with an ``error`` and
   count it, the session goes on;
@@ -25,6 +27,11 @@ Resource handling: a text or binary message longer than ``max_message_bytes`` en
 the connection as soon as that many bytes of it have arrived, so nothing unbounded is
 held. ``incomplete`` says when bytes have arrived that did not complete a message or
 control frame, for the notifier's deadline on partial input (slowloris).
+
+wsproto 1.3's server drops whatever the client sent after its upgrade request in the
+same segment (a first frame sent without waiting for the 101: ``_accept`` does not
+pass h11's trailing data on). So until the handshake is done, only the bytes up to the
+end of the request (``\r\n\r\n``) go to wsproto; the rest follows once it is open.
 """
 
 from __future__ import annotations
@@ -38,11 +45,16 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ringex.marketdata import MAX_LINE_BYTES
 
-__all__ = ["Send", "Request", "Refuse", "End", "Action", "WebSocketServer"]
+__all__ = ["Send", "Pong", "Request", "Refuse", "End", "Action", "WebSocketServer"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Send:
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Pong:
     data: bytes
 
 
@@ -62,9 +74,11 @@ class End:
     tell: bool
 
 
-Action = Send | Request | Refuse | End
+Action = Send | Pong | Request | Refuse | End
 
 # RFC 6455 7.4.1: 1008 "policy violation" (our limits), 1009 "message too big".
+# The end of an HTTP request's head.
+_END_OF_HEAD = b"\r\n\r\n"
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 
@@ -84,6 +98,7 @@ class WebSocketServer:
         self._size = 0  # bytes of the message being received (text or binary)
         self._ended = False
         self._close_code = POLICY_VIOLATION
+        self._head = bytearray()  # the upgrade request so far, to find its end
         self.incomplete = False
 
     @property
@@ -100,12 +115,16 @@ class WebSocketServer:
             return []
         actions: list[Action] = []
         completed = False
+        chunks = (data,) if self.open else self._split_head(data)
         try:
-            self._ws.receive_data(data)
-            for event in self._ws.events():
-                completed |= self._on_event(event, actions)
-                if self._ended:
-                    return actions
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                self._ws.receive_data(chunk)
+                for event in self._ws.events():
+                    completed |= self._on_event(event, actions)
+                    if self._ended:
+                        return actions
         except (RemoteProtocolError, LocalProtocolError, UnicodeError) as exc:
             self._fail(exc, actions)
             return actions
@@ -114,6 +133,18 @@ class WebSocketServer:
         elif data:
             self.incomplete = True
         return actions
+
+    def _split_head(self, data: bytes) -> tuple[bytes, bytes]:
+        """``data`` cut after the end of the upgrade request, if it is in there."""
+        searched = max(0, len(self._head) - len(_END_OF_HEAD) + 1)
+        self._head += data
+        end = self._head.find(_END_OF_HEAD, searched)
+        if end < 0:
+            # h11 refuses a head over 16 KiB, which ends the connection: _head stays bounded
+            return (data, b"")
+        cut = end + len(_END_OF_HEAD) - (len(self._head) - len(data))
+        self._head = bytearray()
+        return (data[:cut], data[cut:])
 
     def _on_event(self, event: wse.Event, actions: list[Action]) -> bool:
         """Act on one wsproto event; True if it completed a message or control frame."""
@@ -140,7 +171,7 @@ class WebSocketServer:
                 actions.append(Refuse("binary messages are not understood; send JSON text"))
             return True
         if isinstance(event, wse.Ping):
-            actions.append(Send(ws.send(event.response())))
+            actions.append(Pong(ws.send(event.response())))
             return True
         if isinstance(event, wse.CloseConnection):
             if ws.state is ConnectionState.REMOTE_CLOSING:
