@@ -11,11 +11,33 @@ The same inputs over real sockets against a running exchange are in
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import struct
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
+from hostile_payloads import DEEP_NESTING, FUZZ_SESSION, HANDSHAKE, MD_REQUESTS, WS_HANDSHAKES, ws_frame
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from ringex.marketdata import MAX_LINE_BYTES, ClientError, parse_request, session_message
+from ringex.config import ConfigError, load_config
+from ringex.marketdata import (
+    MAX_LINE_BYTES,
+    ClientError,
+    LineDecoder,
+    Login,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    parse_request,
+    session_message,
+)
+from ringex.offline import OrderFileError, match_orders, parse_orders
+from ringex.ws_server import End, Pong, Refuse, Request, Send, WebSocketServer
 
 SYMBOLS = ("ACME", "BOLT")
 
@@ -73,30 +95,37 @@ def test_an_error_quotes_at_most_a_little_of_what_the_client_sent():
     assert reason.startswith("unknown op 'xxx") and reason.endswith("...") and len(reason) < 60
 
 
+@pytest.mark.parametrize("handshake", WS_HANDSHAKES, ids=range(len(WS_HANDSHAKES)))
+def test_a_broken_websocket_handshake_is_refused_or_waits_for_its_deadline(handshake):
+    """Each is answered with HTTP 400 and ended unheard (no JSON for a peer that does
+    not speak WebSocket), or is incomplete, and then the handshake deadline ends it."""
+    server = WebSocketServer()
+    actions = server.receive_data(handshake + ws_frame(1, DEEP_NESTING))
+    assert not server.open
+    if actions:
+        *sends, end = actions
+        assert isinstance(end, End) and not end.tell and "handshake failed" in end.reason
+        assert all(isinstance(a, Send) and a.data.startswith(b"HTTP/1.1 400 ") for a in sends)
+    else:
+        assert server.incomplete
+
+
+def test_a_frame_sent_with_the_handshake_is_not_lost():
+    """wsproto 1.3 drops bytes that follow the upgrade request in the same segment."""
+    server = WebSocketServer()
+    actions = server.receive_data(HANDSHAKE + ws_frame(1, b'{"op":"ping"}') + ws_frame(9, b"hi"))
+    assert [type(a) for a in actions] == [Send, Request, Pong]
+    assert actions[1] == Request('{"op":"ping"}')
+
+
 ##########################################################################################
 # Property-based fuzzing, one decoder at a time
 ##########################################################################################
 
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import struct  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from ringex.config import ConfigError, load_config  # noqa: E402
-from ringex.marketdata import LineDecoder, Login, Ping, Subscribe, Unsubscribe  # noqa: E402
-from ringex.offline import OrderFileError, match_orders, parse_orders  # noqa: E402
-from ringex.ws_server import End, Pong, Refuse, Request, Send, WebSocketServer  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 # Fast and repeatable: no example database on disk, no per-example deadline (a loaded
 # 2-core machine), a bounded number of examples per decoder (the whole module runs in
 # well under a minute). RINGEX_FUZZ_EXAMPLES raises it for a longer hunt.
-EXAMPLES = int(__import__("os").environ.get("RINGEX_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("RINGEX_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -106,19 +135,6 @@ FUZZ = settings(
 
 
 # ---- order entry frames: FrameDecoder + Session ------------------------------------------
-
-
-def _load_fuzz_session():
-    """``fuzz/fuzz_session.py``: the stream generator's seeds and its oracle
-    (``check_stream``: one reply per answered frame, in order; only valid commands
-    published, stamped; a closed session says why), shared with the standalone fuzzer."""
-    spec = importlib.util.spec_from_file_location("fuzz_session", ROOT / "fuzz" / "fuzz_session.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-FUZZ_SESSION = _load_fuzz_session()
 
 
 def _mutated(frame: bytes, edits: list[tuple[int, int]]) -> bytes:
@@ -175,6 +191,7 @@ request_like = st.fixed_dictionaries(
     },
 )
 raw_requests = st.one_of(
+    st.sampled_from(MD_REQUESTS),
     st.binary(max_size=5000),
     st.text(max_size=300),
     json_values.map(json.dumps),
@@ -232,34 +249,15 @@ def test_fuzz_line_decoder_gives_back_the_lines_however_cut(lines, cuts, max_lin
 
 # ---- WebSocket: handshakes and frames through the sans-IO server side ----------------------
 
-HANDSHAKE = (
-    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-def _frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44", rsv: int = 0) -> bytes:
-    """A client frame, masked as clients must (RFC 6455 5.2)."""
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 1 << 16:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 ws_frames = st.one_of(
-    st.builds(lambda t: _frame(1, t.encode()), st.text(max_size=200)),  # text
-    st.builds(lambda t: _frame(1, t), st.binary(max_size=200)),  # text that may not be UTF-8
-    st.builds(lambda b: _frame(2, b), st.binary(max_size=200)),  # binary
-    st.builds(lambda b: _frame(9, b), st.binary(max_size=125)),  # ping
-    st.builds(lambda b: _frame(10, b), st.binary(max_size=125)),  # pong
-    st.builds(lambda b: _frame(8, b), st.binary(max_size=125)),  # close, any payload
-    st.builds(lambda op, b, fin: _frame(op, b, fin), st.integers(0, 15), st.binary(max_size=140), st.booleans()),
-    st.builds(lambda b, rsv: _frame(1, b, rsv=rsv), st.binary(max_size=20), st.integers(1, 7)),
+    st.builds(lambda t: ws_frame(1, t.encode()), st.text(max_size=200)),  # text
+    st.builds(lambda t: ws_frame(1, t), st.binary(max_size=200)),  # text that may not be UTF-8
+    st.builds(lambda b: ws_frame(2, b), st.binary(max_size=200)),  # binary
+    st.builds(lambda b: ws_frame(9, b), st.binary(max_size=125)),  # ping
+    st.builds(lambda b: ws_frame(10, b), st.binary(max_size=125)),  # pong
+    st.builds(lambda b: ws_frame(8, b), st.binary(max_size=125)),  # close, any payload
+    st.builds(lambda op, b, fin: ws_frame(op, b, fin), st.integers(0, 15), st.binary(max_size=140), st.booleans()),
+    st.builds(lambda b, rsv: ws_frame(1, b, rsv=rsv), st.binary(max_size=20), st.integers(1, 7)),
     st.binary(min_size=1, max_size=100),  # raw garbage
     st.builds(lambda n: bytes([0x81, 0xFF]) + struct.pack("!Q", n) + b"\0\0\0\0", st.integers(0, 2**64 - 1)),
 )
@@ -271,6 +269,7 @@ def _mutated_handshake(edits: list[tuple[int, int]]) -> bytes:
 
 handshakes = st.one_of(
     st.just(HANDSHAKE),
+    st.sampled_from(WS_HANDSHAKES),
     st.builds(_mutated_handshake, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4)),
     st.builds(lambda host: HANDSHAKE.replace(b"Host: x", b"Host: " + host), st.binary(max_size=80)),
     st.builds(lambda target: HANDSHAKE.replace(b"GET /", b"GET /" + target), st.binary(max_size=80)),
@@ -337,7 +336,7 @@ def test_fuzz_websocket_text_messages_arrive_whole_and_in_order(texts, cuts):
         # a message in two frames: the fragments must be joined (opcode 0: continuation)
         raw = text.encode()
         half = len(raw) // 2
-        data += _frame(1, raw[:half], fin=False) + _frame(0, raw[half:], fin=True)
+        data += ws_frame(1, raw[:half], fin=False) + ws_frame(0, raw[half:], fin=True)
     actions = _feed(data, cuts, 4096)
     assert isinstance(actions[0], Send) and actions[0].data.startswith(b"HTTP/1.1 101 ")
     assert [a.text for a in actions if isinstance(a, Request)] == texts
