@@ -26,10 +26,13 @@ from hypothesis import strategies as st
 
 from ringex.config import ConfigError, load_config
 from ringex.marketdata import (
+    MAX_DEPTH_LEVELS,
     MAX_LINE_BYTES,
+    STANDARD_DEPTH_LEVELS,
     ClientError,
     LineDecoder,
     Login,
+    MarketData,
     Ping,
     Subscribe,
     Unsubscribe,
@@ -116,6 +119,26 @@ def test_a_frame_sent_with_the_handshake_is_not_lost():
     actions = server.receive_data(HANDSHAKE + ws_frame(1, b'{"op":"ping"}') + ws_frame(9, b"hi"))
     assert [type(a) for a in actions] == [Send, Request, Pong]
     assert actions[1] == Request('{"op":"ping"}')
+
+
+def test_one_client_cannot_make_every_batch_recompute_a_hundred_depth_views():
+    """Each distinct depth size is recomputed per batch; besides the standard sizes at
+    most MAX_EXTRA_DEPTH_SIZES others exist per symbol, and the standard ones are always
+    served, so squatting the extras denies nobody the usual sizes."""
+    md = MarketData(SYMBOLS)
+    refused = []
+    for levels in range(1, MAX_DEPTH_LEVELS + 1):
+        try:
+            md.subscribe(("attacker", levels), Subscribe("depth", "ACME", levels), None)
+        except ClientError as exc:
+            refused.append(levels)
+            assert "levels may be 1, 2, 3, 4, 5, 6, 10, 20, 50, 100" in exc.reason
+    served = {levels for symbol, levels in md._depth if symbol == "ACME"}
+    assert served == {*STANDARD_DEPTH_LEVELS, 2, 3, 4, 6} and len(refused) == 90
+    md.subscribe("someone", Subscribe("depth", "ACME", 10), None)  # a standard size: always
+    md.subscribe("someone", Subscribe("depth", "BOLT", 7), None)  # per symbol
+    md.unsubscribe(("attacker", 6), Unsubscribe("depth", "ACME", 6), None)
+    md.subscribe("someone", Subscribe("depth", "ACME", 7), None)  # a freed extra size is free again
 
 
 ##########################################################################################
