@@ -5,7 +5,8 @@ Shared by the order entry gateway (a selectors loop) and the market data notifie
 time (``time.monotonic()`` or ``trio.current_time()``), so the tests use a fake one.
 
 - ``ConnectionLimit``: open connections in total and per client address.
-- ``RateLimit``: one rate with a burst (a session's requests).
+- ``RateLimit``: one rate with a burst (a session's requests); ``KeyedRateLimit``: one
+  per key (the requests of all sessions from one address).
 - ``OrderEntryLimits`` and ``MarketDataLimits``: every such number of the gateway and
   of the notifier, with its default; the ``[order_entry]`` and ``[market_data]``
   tables of the config file (``ringex.config``) are these.
@@ -41,6 +42,7 @@ __all__ = [
     "address_key",
     "ConnectionLimit",
     "RateLimit",
+    "KeyedRateLimit",
     "FailedLoginLimit",
     "MAX_TRACKED_KEYS",
 ]
@@ -122,6 +124,10 @@ class MarketDataLimits:
     # few symbols at once fits the burst; a flood is answered with errors, then closed.
     requests_per_s: float = 20.0
     request_burst: int = 100
+    # ... and of all sessions from one address together: without it, one address could
+    # hold 256 sessions at 20 requests/s each, 5,000 depth snapshots a second.
+    address_requests_per_s: float = 1000.0
+    address_request_burst: int = 10_000
     # Logins to the orders channel that need the slow secret check and fail, per window.
     failed_logins_per_account: int = 10
     failed_logins_per_address: int = 20
@@ -224,8 +230,9 @@ class RateLimit:
         return True
 
 
-class _KeyedRates:
-    """``limit`` events per ``window_s`` for each key (GCRA; see the module docstring)."""
+class KeyedRateLimit:
+    """``limit`` events per ``window_s`` for each key (GCRA; see the module docstring),
+    remembering at most ``max_keys`` keys."""
 
     def __init__(self, limit: int, window_s: float, max_keys: int) -> None:
         self.limit = int(_positive("limit", limit))
@@ -234,6 +241,19 @@ class _KeyedRates:
         self.tolerance = self.window_s - self.interval
         self.max_keys = max_keys
         self._tat: dict[Hashable, float] = {}
+
+    @classmethod
+    def per_second(cls, rate_per_s: float, burst: int, max_keys: int = MAX_TRACKED_KEYS) -> KeyedRateLimit:
+        """``rate_per_s`` events per second per key, with bursts of up to ``burst``."""
+        burst = int(_positive("burst", burst))
+        return cls(burst, burst / _positive("rate_per_s", rate_per_s), max_keys)
+
+    def try_take(self, key: Hashable, now: float) -> bool:
+        """Count one event for ``key`` at ``now`` if its rate allows it; False if not."""
+        if self.wait(key, now) > 0:
+            return False
+        self.charge(key, now)
+        return True
 
     def wait(self, key: Hashable, now: float) -> float:
         """Seconds until one more event for ``key`` is allowed (0: now)."""
@@ -288,9 +308,9 @@ class FailedLoginLimit:
     def __init__(
         self, per_account: int, per_address: int, total: int, window_s: float, max_keys: int = MAX_TRACKED_KEYS
     ) -> None:
-        self._accounts = _KeyedRates(per_account, window_s, max_keys)
-        self._addresses = _KeyedRates(per_address, window_s, max_keys)
-        self._total = _KeyedRates(total, window_s, 1)
+        self._accounts = KeyedRateLimit(per_account, window_s, max_keys)
+        self._addresses = KeyedRateLimit(per_address, window_s, max_keys)
+        self._total = KeyedRateLimit(total, window_s, 1)
         self.refused = 0
 
     def try_attempt(self, account: int, address: str, now: float) -> str | None:

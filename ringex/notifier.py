@@ -73,7 +73,14 @@ import numpy as np
 import trio
 
 from ringex.config import Config, load_config
-from ringex.limits import ConnectionLimit, FailedLoginLimit, MarketDataLimits, RateLimit, address_key
+from ringex.limits import (
+    ConnectionLimit,
+    FailedLoginLimit,
+    KeyedRateLimit,
+    MarketDataLimits,
+    RateLimit,
+    address_key,
+)
 from ringex.marketdata import (
     ClientError,
     LineDecoder,
@@ -525,6 +532,7 @@ class Notifier:
         self.heartbeat_s = limits.heartbeat_s
         self.close_grace_s = limits.close_grace_s
         self.connections = ConnectionLimit(limits.max_connections, limits.max_connections_per_address)
+        self.address_requests = KeyedRateLimit.per_second(limits.address_requests_per_s, limits.address_request_burst)
         self.failed_logins = FailedLoginLimit(
             limits.failed_logins_per_account,
             limits.failed_logins_per_address,
@@ -913,12 +921,15 @@ class Notifier:
     def _within_rate(self, session: Session) -> bool:
         """Count one request (or WebSocket ping) of ``session``; past its rate, answer it
         with an error instead (``MAX_ERRORS`` of them close the session) and say False."""
-        if session.requests.try_take(trio.current_time()):
-            return True
+        now = trio.current_time()
         limits = self.limits
-        self._client_error(
-            session, f"too many requests (at most {limits.requests_per_s:g} a second, bursts of {limits.request_burst})"
-        )
+        if not session.requests.try_take(now):
+            why = f"too many requests (at most {limits.requests_per_s:g} a second, bursts of {limits.request_burst})"
+        elif not self.address_requests.try_take(session.address, now):
+            why = f"too many requests from your address (at most {limits.address_requests_per_s:g} a second)"
+        else:
+            return True
+        self._client_error(session, why)
         return False
 
     async def _request(self, session: Session, raw: bytes | str) -> None:

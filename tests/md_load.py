@@ -259,10 +259,13 @@ class NotifierProcess:
             str(data_dir),
             "--heartbeat",
             str(heartbeat),
-            # every load process connects from 127.0.0.1: the per-address limit (256 by
-            # default) would refuse a 10,000-subscriber run; ``extra`` may set it again
+            # every load process connects from 127.0.0.1: the per-address limits (256
+            # connections, 10,000 requests at once by default) would refuse a
+            # 10,000-subscriber run; ``extra`` may set them again
             "--max-connections-per-address",
             "20000",
+            "--address-request-burst",
+            "100000",
             *extra,
         ]
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)

@@ -383,3 +383,21 @@ async def test_failed_market_data_logins_are_limited_before_the_slow_check(tmp_p
         assert run.notifier.statistics().refused_logins == 3
 
     await body()
+
+
+@serving(dataclasses.replace(MD, address_requests_per_s=1, address_request_burst=6))
+async def test_the_sessions_of_one_address_share_a_request_budget(run):
+    first, second = await run.connect("tcp"), await run.connect("tcp")
+    elsewhere = await run.connect("tcp", "127.0.0.2")
+    for sock in (first, second):
+        await sock.send(b'{"op":"ping"}\n' * 3)
+        got = b""
+        while got.count(b"\n") < 3:
+            got += await sock.recv(4096)
+        assert got.count(b'"pong"') == 3
+    await second.send(b'{"op":"ping"}\n')
+    assert _errors(await second.recv(4096)) == ["too many requests from your address (at most 1 a second)"]
+    await elsewhere.send(b'{"op":"ping"}\n')
+    assert b'"pong"' in await elsewhere.recv(4096)
+    for sock in (first, second, elsewhere):
+        sock.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ringex.limits import ConnectionLimit, FailedLoginLimit, RateLimit, address_key
+from ringex.limits import ConnectionLimit, FailedLoginLimit, KeyedRateLimit, RateLimit, address_key
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,10 @@ def test_limits_refuse_nonsense_bounds(bad):
         RateLimit(bad, 1)
     with pytest.raises(ValueError):
         FailedLoginLimit(bad, 1, 1, 60)
+
+
+def test_a_keyed_rate_counts_each_key_apart():
+    rate = KeyedRateLimit.per_second(rate_per_s=2, burst=3)
+    assert [rate.try_take("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert rate.try_take("b", 0.0)
+    assert not rate.try_take("a", 0.4) and rate.try_take("a", 0.5)
