@@ -74,7 +74,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ringex.accounts import AccountStore
+from ringex.accounts import AccountStore, check_executor
 from ringex.config import Config, load_config
 from ringex.control import ExchangeState
 from ringex.limits import ConnectionLimit, FailedLoginLimit, address_key
@@ -268,9 +268,10 @@ class Gateway:
         self._waiting: set[_Conn] = set()
         # Logins whose scrypt check runs off the loop (one worker: a burst of bad logins
         # queues there instead of stalling every session), and their answers.
-        self._verifier = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="login-verify")
+        self._verifier = check_executor()
         self._verified: collections.deque[tuple[tuple[int, int], bool]] = collections.deque()
         self._verifying: dict[tuple[int, int], list[_Conn]] = {}  # (account, token) -> sessions
+        self._check_charged_to: dict[tuple[int, int], str] = {}  # (account, token) -> address charged
         self._next_session = 1
         self.sessions_total = 0
         self.published = 0
@@ -441,8 +442,14 @@ class Gateway:
         quick = self.accounts.verify_nowait(account, token)
         if quick is not None:
             return quick
-        # The slow check is charged as a failure before it runs and refunded if it
-        # passes (``_finish_logins``): past the limits, the login is refused unchecked.
+        waiting = self._verifying.get((account, token))
+        if waiting is not None:
+            # the same pair is being checked already (a fleet of sessions logging in
+            # with one account at start-up): one scrypt answers them all, at no cost
+            waiting.append(conn)
+            return None
+        # A new check is charged as a failure before it runs and refunded if it passes
+        # (``_finish_logins``): past the limits, the login is refused unchecked.
         refusal = self.failed_logins.try_attempt(account, conn.address, time.monotonic())
         if refusal is not None:
             log.debug(
@@ -453,13 +460,8 @@ class Gateway:
                 refusal,
             )
             return Reason.THROTTLED
-        waiting = self._verifying.get((account, token))
-        if waiting is not None:
-            # the same pair is being checked already (a fleet of sessions logging in
-            # with one account at start-up): one scrypt answers them all
-            waiting.append(conn)
-            return None
         self._verifying[(account, token)] = [conn]
+        self._check_charged_to[(account, token)] = conn.address
         future = self._verifier.submit(self.accounts.verify, account, token)
         future.add_done_callback(functools.partial(self._verify_done, (account, token)))
         return None  # the session waits in VERIFYING; _finish_logins answers it
@@ -480,9 +482,10 @@ class Gateway:
     def _finish_logins(self, touched: set) -> None:
         while self._verified:
             pair, ok = self._verified.popleft()
+            address = self._check_charged_to.pop(pair, None)
+            if ok and address is not None:
+                self.failed_logins.attempt_succeeded(pair[0], address)
             for conn in self._verifying.pop(pair, ()):
-                if ok:
-                    self.failed_logins.attempt_succeeded(pair[0], conn.address)
                 if conn.sock.fileno() < 0:
                     continue
                 try:

@@ -72,6 +72,7 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
+from ringex.accounts import check_executor
 from ringex.config import Config, load_config
 from ringex.limits import (
     ConnectionLimit,
@@ -547,7 +548,8 @@ class Notifier:
         # net.ipv4.tcp_wmem's max, 4 MiB here). With 10,000 sessions a bound keeps the
         # worst case memory known and detects slow consumers sooner.
         self.sndbuf = sndbuf
-        self._verify_limiter: trio.CapacityLimiter | None = None
+        self._login_checks: concurrent.futures.ThreadPoolExecutor | None = None
+        self._login_checks_running: dict[tuple[int, int], concurrent.futures.Future] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(fan_out_threads, "fan-out") if fan_out_threads else None
         self.ports: dict[str, int] = {}
         self._events = 0
@@ -903,20 +905,30 @@ class Notifier:
             quick = self.verify_nowait(request.account, request.token)
             if quick is not None:
                 return quick  # verified before, or an unknown account: no scrypt needed
-        # The slow check is charged as a failure before it runs (refunded if it passes),
-        # so however many sessions try at once, at most the limits' worth of checks run.
+        pair = (request.account, request.token)
+        check = self._login_checks_running.get(pair)
+        if check is not None:
+            # the same pair is being checked already: one scrypt answers them all, at no cost
+            return bool(await _wait_for_future(check))
+        # A new check is charged as a failure before it runs (refunded if it passes), so
+        # however many sessions try at once, at most the limits' worth of checks run.
         refusal = self.failed_logins.try_attempt(request.account, session.address, trio.current_time())
         if refusal is not None:
             session.close(refusal)
             return None
-        # scrypt takes tens of ms: off the loop, one at a time (the store is not meant
-        # for concurrent callers, and a login flood must not eat both cores)
-        if self._verify_limiter is None:
-            self._verify_limiter = trio.CapacityLimiter(1)
-        ok = await trio.to_thread.run_sync(self.verify, request.account, request.token, limiter=self._verify_limiter)
+        # scrypt takes tens of ms: off the loop, one at a time, on a low-priority thread
+        # (the store is not meant for concurrent callers, and a login flood must not eat
+        # the cores trading needs)
+        if self._login_checks is None:
+            self._login_checks = check_executor()
+        check = self._login_checks_running[pair] = self._login_checks.submit(self.verify, *pair)
+        try:
+            ok = bool(await _wait_for_future(check))
+        finally:
+            self._login_checks_running.pop(pair, None)
         if ok:
             self.failed_logins.attempt_succeeded(request.account, session.address)
-        return bool(ok)
+        return ok
 
     def _within_rate(self, session: Session) -> bool:
         """Count one request (or WebSocket ping) of ``session``; past its rate, answer it
@@ -1160,6 +1172,24 @@ class Notifier:
                 listener.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
+            if self._login_checks is not None:
+                self._login_checks.shutdown(wait=False, cancel_futures=True)
+
+
+async def _wait_for_future(future: concurrent.futures.Future) -> Any:
+    """Wait in trio for a ``concurrent.futures`` future; its result or its exception.
+    If the waiter is cancelled the work still finishes on its thread (a running scrypt
+    cannot be stopped), and nobody reads its result."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: concurrent.futures.Future) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    future.add_done_callback(wake)
+    await done.wait()
+    return future.result()
 
 
 def _peer_text(peer: Any) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -189,6 +191,21 @@ def test_a_flood_of_wrong_tokens_costs_a_bounded_number_of_slow_checks(gateway):
     assert sum(r.reason == Reason.BAD_CREDENTIALS for r in answers) == 5
     assert sum(r.reason == Reason.THROTTLED for r in answers) == 55
     assert gateway.accounts.slow_checks == 5 + 1  # and the bystander's own first login
+
+
+@pytest.mark.parametrize("gateway", [limits(failed_logins_per_account=2, failed_logins_per_address=2)], indirect=True)
+def test_a_fleet_logging_in_at_once_with_one_account_costs_one_check_and_is_not_throttled(gateway):
+    fleet = [gateway.connect() for _ in range(20)]
+    try:
+        for sock in fleet:  # all at once: they wait for the same check
+            sock.sendall(encode_login(OTHER, OTHER_TOKEN))
+        for sock in fleet:
+            sock.settimeout(10)
+            assert sock.recv(64)[:1] == b"A"
+    finally:
+        for sock in fleet:
+            sock.close()
+    assert gateway.accounts.slow_checks == 1
 
 
 # ---- market data ------------------------------------------------------------------------
@@ -401,3 +418,36 @@ async def test_the_sessions_of_one_address_share_a_request_budget(run):
     assert b'"pong"' in await elsewhere.recv(4096)
     for sock in (first, second, elsewhere):
         sock.close()
+
+
+def test_the_slow_login_check_runs_at_the_lowest_priority():
+    """scrypt runs on CPU nothing more urgent wants: a login flood delays logins, not trading."""
+    import threading
+
+    from ringex.accounts import CHECK_THREAD_NICE, check_executor
+
+    def nice_of_this_thread() -> int:
+        stat = Path(f"/proc/self/task/{threading.get_native_id()}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[16])
+
+    with check_executor() as executor:
+        assert executor.submit(nice_of_this_thread).result() == CHECK_THREAD_NICE == 19
+    assert nice_of_this_thread() == os.nice(0)  # the caller's own thread is untouched
+
+
+async def test_a_fleet_logging_in_to_market_data_at_once_costs_one_check(tmp_path):
+    store = CountingStore(tmp_path / "accounts.json")
+    store.add(OTHER, OTHER_TOKEN)
+    md_limits = dataclasses.replace(MD, failed_logins_per_address=2, failed_logins_per_account=2)
+
+    @serving(md_limits, verify=store.verify, verify_nowait=store.verify_nowait)
+    async def body(run):
+        fleet = [await run.connect("tcp") for _ in range(10)]
+        for sock in fleet:  # all at once: they wait for the same check
+            await sock.send(json.dumps({"op": "login", "account": OTHER, "token": OTHER_TOKEN}).encode() + b"\n")
+        for sock in fleet:
+            assert b"logged_in" in await sock.recv(4096)
+            sock.close()
+        assert store.slow_checks == 1
+
+    await body()
