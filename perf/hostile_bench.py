@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> dict:
     from exchange_harness import RunningExchange
     from hostile_payloads import ROOT  # noqa: F401 - the tests directory is importable
 
-    from ringex.bench import machine
+    from ringex.bench import machine, prioritize
     from ringex.config import load_config
     from ringex.control import ControlBlock, ExchangeState
     from ringex.supervisor import layout_for
@@ -337,6 +337,12 @@ def run(args: argparse.Namespace) -> dict:
     control = ControlBlock.attach(layout_for(load_config(environ={}, overrides={"data_dir": str(data)})).control)
     ports = {"order": ex.order_port, "md": ex.md_port, "ws": ex.ws_port}
     (account, token), (stranger, stranger_token) = list(ex.accounts.items())[:2]
+    if args.exchange_nice is not None or args.exchange_realtime is not None:
+        prioritize(
+            [ex.proc.pid, *(r["pid"] for r in control.roles())],
+            nice=args.exchange_nice,
+            realtime=args.exchange_realtime,
+        )
     hz = os.sysconf("SC_CLK_TCK")
     result: dict = {
         "command": " ".join(["perf/hostile_bench.py", *sys.argv[1:]]),
@@ -345,6 +351,8 @@ def run(args: argparse.Namespace) -> dict:
         "rate": args.rate,
         "seconds_per_phase": args.seconds,
         "attacker_nice": args.attacker_nice,
+        "exchange_nice": args.exchange_nice,
+        "exchange_realtime": args.exchange_realtime,
         "attacks_per_s": {k: v for k, v in ATTACKS.items() if not args.only or k in args.only},
         "phases": [],
     }
@@ -356,6 +364,12 @@ def run(args: argparse.Namespace) -> dict:
         subscriber.start()
         time.sleep(2.0)  # subscribed before the first trade
         trader.start()
+        if args.exchange_realtime is not None:
+            # the legitimate clients stand for other machines: give them the exchange's
+            # class, as perf/e2e.py does its load generator, so what is measured is the
+            # exchange and not their own wait for a core the strangers hold
+            time.sleep(0.5)
+            prioritize([trader.pid, subscriber.pid], realtime=args.exchange_realtime)
         time.sleep(args.warmup)
         bounds = []
         for phase in args.phases:
@@ -488,6 +502,12 @@ def main() -> int:
     parser.add_argument("--durability", choices=("fsync", "async"), default="async")
     parser.add_argument(
         "--attacker-nice", type=int, default=10, help="nice of the strangers' processes; -1: SCHED_IDLE (default 10)"
+    )
+    parser.add_argument("--exchange-nice", type=int, help="nice every exchange thread (ringex.bench.prioritize)")
+    parser.add_argument(
+        "--exchange-realtime",
+        type=int,
+        help="run every exchange thread SCHED_FIFO at this priority, as perf/e2e.py can",
     )
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of trading before the first phase")
     parser.add_argument("--target", type=float, default=2.0, help="hostile p99 / quiet p99 allowed (default 2)")

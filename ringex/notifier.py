@@ -974,6 +974,9 @@ class Notifier:
                     completed = True
                     if line.strip():
                         await self._request(session, line)
+                        # one request per turn: a session's burst of them (a depth
+                        # snapshot each) must not hold the loop between two ring reads
+                        await trio.lowlevel.checkpoint()
             except ClientError as exc:  # a line too long: the stream has lost its place
                 session.close(exc.reason)
             if not decoder.buffered:
@@ -1004,6 +1007,7 @@ class Notifier:
                         session.write(action.data)
                 elif isinstance(action, Request):
                     await self._request(session, action.text)
+                    await trio.lowlevel.checkpoint()  # one request per turn, as on TCP
                 elif isinstance(action, Refuse):
                     self._client_error(session, action.reason)
                 elif isinstance(action, End):
@@ -1419,6 +1423,10 @@ async def serve(
         if owned and books is None:
             replayed = replay_journal(notifier.md, config.data_dir, owned)
             log.info("depth views rebuilt from %d journaled events", replayed)
+        # What is allocated by now lives as long as the process: out of the collector's
+        # way, a full collection scans only what serving allocates (sessions come and go;
+        # a connection flood's churn set off full collections over every import's objects)
+        gc.freeze()
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(notifier.run)
             if on_ready is not None:
