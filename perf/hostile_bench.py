@@ -62,10 +62,10 @@ PRICE = 500
 
 def trader_main(port: int, account: int, token: int, rate: float, stop, out) -> None:
     """One session sending ``rate`` orders a second (buy, then a sell that takes it),
-    each waiting for its reply; records (send ns, ack ns, ok)."""
+    each waiting for its reply; records (send ns, ack ns, ok, order id)."""
     from ringex.client import OrderClient
 
-    samples: list[tuple[int, int, int]] = []
+    samples: list[tuple[int, int, int, int]] = []
     with OrderClient.connect("127.0.0.1", port, timeout=30) as client:
         client.login(account, token)
         period = 1.0 / rate
@@ -75,7 +75,7 @@ def trader_main(port: int, account: int, token: int, rate: float, stop, out) -> 
             side = "buy" if i % 2 == 0 else "sell"
             sent = time.time_ns()
             reply = client.new_order(SYMBOL, side, 1, PRICE)
-            samples.append((sent, time.time_ns(), int(reply.ok)))
+            samples.append((sent, time.time_ns(), int(reply.ok), reply.order_id))
             i += 1
             next_at += period
             delay = next_at - time.monotonic()
@@ -88,7 +88,7 @@ def trader_main(port: int, account: int, token: int, rate: float, stop, out) -> 
 
 def subscriber_main(md_port: int, ws_port: int, stop, out) -> None:
     """A TCP and a WebSocket subscriber to the symbol's trades; records (receive ns,
-    trade ts_ns) per trade and transport."""
+    trade ts_ns, taker order id) per trade and transport."""
     import wsproto
     import wsproto.events as wse
 
@@ -99,7 +99,7 @@ def subscriber_main(md_port: int, ws_port: int, stop, out) -> None:
     for client in (tcp, ws):
         client.subscribe("trades", SYMBOL)
         client.recv_until(lambda m: m["type"] == "subscribed", timeout=30)
-    samples: dict[str, list[tuple[int, int]]] = {"tcp": [], "ws": []}
+    samples: dict[str, list[tuple[int, int, int]]] = {"tcp": [], "ws": []}
     buffers = {"tcp": b"", "ws": []}
     conn = ws.ws
     socks = {tcp.sock.fileno(): ("tcp", tcp.sock), ws.sock.fileno(): ("ws", ws.sock)}
@@ -109,7 +109,8 @@ def subscriber_main(md_port: int, ws_port: int, stop, out) -> None:
 
     def record(kind: str, text: bytes | str, now: int) -> None:
         if '"type":"trade"' in (text if isinstance(text, str) else text.decode()):
-            samples[kind].append((now, json.loads(text)["ts_ns"]))
+            trade = json.loads(text)
+            samples[kind].append((now, trade["ts_ns"], trade["taker_order_id"]))
 
     while not stop.is_set():
         ready, _, _ = select.select([s for _, s in socks.values()], [], [], 0.2)
@@ -407,8 +408,11 @@ def run(args: argparse.Namespace) -> dict:
         got = dict(out.get(timeout=60) for _ in range(2))
         trader.join(30)
         subscriber.join(30)
-        orders = np.array(got["trader"], dtype=np.int64).reshape(-1, 3)
-        trades = {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in got["subscriber"].items()}
+        orders = np.array(got["trader"], dtype=np.int64).reshape(-1, 4)
+        trades = {k: np.array(v, dtype=np.uint64).astype(np.int64).reshape(-1, 3) for k, v in got["subscriber"].items()}
+        # the trader's own trades only: the strangers' orders trade too (the fuzzed
+        # streams of a logged-in stranger), and their ts_ns counts their own waits
+        ours = orders[:, 3][orders[:, 2] == 1]
         for phase, t0, t1, cpu, attacks in bounds:
             sel = (orders[:, 0] >= t0) & (orders[:, 0] < t1)
             acks = (orders[sel, 1] - orders[sel, 0]) / 1e6
@@ -422,7 +426,9 @@ def run(args: argparse.Namespace) -> dict:
             }
             for kind, rows in trades.items():
                 tsel = (rows[:, 1] >= t0) & (rows[:, 1] < t1)
-                entry[f"trade_{kind}_ms"] = percentiles((rows[tsel, 0] - rows[tsel, 1]) / 1e6)
+                mine = tsel & np.isin(rows[:, 2], ours)
+                entry[f"trade_{kind}_ms"] = percentiles((rows[mine, 0] - rows[mine, 1]) / 1e6)
+                entry[f"strangers_trades_{kind}"] = int((tsel & ~mine).sum())
             result["phases"].append(entry)
         roles = control.roles()
         result["restarts"] = {r["role"]: r["restarts"] for r in roles}
@@ -514,14 +520,16 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="+", choices=sorted(ATTACKS), help="run only these strangers (to see which costs)"
     )
-    parser.add_argument("--no-write", action="store_true", help="do not write perf/results/hostile.json")
+    parser.add_argument("--out", default=str(RESULTS / "hostile.json"), help="where to write the JSON")
+    parser.add_argument("--no-write", action="store_true", help="do not write the JSON")
     args = parser.parse_args()
     result = run(args)
     report(result)
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "hostile.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {RESULTS / 'hostile.json'}")
+        out = Path(args.out)
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
     return 0 if result["summary"]["passed"] else 1
 
 
