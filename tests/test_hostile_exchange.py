@@ -237,3 +237,22 @@ def test_no_stranger_can_hold_a_connection_open_without_finishing_anything(excha
         sock.close()
     assert closed_after["order"] < 8 and closed_after["ws"] < 8
     assert 9 < closed_after["md"] < 14
+
+
+def test_ringex_up_takes_its_limits_from_the_config_file(tmp_path):
+    """The [order_entry] and [market_data] tables reach the gateway and the notifier
+    the supervisor starts."""
+    config = tmp_path / "limits.toml"
+    config.write_text("[order_entry]\nmax_sessions_per_address = 1\n[market_data]\nmax_connections_per_address = 1\n")
+    ex = RunningExchange(tmp_path / "data", durability="async", config=config).start()
+    try:
+        with client_from("127.0.7.1", ex.order_port) as first, client_from("127.0.7.1", ex.md_port) as md_first:
+            second = _send_and_drain("127.0.7.1", ex.order_port, b"", read_for=2.0)
+            assert second[:1] == b"E" and second[2] == 14  # E SESSION_LIMIT
+            md_second = _send_and_drain("127.0.7.1", ex.md_port, b"", read_for=2.0)
+            assert b"too many connections from your address (the limit is 1)" in md_second
+            ws_second = _send_and_drain("127.0.7.1", ex.ws_port, b"", read_for=2.0)
+            assert ws_second.startswith(b"HTTP/1.1 503 ")
+            assert first.fileno() >= 0 and md_first.fileno() >= 0
+    finally:
+        ex.stop()
