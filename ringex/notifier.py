@@ -7,8 +7,10 @@
                           WebSocket      :7003 ◄── Session.write(same bytes) ┘
 ```
 
-One trio process. What is sent is decided by the sans-IO ``ringex.marketdata``;
-this module owns the sockets, the sessions and the ring reading.
+One trio process. What is sent is decided by the sans-IO ``ringex.marketdata``, and
+what a WebSocket client's bytes mean by the sans-IO ``ringex.ws_server``; this module
+owns the sockets, the sessions and the ring reading, and enforces the limits of
+``ringex.limits.MarketDataLimits`` (docs/security.md).
 
 Reading the rings. Each out-ring is read by a task that first takes whatever is
 available without waiting; only when the ring is empty does it park the ring's
@@ -118,10 +120,10 @@ log = logging.getLogger("ringex.notifier")
 # says why each is what it is).
 DEFAULT_MAX_QUEUE_BYTES = MarketDataLimits.max_queue_bytes
 DEFAULT_HEARTBEAT_S = MarketDataLimits.heartbeat_s
+DEFAULT_CLOSE_GRACE_S = MarketDataLimits.close_grace_s
 # Bad messages a session may send before it is closed: enough for a human typing
 # into nc to recover, few enough that a broken client cannot keep us parsing garbage.
 MAX_ERRORS = 5
-DEFAULT_CLOSE_GRACE_S = MarketDataLimits.close_grace_s
 # Longest the ring wait sleeps in its worker thread before the pump looks again; it
 # bounds how long shutdown waits for that thread, not latency (wake-ups are posted).
 RING_WAIT_S = 0.05
