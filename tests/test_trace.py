@@ -9,12 +9,12 @@ import sys
 import time
 
 import numpy as np
+from support.order_entry import ACCOUNT, CONFIG_TOML, OTHER, OTHER_TOKEN, TOKEN
 
 from ringex.codes import Side
 from ringex.market_data.client import MdClient
 from ringex.order_entry.client import OrderClient
 from ringex.trace import TRACE, Stage, Tracer, read_traces, stage_latencies, trace_dir
-from support.order_entry import ACCOUNT, CONFIG_TOML, OTHER, OTHER_TOKEN, TOKEN
 
 
 def test_a_tracer_notes_only_the_sampled_sequences_and_flushes_them(tmp_path):

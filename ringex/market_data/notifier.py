@@ -7,8 +7,11 @@
                           WebSocket      :7003 ◄── Session.write(same bytes) ┘
 ```
 
-One trio process. What is sent is decided by the sans-IO ``ringex.market_data.messages``;
-this module owns the sockets, the sessions and the ring reading.
+One trio process. What is sent is decided by the sans-IO
+``ringex.market_data.messages``, and what a WebSocket client's bytes mean by the
+sans-IO ``ringex.market_data.ws_server``; this module owns the sockets, the sessions
+and the ring reading, and enforces the limits of the config's ``[market_data]`` table
+(``ringex.config.MarketDataSettings``, docs/security.md).
 
 Reading the rings. One task reads every out-ring (``pump_rings``): it takes whatever
 is available without waiting, and only when every ring is empty does it wait, on the
@@ -67,13 +70,10 @@ from typing import Any
 
 import numpy as np
 import trio
-import wsproto
-import wsproto.events as wse
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ringex.config import Config
+from ringex.config import Config, MarketDataSettings
+from ringex.limits import ConnectionLimit, FailedLoginLimit, KeyedRateLimit, RateLimit, address_key
 from ringex.market_data.messages import (
-    MAX_LINE_BYTES,
     ClientError,
     LineDecoder,
     Login,
@@ -85,6 +85,8 @@ from ringex.market_data.messages import (
     session_message,
     ws_text_frame,
 )
+from ringex.market_data.ws_server import End, Pong, Refuse, Request, Send, WebSocketServer
+from ringex.order_entry.accounts import check_executor
 from ringex.ring import Ring
 from ringex.topology import EVT, JOURNALER, NOTIFIER, Topology, journaled_base, new_ring_base
 from ringex.trace import NullTracer, Stage, tracer_for
@@ -103,11 +105,11 @@ __all__ = [
 
 log = logging.getLogger("ringex.market_data.notifier")
 
-# A session's outgoing bytes not yet taken by the kernel. Beyond this it is a slow
-# consumer. 1 MiB is ~5,000 trades: seconds of a busy symbol, far beyond a blip.
-DEFAULT_MAX_QUEUE_BYTES = 1 << 20
-# An idle session is told the server is alive this often (seconds).
-DEFAULT_HEARTBEAT_S = 5.0
+# The defaults of the config's [market_data] table (``ringex.config.MarketDataSettings``
+# says why each is what it is).
+DEFAULT_MAX_QUEUE_BYTES = MarketDataSettings.max_queue_bytes
+DEFAULT_HEARTBEAT_S = MarketDataSettings.heartbeat_s
+DEFAULT_CLOSE_GRACE_S = MarketDataSettings.close_grace_s
 # Bad messages a session may send before it is closed: enough for a human typing
 # into nc to recover, few enough that a broken client cannot keep us parsing garbage.
 MAX_ERRORS = 5
@@ -120,6 +122,15 @@ RING_WAIT_S = 0.05
 # Like trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or buffers is a reason to
 # wait and retry accept, not to die.
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Like trio's SocketListener: errors that belong to the one connection being accepted
+# (reset before we took it, refused by a firewall hook), never to the listener; a
+# flood of connect-then-reset must not end the accept loop.
+ACCEPT_IGNORABLE_ERRNOS = {
+    getattr(errno, name)
+    for name in ("ECONNABORTED", "EPERM", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET")
+    + ("EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH")
+    if hasattr(errno, name)
+}
 LISTEN_BACKLOG = 4096
 RECV_BYTES = 65536
 # Below this many sessions on a stream, handing sends to another thread costs more
@@ -147,20 +158,29 @@ def raise_nofile_limit() -> int:
 
 
 class SessionClosed(Exception):
-    """Raised inside a session's tasks to end it; ``reason`` goes to the client."""
+    """Raised inside a session's tasks to end it; with ``tell``, ``reason`` goes to the
+    client (else there is nobody to tell: the connection is gone)."""
 
-    def __init__(self, reason: str | None) -> None:
+    def __init__(self, reason: str | None, *, tell: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.tell = tell
 
 
 class Session:
-    """One subscriber connection: its socket, subscriptions and outgoing queue."""
+    """One subscriber connection: its socket, subscriptions and outgoing queue.
+
+    ``id`` numbers the notifier's sessions (for logs); ``address`` is the key its
+    connection and failed logins are counted under (``ringex.limits.address_key``);
+    ``ws`` is its ``WebSocketServer`` (None for TCP); ``requests`` its request rate."""
 
     __slots__ = (
         "sock",
         "ws",
+        "id",
         "peer",
+        "address",
+        "requests",
         "account",
         "streams",
         "errors",
@@ -175,15 +195,28 @@ class Session:
         "__weakref__",
     )
 
-    def __init__(self, sock: socket.socket, websocket: bool, max_bytes: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        websocket: bool,
+        max_bytes: int,
+        *,
+        session_id: int = 0,
+        peer: Any = None,
+        limits: MarketDataSettings | None = None,
+    ) -> None:
+        limits = limits or MarketDataSettings()
         self.sock = sock
-        self.ws: wsproto.WSConnection | None = (
-            wsproto.WSConnection(wsproto.ConnectionType.SERVER) if websocket else None
-        )
-        try:
-            self.peer = sock.getpeername()
-        except OSError:
-            self.peer = None
+        self.ws: WebSocketServer | None = WebSocketServer(limits.max_line_bytes) if websocket else None
+        self.id = session_id
+        if peer is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                peer = None
+        self.peer = peer
+        self.address = address_key(peer)
+        self.requests = RateLimit(limits.requests_per_s, limits.request_burst)
         self.account: int | None = None
         self.streams: set[tuple] = set()
         self.errors = 0
@@ -284,6 +317,14 @@ class Session:
                     sent = self.sock.send(head)
                 except BlockingIOError:
                     break
+                except OSError as exc:
+                    # a queued send met a dead socket: that ends this session, like a
+                    # failed direct ``write`` (a reset peer's OSError used to escape here
+                    # and end the whole notifier)
+                    self.close(f"connection lost: {exc.strerror or exc}", tell=False)
+                    pending.clear()  # also when the session was closing already (linger)
+                    self._pending_bytes = 0
+                    return
                 self._pending_bytes -= sent
                 if sent == len(head):
                     pending.popleft()
@@ -400,6 +441,11 @@ class NotifierStats:
     # queued for the session's writer task)
     sends: int = 0
     short_sends: int = 0
+    # connections refused by the connection limits, logins refused by the failed-login
+    # limits, and sessions ended by a bug in serving them (each logged with its traceback)
+    refused_connections: int = 0
+    refused_logins: int = 0
+    session_bugs: int = 0
 
 
 class Notifier:
@@ -409,8 +455,17 @@ class Notifier:
     every listener when ``run`` returns. Sessions are tracked in ``self.sessions``.
 
     Error handling: socket errors end the one session they happen on; a client's bad
-    message is answered with an ``error`` and counted (``MAX_ERRORS`` closes it);
-    anything else is a bug and propagates, ending the notifier.
+    message is answered with an ``error`` and counted (``MAX_ERRORS`` closes it). An
+    unexpected exception while serving a session is a bug: it is logged with the
+    session's id and peer and ends that session only, so no client can end the
+    notifier (and, through the supervisor's restart policy, trading). A bug in the
+    ring pumps or the fan-out propagates and ends the notifier.
+
+    Limits (``limits``, the config's ``[market_data]``; ``max_queue_bytes``,
+    ``heartbeat_s`` and ``close_grace_s`` given here win over it): connections in total
+    and per address, a deadline for the WebSocket handshake and for a request that has
+    started arriving, a longest request, a request rate per session, and failed logins
+    per account, per address and in total before the slow secret check runs.
     """
 
     def __init__(
@@ -422,14 +477,16 @@ class Notifier:
         tcp_port: int | None = 7002,
         ws_port: int | None = 7003,
         verify: Callable[[int, int], bool] | None = None,
-        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-        close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+        max_queue_bytes: int | None = None,
+        heartbeat_s: float | None = None,
+        close_grace_s: float | None = None,
         fan_out_threads: int = DEFAULT_FAN_OUT_THREADS,
         sndbuf: int | None = None,
         slice_sessions: int = SLICE_SESSIONS,
         coalesce_s: float = 0.0,
         tracer=None,
+        limits: MarketDataSettings | None = None,
+        verify_nowait: Callable[[int, int], bool | None] | None = None,
     ) -> None:
         self.symbols = tuple(symbols)
         self.md = MarketData(self.symbols)
@@ -438,16 +495,33 @@ class Notifier:
         self.tcp_port = tcp_port
         self.ws_port = ws_port
         self.verify = verify
-        self.max_queue_bytes = max_queue_bytes
-        self.heartbeat_s = heartbeat_s
-        self.close_grace_s = close_grace_s
+        # answers a login verified before without the slow check (AccountStore.verify_nowait)
+        self.verify_nowait = verify_nowait
+        given = {"max_queue_bytes": max_queue_bytes, "heartbeat_s": heartbeat_s, "close_grace_s": close_grace_s}
+        self.limits = limits = dataclasses.replace(
+            limits or MarketDataSettings(), **{k: v for k, v in given.items() if v is not None}
+        )
+        self.max_queue_bytes = limits.max_queue_bytes
+        self.heartbeat_s = limits.heartbeat_s
+        self.close_grace_s = limits.close_grace_s
+        self.connections = ConnectionLimit(limits.max_connections, limits.max_connections_per_address)
+        self.address_requests = KeyedRateLimit.per_second(limits.address_requests_per_s, limits.address_request_burst)
+        self.failed_logins = FailedLoginLimit(
+            limits.failed_logins_per_account,
+            limits.failed_logins_per_address,
+            limits.failed_logins_total,
+            limits.failed_logins_window_s,
+        )
+        self._session_ids = itertools.count(1)
+        self._session_bugs = 0
         self.sessions: set[Session] = set()
         self._fan_out_threads = fan_out_threads
         # Kernel send buffer per session (None: the kernel's autotuning, up to
         # net.ipv4.tcp_wmem's max, 4 MiB here). With 10,000 sessions a bound keeps the
         # worst case memory known and detects slow consumers sooner.
         self.sndbuf = sndbuf
-        self._verify_limiter: trio.CapacityLimiter | None = None
+        self._login_checks: concurrent.futures.ThreadPoolExecutor | None = None
+        self._login_checks_running: dict[tuple[int, int], concurrent.futures.Future] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(fan_out_threads, "fan-out") if fan_out_threads else None
         self.ports: dict[str, int] = {}
         self._events = 0
@@ -481,6 +555,9 @@ class Notifier:
             ports=dict(self.ports),
             sends=self._sends,
             short_sends=self._short_sends,
+            refused_connections=self.connections.refused,
+            refused_logins=self.failed_logins.refused,
+            session_bugs=self._session_bugs,
         )
 
     def record_fan_out(self) -> None:
@@ -741,15 +818,9 @@ class Notifier:
         elif isinstance(request, Login):
             if session.account is not None:
                 raise ClientError("already logged in")
-            ok = False
-            if self.verify is not None:
-                # scrypt takes tens of ms: off the loop, one at a time (the store is not
-                # meant for concurrent callers, and a login flood must not eat both cores)
-                if self._verify_limiter is None:
-                    self._verify_limiter = trio.CapacityLimiter(1)
-                ok = await trio.to_thread.run_sync(
-                    self.verify, request.account, request.token, limiter=self._verify_limiter
-                )
+            ok = await self._check_login(session, request)
+            if ok is None:
+                return  # refused by the failed-login limits: the session is closing
             if not ok:
                 # each failed attempt costs a scrypt: do not let one session retry
                 session.close("bad credentials")
@@ -773,9 +844,59 @@ class Notifier:
                 if not sl.subs[stream]:
                     del sl.subs[stream]
 
-    async def _request(self, session: Session, raw: bytes | str) -> None:
+    async def _check_login(self, session: Session, request: Login) -> bool | None:
+        """Whether the login's token is right; None if the failed-login limits refuse to
+        check it (the session is then closed, saying why)."""
+        if self.verify is None:
+            return False
+        if self.verify_nowait is not None:
+            quick = self.verify_nowait(request.account, request.token)
+            if quick is not None:
+                return quick  # verified before, or an unknown account: no scrypt needed
+        pair = (request.account, request.token)
+        check = self._login_checks_running.get(pair)
+        if check is not None:
+            # the same pair is being checked already: one scrypt answers them all, at no cost
+            return bool(await _wait_for_future(check))
+        # A new check is charged as a failure before it runs (refunded if it passes), so
+        # however many sessions try at once, at most the limits' worth of checks run.
+        refusal = self.failed_logins.try_attempt(request.account, session.address, trio.current_time())
+        if refusal is not None:
+            session.close(refusal)
+            return None
+        # scrypt takes tens of ms: off the loop, one at a time, on a low-priority thread
+        # (the store is not meant for concurrent callers, and a login flood must not eat
+        # the cores trading needs)
+        if self._login_checks is None:
+            self._login_checks = check_executor()
+        check = self._login_checks_running[pair] = self._login_checks.submit(self.verify, *pair)
         try:
-            request = parse_request(raw, self.symbols)
+            ok = bool(await _wait_for_future(check))
+        finally:
+            self._login_checks_running.pop(pair, None)
+        if ok:
+            self.failed_logins.attempt_succeeded(request.account, session.address)
+        return ok
+
+    def _within_rate(self, session: Session) -> bool:
+        """Count one request (or WebSocket ping) of ``session``; past its rate, answer it
+        with an error instead (``MAX_ERRORS`` of them close the session) and say False."""
+        now = trio.current_time()
+        limits = self.limits
+        if not session.requests.try_take(now):
+            why = f"too many requests (at most {limits.requests_per_s:g} a second, bursts of {limits.request_burst})"
+        elif not self.address_requests.try_take(session.address, now):
+            why = f"too many requests from your address (at most {limits.address_requests_per_s:g} a second)"
+        else:
+            return True
+        self._client_error(session, why)
+        return False
+
+    async def _request(self, session: Session, raw: bytes | str) -> None:
+        if not self._within_rate(session):
+            return
+        try:
+            request = parse_request(raw, self.symbols, max_bytes=self.limits.max_line_bytes)
             await self._handle(session, request)
         except ClientError as exc:
             self._client_error(session, exc.reason)
@@ -789,79 +910,117 @@ class Notifier:
             session.send_message(session_message("error", reason=reason))
 
     async def _read_tcp(self, session: Session) -> None:
-        decoder = LineDecoder()
+        decoder = LineDecoder(self.limits.max_line_bytes)
+        partial_since = None  # when the line now buffered began to arrive
         while session.closing is None:
-            data = await self._recv(session)
+            deadline = math.inf if partial_since is None else partial_since + self.limits.partial_request_timeout_s
+            data = await self._recv(session, deadline, "a request took too long to arrive", tell=True)
             decoder.receive_data(data)
+            completed = False
             try:
                 while session.closing is None and (line := decoder.next_line()) is not None:
+                    completed = True
                     if line.strip():
                         await self._request(session, line)
+                        # one request per turn: a session's burst of them (a depth
+                        # snapshot each) must not hold the loop between two ring reads
+                        await trio.lowlevel.checkpoint()
             except ClientError as exc:  # a line too long: the stream has lost its place
                 session.close(exc.reason)
+            if not decoder.buffered:
+                partial_since = None
+            elif completed or partial_since is None:
+                partial_since = trio.current_time()
 
     async def _read_ws(self, session: Session) -> None:
-        ws = session.ws
-        assert ws is not None
-        text: list[str] = []
-        size = 0
+        server = session.ws
+        assert server is not None
+        limits = self.limits
+        handshake_deadline = trio.current_time() + limits.handshake_timeout_s
+        partial_since = None  # when input that did not complete a message began to arrive
         while session.closing is None:
-            data = await self._recv(session)
-            try:
-                ws.receive_data(data)
-                for event in ws.events():
-                    if isinstance(event, wse.Request):
-                        session.write(ws.send(wse.AcceptConnection()))
-                    elif isinstance(event, wse.TextMessage):
-                        text.append(event.data)
-                        size += len(event.data)
-                        if size > MAX_LINE_BYTES:
-                            # like an over-long TCP line: do not buffer what we will refuse
-                            session.close(f"message longer than {MAX_LINE_BYTES} bytes")
-                            return
-                        if event.message_finished:
-                            raw, text, size = "".join(text), [], 0
-                            await self._request(session, raw)
-                    elif isinstance(event, wse.BytesMessage):
-                        if event.message_finished:
-                            self._client_error(session, "binary messages are not understood; send JSON text")
-                    elif isinstance(event, wse.Ping):
-                        session.write(ws.send(event.response()))
-                    elif isinstance(event, wse.CloseConnection):
-                        if ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
-                            session.write(ws.send(event.response()))
-                        session.close("closed by the client", tell=False)
-                        return
-            except (LocalProtocolError, RemoteProtocolError) as exc:
-                # before the handshake completes the peer does not speak WebSocket:
-                # a text frame would mean nothing to it
-                opened = ws.state is wsproto.connection.ConnectionState.OPEN
-                session.close(f"websocket protocol error: {exc}", tell=opened)
-                return
+            if not server.open:
+                data = await self._recv(session, handshake_deadline, "the WebSocket handshake took too long")
+            elif partial_since is not None:
+                deadline = partial_since + limits.partial_request_timeout_s
+                data = await self._recv(session, deadline, "a message took too long to arrive", tell=True)
+            else:
+                data = await self._recv(session)
+            actions = server.receive_data(data)
+            for action in actions:
+                if isinstance(action, Send):
+                    session.write(action.data)
+                elif isinstance(action, Pong):
+                    if self._within_rate(session):
+                        session.write(action.data)
+                elif isinstance(action, Request):
+                    await self._request(session, action.text)
+                    await trio.lowlevel.checkpoint()  # one request per turn, as on TCP
+                elif isinstance(action, Refuse):
+                    self._client_error(session, action.reason)
+                elif isinstance(action, End):
+                    session.close(action.reason, tell=action.tell)
+                if session.closing is not None:
+                    return
+            if not server.incomplete:
+                partial_since = None
+            elif actions or partial_since is None:
+                partial_since = trio.current_time()
 
-    async def _recv(self, session: Session) -> bytes:
+    async def _recv(self, session: Session, deadline: float = math.inf, late: str = "", *, tell: bool = False) -> bytes:
+        """The next bytes from the session's socket. ``SessionClosed`` at EOF or on a
+        socket error, and at ``deadline`` (``trio.current_time()``) with ``late`` as
+        the reason, told to the client if ``tell``."""
         while True:
             try:
                 data = session.sock.recv(RECV_BYTES)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(session.sock)
-                continue
+                if deadline == math.inf:
+                    await trio.lowlevel.wait_readable(session.sock)
+                    continue
+                with trio.move_on_at(deadline):
+                    await trio.lowlevel.wait_readable(session.sock)
+                    continue
+                raise SessionClosed(late, tell=tell) from None
             except OSError as exc:
                 raise SessionClosed(None) from exc
             if not data:
                 raise SessionClosed(None)
             return data
 
-    async def _run_session(self, sock: socket.socket, websocket: bool) -> None:
-        session = Session(sock, websocket, self.max_queue_bytes)
+    async def _run_session(self, sock: socket.socket, websocket: bool, peer: Any, address: str) -> None:
+        """Serve one connection until it ends, then close its socket and release the
+        connection limit it was admitted under (``_accept_loop``, as ``address``)."""
+        try:
+            session = Session(
+                sock, websocket, self.max_queue_bytes, session_id=next(self._session_ids), peer=peer, limits=self.limits
+            )
+            await self._serve_session(session)
+        finally:
+            sock.close()
+            self.connections.release(address)
+
+    async def _serve_session(self, session: Session) -> None:
         self.sessions.add(session)
         self._join_slice(session)
         try:
-            with trio.CancelScope() as scope:
-                session._cancel = scope
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._session_reader, session)
-                    await session.writer()
+            try:
+                with trio.CancelScope() as scope:
+                    session._cancel = scope
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._session_reader, session)
+                        await session.writer()
+            except Exception:
+                # Isolation: whatever went wrong is this session's alone. Cancellation
+                # (shutdown) is a BaseException and passes.
+                self._session_bugs += 1
+                log.exception(
+                    "session %d (%s, %s): bug while serving it; closing it",
+                    session.id,
+                    _peer_text(session.peer),
+                    "tcp" if session.ws is None else "websocket",
+                )
+                session.close("internal error; the session is closed")
         finally:
             self._forget(session)
             self._leave_slice(session)
@@ -870,8 +1029,8 @@ class Notifier:
                 self._slow += 1
             try:
                 await self._linger(session)
-            finally:
-                sock.close()
+            except Exception:
+                log.exception("session %d (%s): bug while closing it", session.id, _peer_text(session.peer))
 
     async def _session_reader(self, session: Session) -> None:
         try:
@@ -880,7 +1039,7 @@ class Notifier:
             else:
                 await self._read_ws(session)
         except SessionClosed as exc:
-            session.close(exc.reason or "connection closed by the client", tell=False)
+            session.close(exc.reason or "connection closed by the client", tell=exc.tell)
 
     async def _linger(self, session: Session) -> None:
         """Give a closed session ``close_grace_s`` to take its tail and the error
@@ -889,12 +1048,9 @@ class Notifier:
             return
         with trio.move_on_after(self.close_grace_s), contextlib.suppress(OSError):
             await session.flush()
-            if session.ws is not None:
-                ws = session.ws
-                try:
-                    session.sock.send(ws.send(wse.CloseConnection(code=1008, reason="closed by server")))
-                except (LocalProtocolError, BlockingIOError):
-                    pass
+            if session.ws is not None and (frame := session.ws.close_frame()):
+                with contextlib.suppress(BlockingIOError):
+                    session.sock.send(frame)
             session.sock.shutdown(socket.SHUT_WR)
 
     # -- listeners ------------------------------------------------------------------
@@ -911,21 +1067,33 @@ class Notifier:
     async def _accept_loop(self, listener: socket.socket, websocket: bool, nursery: trio.Nursery) -> None:
         while True:
             try:
-                conn, _ = listener.accept()
+                conn, peer = listener.accept()
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(listener)
                 continue
             except OSError as exc:
+                if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                    continue
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     log.warning("accept: %s; retrying in 100 ms", exc)
                     await trio.sleep(0.1)
                     continue
                 raise
             conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.sndbuf is not None:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
-            nursery.start_soon(self._run_session, conn, websocket)
+            address = address_key(peer)
+            refusal = self.connections.admit(address)
+            if refusal is not None:
+                _refuse_connection(conn, refusal, websocket)
+                continue
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.sndbuf is not None:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            except OSError:  # reset already: nothing to serve
+                conn.close()
+                self.connections.release(address)
+                continue
+            nursery.start_soon(self._run_session, conn, websocket, peer, address)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen, read the rings and serve until cancelled.
@@ -953,6 +1121,42 @@ class Notifier:
                 listener.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
+            if self._login_checks is not None:
+                self._login_checks.shutdown(wait=False, cancel_futures=True)
+
+
+async def _wait_for_future(future: concurrent.futures.Future) -> Any:
+    """Wait in trio for a ``concurrent.futures`` future; its result or its exception.
+    If the waiter is cancelled the work still finishes on its thread (a running scrypt
+    cannot be stopped), and nobody reads its result."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: concurrent.futures.Future) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    future.add_done_callback(wake)
+    await done.wait()
+    return future.result()
+
+
+def _peer_text(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "unknown peer"
+
+
+def _refuse_connection(conn: socket.socket, reason: str, websocket: bool) -> None:
+    """Tell a connection over the limits why, in its protocol, and close it: one
+    non-blocking send, nothing kept (a flood of them must cost as little as possible)."""
+    if websocket:
+        body = reason.encode()
+        answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body)
+        answer += b"Connection: close\r\n\r\n" + body
+    else:
+        answer = session_message("error", reason=reason) + b"\n"
+    with contextlib.suppress(OSError):
+        conn.send(answer)
+    conn.close()
 
 
 ####################################################################################
@@ -1083,17 +1287,19 @@ async def serve(
     - ``on_ready(ports)``: called once the listeners are bound and the pump runs, with
       ``{"tcp": port, "ws": port}``.
     - Listens on ``config.host``, ``config.md_port`` (TCP) and ``config.ws_port``; the
-      sessions and the fan-out are tuned by ``config.market_data``.
+      sessions' limits and the fan-out are ``config.market_data``'s.
     - ``stats_out``: a path; on the way out, ``statistics()``, the garbage collector's
       pauses and the per-batch ``fan_out_log`` are written there as JSON (benchmarks).
     """
     raise_nofile_limit()
     sources = ring_sources(topology)
     tracer = tracer_for(config, NOTIFIER)
+    verify_nowait = None
     if verify is None:
         from ringex.order_entry.accounts import AccountStore  # noqa: PLC0415
 
-        verify = AccountStore.open(config.data_dir).verify
+        store = AccountStore.open(config.data_dir)
+        verify, verify_nowait = store.verify, store.verify_nowait
     settings = config.market_data
     notifier = Notifier(
         topology.symbols,
@@ -1104,12 +1310,14 @@ async def serve(
         verify=verify,
         max_queue_bytes=settings.max_queue_bytes,
         heartbeat_s=settings.heartbeat_s,
-        fan_out_threads=settings.fan_out_threads,
+        fan_out_threads=DEFAULT_FAN_OUT_THREADS if settings.fan_out_threads < 0 else settings.fan_out_threads,
         close_grace_s=settings.close_grace_s,
         sndbuf=settings.sndbuf or None,
         slice_sessions=settings.slice_sessions,
         coalesce_s=settings.coalesce_ms / 1000,
         tracer=tracer,
+        limits=settings,
+        verify_nowait=verify_nowait,
     )
     gc_pauses = _GcPauses() if stats_out else None
     if stats_out:
@@ -1117,6 +1325,10 @@ async def serve(
     try:
         replayed = replay_journal(notifier.md, config.data_dir, sources)
         log.info("depth views rebuilt from %d journaled events", replayed)
+        # What is allocated by now lives as long as the process: out of the collector's
+        # way, a full collection scans only what serving allocates (sessions come and go;
+        # a connection flood's churn set off full collections over every import's objects)
+        gc.freeze()
         async with trio.open_nursery() as nursery:
             ports = await nursery.start(notifier.run)
             if on_ready is not None:
