@@ -194,7 +194,7 @@ class Gateway:
                 producer = ring.producer()
                 producer.watch(JOURNALER)  # only the journaler's commits mean acks to send
                 self.producers.append(producer)
-            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNALER) for r in self.rings]
+            self._journal_probes = [r.cursor_reader(JOURNALER) for r in self.rings]
             self._bell = Doorbell([p.sleeper for p in self.producers])
             self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
             # A previous gateway on these rings may have issued ids the journal has not
@@ -205,6 +205,8 @@ class Gateway:
                 log.info("resuming order ids after %d, the highest in the in-rings", in_rings)
                 self.order_ids.next_id = in_rings + 1
             self.durable = np.zeros(len(self.rings), dtype=np.int64)
+            self._bases_plus_one = self.bases + 1
+            self._journaled: list[int] = []
             self._refresh_durable()
             self.listener = socket.create_server(
                 (config.host, config.order_port),
@@ -239,12 +241,13 @@ class Gateway:
 
     def _refresh_durable(self) -> None:
         # cursor = last durable ring sequence; durable count = cursor + 1, in journal terms
-        for i, probe in enumerate(self._journal_probes):
-            self.durable[i] = self.bases[i] + probe() + 1
+        self._journaled = journaled = [probe() for probe in self._journal_probes]
+        self.durable[:] = journaled
+        self.durable += self._bases_plus_one
 
     def _durable_moved(self) -> bool:
-        durable, bases = self.durable, self.bases
-        return any(bases[i] + probe() + 1 > durable[i] for i, probe in enumerate(self._journal_probes))
+        # plain ints, compared as one list: this runs several times per loop turn
+        return [probe() for probe in self._journal_probes] != self._journaled
 
     def _publish(self, sym: int, commands: np.ndarray) -> int | None:
         producer = self.producers[sym]
