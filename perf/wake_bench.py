@@ -118,7 +118,7 @@ def wake_latency(turns: int) -> dict:
 def matcher_turns(tmp: Path, turns: int, repeats: int, evict: Evictor) -> float:
     warm_up()
     toml = "".join(f"[symbols.{s}]\n" for s in SYMBOLS)
-    with Stages(tmp / "matcher", toml, durability="async", ring_capacity=1 << 12) as stages:
+    with Stages(tmp / "shard", toml, durability="async", ring_capacity=1 << 12) as stages:
         stages.start(JOURNALER)
         shard = Shard(stages.config, stages.topology, 0)
         ins = [stages.topology.attach_in(s) for s in SYMBOLS]
