@@ -236,7 +236,7 @@ class FanOut:
                 self.log.append((self._events, time.time_ns()))
             return
         batch = _Batch(self._next_batch, self._events, outputs)
-        if self.tracer.every and outputs:
+        if self.tracer.every and outputs and self.tracer.samples(int(events[0]["seq"]), int(events[-1]["seq"])):
             seqs = events["seq"]
             batch.traced = (symbol_index, np.unique(seqs[seqs % self.tracer.every == 0]).tolist())
         self.backlog.append(batch)

@@ -207,6 +207,7 @@ class Gateway:
             self.durable = np.zeros(len(self.rings), dtype=np.int64)
             self._bases_plus_one = self.bases + 1
             self._journaled: list[int] = []
+            self._trace_due = False
             self._refresh_durable()
             self.listener = socket.create_server(
                 (config.host, config.order_port),
@@ -241,9 +242,16 @@ class Gateway:
 
     def _refresh_durable(self) -> None:
         # cursor = last durable ring sequence; durable count = cursor + 1, in journal terms
+        before = self._journaled
         self._journaled = journaled = [probe() for probe in self._journal_probes]
         self.durable[:] = journaled
         self.durable += self._bases_plus_one
+        if self.tracer.every:
+            # acks of sampled commands can go out only once one of those became durable
+            self._trace_due = any(
+                self.tracer.samples(base + old + 1, base + new)
+                for base, old, new in zip(self.bases.tolist(), before or journaled, journaled, strict=True)
+            )
 
     def _durable_moved(self) -> bool:
         # plain ints, compared as one list: this runs several times per loop turn
@@ -525,7 +533,7 @@ class Gateway:
             self._send(conn)
             if conn.sock.fileno() < 0:
                 return
-        if data and self.tracer.every:
+        if data and self._trace_due:
             self._trace_acks(data)
         owed = len(conn.out) + FRAME_SIZE * session.queued_replies
         if owed > self.limits.max_output_bytes:
