@@ -22,11 +22,16 @@
   const BACKOFF_MIN_MS = 250;
   const BACKOFF_MAX_MS = 4000;
   const LAG_WINDOW_MS = 1000;
+  // The chart repaints its canvases on every update; ten times a second is as smooth
+  // as a candle chart needs, and leaves the frames to the ladder and the tape.
+  const CHART_EVERY_MS = 100;
   // lightweight-charts draws UTC; shift times so its axis shows the viewer's clock.
   const TZ_SHIFT_S = -new Date().getTimezoneOffset() * 60;
 
   const $ = (id) => document.getElementById(id);
-  const fmtInt = (n) => (n === null || n === undefined ? "" : n.toLocaleString("en-US"));
+  // thousands separators by hand: toLocaleString goes through Intl, ~50x slower, and
+  // the ladder and tape format a few hundred numbers a frame under load
+  const fmtInt = (n) => (n === null || n === undefined ? "" : String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ","));
   const fmtTime = (ms) => {
     const d = new Date(ms);
     const p = (n, w = 2) => String(n).padStart(w, "0");
@@ -55,7 +60,7 @@
     counted: [], // message receive times within the last second
   };
   const dirty = { ladder: true, tape: true, chart: true, chartReset: true, orders: true, status: true };
-  const perf = { frames: 0, renderMs: [], longTasks: [], messages: 0, resyncs: 0, gaps: 0, startedAt: performance.now() };
+  const perf = { frames: 0, renderMs: [], renderTotalMs: 0, parts: {}, longTasks: [], messages: 0, resyncs: 0, gaps: 0 };
 
   function market(symbol) {
     let m = app.markets.get(symbol);
@@ -352,6 +357,7 @@
   // ---- drawing, once per animation frame -----------------------------------------------
 
   let scheduled = false;
+  let chartDrawnAt = 0;
   function schedule() {
     if (!scheduled) {
       scheduled = true;
@@ -359,16 +365,34 @@
     }
   }
 
+  function timed(part, draw) {
+    const t0 = performance.now();
+    draw();
+    const ms = performance.now() - t0;
+    const p = perf.parts[part] || (perf.parts[part] = { n: 0, ms: 0, max: 0 });
+    p.n += 1;
+    p.ms += ms;
+    p.max = Math.max(p.max, ms);
+  }
+
   function frame() {
     scheduled = false;
     const t0 = performance.now();
     if (dirty.status) drawStatus();
-    if (dirty.ladder) drawLadder();
-    if (dirty.tape) drawTape();
-    if (dirty.chart) drawChart();
-    if (dirty.orders) drawOrders();
+    if (dirty.ladder) timed("ladder", drawLadder);
+    if (dirty.tape) timed("tape", drawTape);
+    if (dirty.chart) {
+      if (t0 - chartDrawnAt >= CHART_EVERY_MS || dirty.chartReset) {
+        chartDrawnAt = t0;
+        timed("chart", drawChart);
+      } else {
+        schedule(); // not yet: a later frame draws it
+      }
+    }
+    if (dirty.orders) timed("orders", drawOrders);
     const took = performance.now() - t0;
     perf.frames += 1;
+    perf.renderTotalMs += took;
     perf.renderMs.push(took);
     if (perf.renderMs.length > 5000) perf.renderMs.splice(0, 2500);
   }
@@ -479,10 +503,10 @@
         delete r.tr.dataset.price;
         continue;
       }
-      r.cells[0].textContent = fmtTime(t.ms);
-      r.cells[1].textContent = fmtInt(t.price);
-      r.cells[2].textContent = fmtInt(t.qty);
-      r.cells[3].textContent = t.side;
+      // formatted once, when first drawn: under load a trade moves down a row or more
+      // every frame
+      const text = t.text || (t.text = [fmtTime(t.ms), fmtInt(t.price), fmtInt(t.qty), t.side]);
+      for (let c = 0; c < 4; c++) r.cells[c].textContent = text[c];
       r.tr.className = t.side;
       r.tr.dataset.price = t.price;
       r.tr.dataset.qty = t.qty;
