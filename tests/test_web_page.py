@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import threading
@@ -147,7 +148,10 @@ def wait_for(browser, check, timeout: float = 20.0, what: str = ""):
 def open_page(browser, exchange, symbol: str, *, drop_script: bool = False) -> None:
     if drop_script:
         browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": DROP_ONE_DEPTH_UPDATE})
-    browser.get(f"http://127.0.0.1:{exchange.ws_port}/#{symbol}")
+    # the address ringex up's banner gives
+    url = re.search(r"web view\s+(http://\S+)", exchange.output).group(1)
+    assert url == f"http://127.0.0.1:{exchange.ws_port}/"
+    browser.get(f"{url}#{symbol}")
     wait_for(browser, lambda: browser.execute_script("return window.ringex && ringex.app.state") == "live", what="live")
     wait_for(browser, lambda: browser.execute_script("return ringex.app.book.synced"), what="the snapshot")
 
