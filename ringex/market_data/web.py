@@ -14,7 +14,7 @@ else is answered by ``StaticSite.respond`` and the connection is closed.
 ```
 
 One request per connection (``Connection: close``): the page is five small files,
-so keep-alive would save a handful of loopback handshakes at the price of a request
+so keep-alive would save a handful of handshakes at the price of a request
 state machine the hostile-input rules would have to cover too.
 
 Error handling: a head h11 cannot parse, or one longer than ``MAX_HEAD_BYTES``,
@@ -40,6 +40,7 @@ __all__ = [
     "BadRequest",
     "parse_head",
     "bad_request_response",
+    "too_many_requests_response",
     "StaticSite",
 ]
 
@@ -125,7 +126,9 @@ def parse_head(head: bytes) -> HttpRequest:
     return HttpRequest(event.method, event.target, tuple((k.lower(), v) for k, v in event.headers))
 
 
-def _response(status: int, body: bytes, content_type: str, extra: Iterable[tuple[str, str]] = (), head_only=False):
+def _response(
+    status: int, body: bytes, content_type: str, extra: Iterable[tuple[str, str]] = (), head_only: bool = False
+) -> bytes:
     lines = [
         f"HTTP/1.1 {status} {REASONS[status]}",
         f"Content-Type: {content_type}",
@@ -177,7 +180,7 @@ class StaticSite:
         content_type = CONTENT_TYPES.get(ext, "application/octet-stream") if path != "/" else CONTENT_TYPES[".html"]
         gzipped = None
         if content_type.startswith(COMPRESSIBLE) and len(body) >= MIN_GZIP_BYTES:
-            # mtime=0: the same bytes on every start (a stable ETag-free cache story)
+            # mtime=0: the same bytes on every start, whatever the files' dates
             gzipped = gzip.compress(body, compresslevel=9, mtime=0)
         return _File(content_type, body, gzipped)
 

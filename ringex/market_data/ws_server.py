@@ -100,8 +100,9 @@ class WebSocketServer:
     """One connection's WebSocket state. See the module docstring.
 
     Use: ``receive_data(data)`` for each ``recv`` (non-empty), act on the returned
-    actions in order; after an ``End`` or ``HttpGet`` nothing more comes out. ``close_frame(reason)``
-    is the frame to send when the server ends an open connection.
+    actions in order; after an ``End`` or ``HttpGet`` nothing more comes out.
+    ``close_frame(reason)`` is the frame to send when the server ends an open
+    connection.
     """
 
     def __init__(self, max_message_bytes: int = MAX_LINE_BYTES) -> None:
