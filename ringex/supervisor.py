@@ -202,6 +202,7 @@ class Supervisor:
             f"ringex is up: {len(c.symbols)} symbols, durability {c.durability}, data in {self.data}",
             f"  order entry   {c.host}:{c.order_port}  (binary protocol v1, docs/protocol.md)",
             f"  market data   {c.host}:{c.md_port} (TCP, JSON lines)  ws://{c.host}:{c.ws_port}/ (WebSocket)",
+            f"  web view      http://{c.host if ':' not in c.host else f'[{c.host}]'}:{c.ws_port}/  (the market in a browser)",
             "  symbols       "
             + ", ".join(f"{s.name} (tick {s.tick}, {s.price_min}..{s.price_max})" for s in c.symbols),
         ]

@@ -75,7 +75,8 @@ from ringex.market_data.messages import (
 )
 from ringex.market_data.sources import RingEventSource, replay_journal, ring_sources
 from ringex.market_data.subscriber import Subscriber, SubscriberGone, peer_text, refuse_connection
-from ringex.market_data.ws_server import End, Pong, Refuse, Request, Send
+from ringex.market_data.web import StaticSite, too_many_requests_response
+from ringex.market_data.ws_server import End, HttpGet, Pong, Refuse, Request, Send
 from ringex.order_entry.accounts import check_executor
 from ringex.topology import NOTIFIER, Topology
 from ringex.trace import tracer_for
@@ -229,6 +230,8 @@ class Notifier:
         self.fan_out = FanOut(
             self.md, threads=fan_out_threads, slice_sessions=slice_sessions, coalesce_s=coalesce_s, tracer=tracer
         )
+        # the web view, served on the WebSocket port (``ringex.market_data.web``)
+        self.site = StaticSite(self.symbols) if ws_port is not None else None
 
     def statistics(self) -> NotifierStats:
         fan_out = self.fan_out.statistics()
@@ -291,7 +294,9 @@ class Notifier:
             await trio.sleep(self.heartbeat_s)
             ping = session_message("heartbeat", ts_ns=time.time_ns())
             for session in tuple(self.sessions):
-                if not session.active and session.closing is None:
+                # not to a WebSocket client mid-handshake: a frame before the 101 would
+                # be garbage to it (and to a page request, a JSON reply)
+                if not session.active and session.closing is None and (session.ws is None or session.ws.open):
                     session.send_message(ping)
                 session.active = False
 
@@ -438,12 +443,24 @@ class Notifier:
                     self._client_error(session, action.reason)
                 elif isinstance(action, End):
                     session.close(action.reason, tell=action.tell)
+                elif isinstance(action, HttpGet):
+                    self._serve_http(session, action)
                 if session.closing is not None:
                     return
             if not server.incomplete:
                 partial_since = None
             elif actions or partial_since is None:
                 partial_since = trio.current_time()
+
+    def _serve_http(self, session: Subscriber, get: HttpGet) -> None:
+        """Answer a plain HTTP request (the web view's files) and end the connection.
+        Each counts against its address's request rate, like a feed request."""
+        if self.address_requests.try_take(session.address, trio.current_time()) and self.site is not None:
+            response = self.site.respond(get.request)
+        else:
+            rate = self.limits.address_requests_per_s
+            response = too_many_requests_response(f"too many requests from your address (at most {rate:g} a second)")
+        session.finish(response, "served an HTTP request")
 
     async def _run_session(self, sock: socket.socket, websocket: bool, peer: Any, address: str) -> None:
         """Serve one connection until it ends, then close its socket and release the

@@ -196,6 +196,28 @@ class Subscriber:
         if self.cancel_scope is not None:
             self.cancel_scope.cancel()
 
+    def finish(self, data: bytes, reason: str) -> None:
+        """Send ``data`` as the last bytes and end the session; ``linger`` sends what
+        the kernel did not take at once. Unlike ``write`` the queue bound does not
+        apply: ``data`` is the server's own answer (a file of the web view), not a
+        backlog the client failed to read."""
+        if self.closing is not None:
+            return
+        self.closing = reason
+        view = memoryview(data)
+        if not self._pending:
+            try:
+                view = view[self.sock.send(data) :]
+            except BlockingIOError:
+                pass
+            except OSError:
+                view = view[len(view) :]  # nobody to send to: end without lingering
+        if len(view):
+            self._pending.append(view)
+            self._pending_bytes += len(view)
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
     async def flush(self) -> None:
         """Send queued bytes as the socket accepts them, until the queue is empty."""
         pending = self._pending
