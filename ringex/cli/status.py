@@ -29,7 +29,7 @@ from ringex.config import load_config
 from ringex.control import ControlBlock
 from ringex.ring import Ring, RingError
 from ringex.supervisor import RUN_FILE
-from ringex.topology import CMD, JOURNALER, Topology, journaled_base
+from ringex.topology import BRIDGE, CMD, JOURNALER, Topology, journaled_base
 
 __all__ = ["add_arguments", "run", "collect"]
 
@@ -71,7 +71,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict:
     if topology.replication:
         from ringex.cluster.bridge import read_status  # noqa: PLC0415
 
-        reading["bridge"] = read_status(info["data_dir"])
+        reading[BRIDGE] = read_status(info["data_dir"])
     return reading
 
 
@@ -176,8 +176,8 @@ def render(now: dict, before: dict | None = None) -> Group:
     for symbol, seq in now["durable"].items():
         durable.add_row(symbol, f"{seq:,}")
     parts = [head, procs, rings, durable]
-    if "bridge" in now:
-        parts.append(_bridge_table(now["bridge"]))
+    if BRIDGE in now:
+        parts.append(_bridge_table(now[BRIDGE]))
     return Group(*parts)
 
 
