@@ -12,7 +12,8 @@ Besides the top-level keys and ``[symbols.NAME]``, each process's tuning has a t
 of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions, rates,
 timeouts and failed logins), ``[market_data]`` (``MarketDataSettings``: the notifier's
 connections, queues, deadlines, failed logins and fan-out), ``[journal]``
-(``JournalSettings``: the LMDB map) and ``[scheduling]`` (who gets a core first).
+(``JournalSettings``: the LMDB map), ``[scheduling]`` (who gets a core first) and
+``[cluster]`` (``ClusterSettings``: copies on NATS JetStream).
 ``market_data_outage`` says what the supervisor does when the notifier keeps dying
 (``docs/security.md``, "Halt policy"). ``examples/ringex.toml`` lists every key with
 its default; the limiters that enforce the limits are in ``ringex.limits``.
@@ -38,6 +39,7 @@ __all__ = [
     "MarketDataSettings",
     "JournalSettings",
     "SchedulingSettings",
+    "ClusterSettings",
     "Config",
     "DEFAULT_SYMBOLS",
     "load_config",
@@ -291,7 +293,59 @@ class SchedulingSettings:
     def policy(self, role: str) -> tuple[str, int]:
         """The policy of process ``role`` (a matcher shard's is ``matcher``'s)."""
         name = role.partition("-")[0]
-        return parse_policy(f"scheduling.{name}", getattr(self, name))
+        # the cluster's roles (bridge, standby and follower feeders) are off the ack path
+        # in async replication and run at the normal priority
+        return parse_policy(f"scheduling.{name}", getattr(self, name, "nice:0"))
+
+
+REPLICATION_MODES = ("async", "sync")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]``: copies of the journal on NATS JetStream (``ringex.cluster``,
+    docs/scale-out.md). With ``nats`` set, ``ringex up`` also runs the bridge, which
+    publishes every durable command and event to the streams ``<name>_cmd`` and
+    ``<name>_evt`` (subjects ``<name>.cmd.<SYMBOL>``, ``<name>.evt.<SYMBOL>``), where
+    followers and standbys read them. ``replication``: ``async`` acknowledges an order
+    once the journal has it (JetStream gets it a moment later); ``sync`` only once
+    JetStream has it too, so a promoted standby has every acknowledged order."""
+
+    nats: str = ""  # nats://host:port[,nats://...]; "" runs no bridge
+    name: str = "ringex"
+    replication: str = "async"
+    # records per JetStream message: one message per batch, cut at this size; 2,048
+    # events are 256 KiB, well under nats-server's 1 MiB default max_payload
+    max_batch: int = 2048
+    # stream replicas (1 on a one-server NATS; 3 on a three-server cluster)
+    replicas: int = 1
+    # how long one publish waits for JetStream's ack before it is retried
+    publish_timeout_s: float = 2.0
+    # a follower's or standby's durable consumer name; "" derives one from the host name
+    # and data directory (stable across restarts, distinct per feeder)
+    consumer: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nats, str):
+            raise ConfigError(f"cluster.nats: must be a string like 'nats://127.0.0.1:4222', got {self.nats!r}")
+        if self.nats and not all(u.strip().startswith(("nats://", "tls://")) for u in self.nats.split(",")):
+            raise ConfigError(
+                f"cluster.nats: must be nats://host:port (comma-separated for several), got {self.nats!r}"
+            )
+        if not isinstance(self.name, str) or not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ConfigError(f"cluster.name: letters, digits, '-' and '_' only, got {self.name!r}")
+        if self.replication not in REPLICATION_MODES:
+            raise ConfigError(
+                f"cluster.replication: must be one of {', '.join(REPLICATION_MODES)}, got {self.replication!r}"
+            )
+        for key in ("max_batch", "replicas"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"cluster.{key}: must be a positive integer, got {value!r}")
+        if not isinstance(self.consumer, str) or not all(c.isalnum() or c in "-_" for c in self.consumer):
+            raise ConfigError(f"cluster.consumer: letters, digits, '-' and '_' only, got {self.consumer!r}")
+        if not isinstance(self.publish_timeout_s, int | float) or self.publish_timeout_s <= 0:
+            raise ConfigError(f"cluster.publish_timeout_s: must be positive, got {self.publish_timeout_s!r}")
 
 
 # [table] name -> its settings class and the Config field that holds it
@@ -300,6 +354,7 @@ _TABLES = {
     "market_data": MarketDataSettings,
     "journal": JournalSettings,
     "scheduling": SchedulingSettings,
+    "cluster": ClusterSettings,
 }
 
 
@@ -328,6 +383,7 @@ class Config:
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     def __post_init__(self) -> None:
         for key in ("data_dir", "host"):

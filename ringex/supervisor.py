@@ -50,7 +50,7 @@ from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
 from ringex.restart_policy import RESTART_WINDOW_S, RestartPolicy
 from ringex.ring import Ring
-from ringex.topology import GATEWAY, JOURNALER, MATCHER, NOTIFIER, SUPERVISOR, Topology
+from ringex.topology import BRIDGE, JOURNALER, MATCHER, NOTIFIER, PRIMARY, SUPERVISOR, Topology
 
 __all__ = ["Supervisor", "StartError", "prepare_journal", "RUN_FILE", "LOCK_FILE"]
 
@@ -95,9 +95,14 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, out=sys.stdout) -> None:
+    """``mode`` (``ringex.topology.MODES``): a primary runs the whole exchange (and the
+    bridge when ``[cluster] nats`` is set); a standby (``ringex standby``) runs it with
+    its feeder from JetStream in place of the gateway; a follower (``ringex follow``)
+    runs only its feeder and a notifier."""
+
+    def __init__(self, config: Config, *, out=sys.stdout, mode: str = PRIMARY) -> None:
         self.config = config
-        self.topology = Topology.for_config(config)
+        self.topology = Topology.for_config(config, mode=mode)
         self.data = Path(config.data_dir)
         self.out = out
         self.control: ControlBlock | None = None
@@ -170,6 +175,7 @@ class Supervisor:
             "host": self.config.host,
             "ports": {"order": self.config.order_port, "md": self.config.md_port, "ws": self.config.ws_port},
             "durability": self.config.durability,
+            "mode": self.topology.mode,
         }
         tmp = self.data / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2))
@@ -184,7 +190,8 @@ class Supervisor:
         setup_logging(self.config, SUPERVISOR)
         log.info("starting on %s (durability %s)", self.data.resolve(), self.config.durability)
         prepare_journal(self.config)
-        self.demo_accounts = create_demo_accounts(self.data)
+        # a standby or follower takes the primary's accounts file, copied by the operator
+        self.demo_accounts = create_demo_accounts(self.data) if self.topology.mode == PRIMARY else {}
         self._make_shared_memory()
         self._write_run_file()
         self._plan_children()
@@ -198,6 +205,14 @@ class Supervisor:
     def _banner(self) -> None:
         c = self.config
         first = c.symbols[0]
+        if self.topology.mode != PRIMARY:
+            lines = [
+                f"ringex {self.topology.mode} is up: {len(c.symbols)} symbols from {c.cluster.nats}, data in {self.data}",
+                f"  market data   {c.host}:{c.md_port} (TCP, JSON lines)  ws://{c.host}:{c.ws_port}/ (WebSocket)",
+                "stop with Ctrl-C",
+            ]
+            print("\n".join(lines), file=self.out, flush=True)
+            return
         lines = [
             f"ringex is up: {len(c.symbols)} symbols, durability {c.durability}, data in {self.data}",
             f"  order entry   {c.host}:{c.order_port}  (binary protocol v1, docs/protocol.md)",
@@ -318,10 +333,12 @@ class Supervisor:
             return  # never started: the data directory is someone else's
         if self.control is not None:
             self.control.set_state(ExchangeState.STOPPING)
-        self._terminate(self._child(GATEWAY))
+        entry = self.topology.entry
+        self._terminate(self._child(entry))
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        behind = [c for c in self.children if c.role != entry]
         while self.rings and not self._drained():
-            if time.monotonic() > deadline or not all(c.process and c.process.is_alive() for c in self.children[:-1]):
+            if time.monotonic() > deadline or not all(c.process and c.process.is_alive() for c in behind):
                 log.warning("rings not drained at shutdown; recovery will replay the journal")
                 break
             time.sleep(POLL_S)
@@ -332,6 +349,8 @@ class Supervisor:
                 self._terminate(self._child(role))
         self._terminate(self._child(NOTIFIER))
         self._terminate(self._child(JOURNALER))
+        # last: on SIGTERM the bridge publishes what the journaler's last round committed
+        self._terminate(self._child(BRIDGE))
         for ring in self.rings:
             ring.close()
         self.rings = []

@@ -52,6 +52,11 @@ __all__ = [
     "NOTIFIER",
     "GATEWAY",
     "SUPERVISOR",
+    "BRIDGE",
+    "STANDBY",
+    "FOLLOWER",
+    "PRIMARY",
+    "MODES",
     "CMD",
     "EVT",
     "Topology",
@@ -69,6 +74,18 @@ NOTIFIER = "notifier"
 GATEWAY = "gateway"
 # Not a ring party: the name the supervisor logs under.
 SUPERVISOR = "supervisor"
+# The cluster's roles (``ringex.cluster``). The bridge publishes the journal to NATS
+# JetStream; in ``sync`` replication it is also an in-ring consumer gated on the
+# journaler, and the gateway acks on its cursor instead of the journaler's. A standby's
+# feeder is its in-rings' producer (in place of the gateway); a follower's feeder is its
+# out-rings' producer and journals what it feeds (in place of the matcher and journaler).
+BRIDGE = "bridge"
+STANDBY = "standby"
+FOLLOWER = "follower"
+# What an exchange on a data directory is: the primary (takes orders), a standby (replays
+# the primary's commands) or a market data follower (serves the primary's events).
+PRIMARY = "primary"
+MODES = (PRIMARY, STANDBY, FOLLOWER)
 # The journal's names for what an in-ring and an out-ring carry.
 CMD = "cmd"
 EVT = "evt"
@@ -94,19 +111,29 @@ class Topology:
     symbols: tuple[str, ...]
     shards: tuple[tuple[str, ...], ...]  # symbols per matcher shard
     capacity: int
+    mode: str = PRIMARY  # one of MODES
+    # "" (no bridge), "async" or "sync": the config's [cluster] replication when
+    # [cluster] nats is set; only a primary runs a bridge (a promoted standby restarts
+    # as a primary, rings and all)
+    replication: str = ""
 
     @classmethod
-    def for_config(cls, config: Config, prefix: str | None = None) -> Topology:
+    def for_config(cls, config: Config, prefix: str | None = None, mode: str = PRIMARY) -> Topology:
         """The exchange of ``config``: its symbols dealt round robin over
         ``config.shards`` matcher shards; ``prefix`` defaults to one derived from the
-        data directory (tests pass their own)."""
+        data directory (tests pass their own); ``mode`` one of ``MODES``."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         names = tuple(s.name for s in config.symbols)
         n = min(config.shards, len(names))
+        cluster = config.cluster
         return cls(
             prefix=prefix or prefix_for(config.data_dir),
             symbols=names,
             shards=tuple(names[i::n] for i in range(n)),
             capacity=config.ring_capacity,
+            mode=mode,
+            replication=cluster.replication if cluster.nats and mode == PRIMARY else "",
         )
 
     # -- names ---------------------------------------------------------------------------
@@ -133,14 +160,33 @@ class Topology:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """Every process role, in the order they start (see ``ringex.supervisor``)."""
-        return (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER, GATEWAY)
+        """Every process role, in the order they start (see ``ringex.supervisor``). The
+        first role of a standby or a follower is the one that feeds it from JetStream;
+        the last of a primary is the gateway (nothing is accepted before the rest runs)."""
+        if self.mode == FOLLOWER:
+            return (FOLLOWER, NOTIFIER)
+        stages = (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER)
+        if self.mode == STANDBY:
+            return (*stages, STANDBY)
+        return (*stages, BRIDGE, GATEWAY) if self.replication else (*stages, GATEWAY)
+
+    @property
+    def entry(self) -> str:
+        """The role that puts records into this exchange (stopped first on shutdown)."""
+        return {PRIMARY: GATEWAY, STANDBY: STANDBY, FOLLOWER: FOLLOWER}[self.mode]
+
+    @property
+    def ack_consumer(self) -> str:
+        """The in-ring consumer whose cursor means "acknowledge": the journaler's, or in
+        ``sync`` replication the bridge's (gated on the journaler: JetStream has the
+        command as well as the journal)."""
+        return BRIDGE if self.replication == "sync" else JOURNALER
 
     def doorbell(self, role: str) -> str | PipeDoorbell:
         """What process ``role`` sleeps on for all its rings: an event loop polls a FIFO,
         any other process sleeps on a semaphore."""
         name = f"{self.prefix}.bell.{role}"
-        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER) else name
+        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER, BRIDGE) else name
 
     # -- the rings -------------------------------------------------------------------------
 
@@ -151,16 +197,24 @@ class Topology:
         self.remove()
         rings: list[Ring] = []
         journaler = self.doorbell(JOURNALER)
+        # sync replication: the bridge reads behind the journaler, and the gateway acks on it
+        bridged = self.replication == "sync"
         try:
             for symbol in self.symbols:
+                consumers, gating = [MATCHER, JOURNALER], {MATCHER: [JOURNALER]}
+                doorbells = {MATCHER: self.doorbell(matcher_role(self.shard_of(symbol))), JOURNALER: journaler}
+                if bridged:
+                    consumers.append(BRIDGE)
+                    gating[BRIDGE] = [JOURNALER]
+                    doorbells[BRIDGE] = self.doorbell(BRIDGE)
                 rings.append(
                     Ring.create(
                         self.in_ring(symbol),
                         COMMAND,
                         self.capacity,
-                        consumers=[MATCHER, JOURNALER],
-                        gating={MATCHER: [JOURNALER]},
-                        doorbells={MATCHER: self.doorbell(matcher_role(self.shard_of(symbol))), JOURNALER: journaler},
+                        consumers=consumers,
+                        gating=gating,
+                        doorbells=doorbells,
                         producer_doorbell=self.doorbell(GATEWAY),
                     )
                 )
@@ -185,7 +239,7 @@ class Topology:
         them are not hurt)."""
         for _, _, name in self.ring_names():
             Ring.remove(name)
-        for role in self.roles:
+        for role in {*self.roles, *(matcher_role(i) for i in range(len(self.shards))), JOURNALER, GATEWAY, BRIDGE}:
             Ring.remove_doorbell(self.doorbell(role))
 
     def attach_in(self, symbol: str, *, readonly: bool = False) -> Ring:
@@ -206,6 +260,8 @@ class Topology:
             symbols=tuple(doc["symbols"]),
             shards=tuple(tuple(s) for s in doc["shards"]),
             capacity=int(doc["capacity"]),
+            mode=doc.get("mode", PRIMARY),
+            replication=doc.get("replication", ""),
         )
 
 

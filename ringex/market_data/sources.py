@@ -24,7 +24,7 @@ from ringex.ring import Ring
 from ringex.topology import EVT, JOURNALER, NOTIFIER, Topology, journaled_base, new_ring_base
 from ringex.wait import wait_until
 
-__all__ = ["RingEventSource", "ring_sources", "replay_journal", "MAX_BATCH"]
+__all__ = ["RingEventSource", "ring_sources", "replay_journal", "command_end", "MAX_BATCH"]
 
 
 # Events taken from a ring per read: large enough that a flood is read in a few
@@ -52,12 +52,26 @@ class RingEventSource:
         if not batch:
             return None
         events = batch.to_array()  # a copy: the slots may be reused once committed
-        self.consumer.commit(batch.hi)
+        if len(events) == self.max_batch:
+            # more are waiting: end on a command's last event (the rest comes next read)
+            events = events[: command_end(events)]
+        self.consumer.commit(batch.lo + len(events) - 1)
         return events
 
     def close(self) -> None:
         self.consumer = None  # type: ignore[assignment]
         self.ring.close()
+
+
+def command_end(events: np.ndarray) -> int:
+    """How many of ``events`` (one symbol's, in order) make whole commands: all but the
+    events of the last command, which may go on in the next batch; all of them if they
+    are one command's. ``MarketData.apply`` publishes the book after every batch, so
+    batches that end on command boundaries number the ``bbo`` stream the same way on
+    every host and after every restart."""
+    seqs = events["seq"]
+    cut = int(np.searchsorted(seqs, seqs[-1], "left"))
+    return cut or len(events)
 
 
 def ring_sources(topology: Topology) -> list[RingEventSource]:
@@ -103,9 +117,28 @@ def replay_journal(md: MarketData, data_dir: str | os.PathLike[str], sources: It
             if base is None:
                 base = new_ring_base(journal, EVT, source.symbol, source.ring)
             upto = base + source.consumer.cursor + 1
+            carry = None  # the last command's events of a chunk, applied with the next chunk
             for _, events in journal.read_events(source.symbol, 0, upto):
+                if carry is not None:
+                    events = _joined(carry, events)
+                cut = command_end(events)
+                if cut < len(events):
+                    events, carry = events[:cut], events[cut:]
+                else:
+                    carry = None
                 md.apply(events)
                 replayed += len(events)
+            if carry is not None:
+                md.apply(carry)
+                replayed += len(carry)
     finally:
         journal.close()
     return replayed
+
+
+def _joined(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    # not np.concatenate: it drops a structured dtype's padding (numpy 2)
+    out = np.empty(len(first) + len(second), first.dtype)
+    out[: len(first)] = first
+    out[len(first) :] = second
+    return out

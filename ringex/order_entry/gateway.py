@@ -192,9 +192,11 @@ class Gateway:
                 ring = topology.attach_in(spec.name)
                 self.rings.append(ring)
                 producer = ring.producer()
-                producer.watch(JOURNALER)  # only the journaler's commits mean acks to send
+                # only the ack consumer's commits mean acks to send: the journaler's, or
+                # in sync replication the bridge's (``Topology.ack_consumer``)
+                producer.watch(topology.ack_consumer)
                 self.producers.append(producer)
-            self._journal_probes = [r.cursor_reader(JOURNALER) for r in self.rings]
+            self._journal_probes = [r.cursor_reader(topology.ack_consumer) for r in self.rings]
             self._bell = Doorbell([p.sleeper for p in self.producers])
             self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
             # A previous gateway on these rings may have issued ids the journal has not
