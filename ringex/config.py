@@ -10,8 +10,9 @@ A bad key or value is a ``ConfigError`` that names the key and the problem.
 
 Besides the top-level keys and ``[symbols.NAME]``, each process's tuning has a table
 of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions),
-``[market_data]`` (``MarketDataSettings``: the notifier's sessions and fan-out) and
-``[journal]`` (``JournalSettings``: the LMDB map). ``examples/ringex.toml`` lists
+``[market_data]`` (``MarketDataSettings``: the notifier's sessions and fan-out),
+``[journal]`` (``JournalSettings``: the LMDB map) and ``[fix]`` (``FixSettings``: the
+FIX 4.4 acceptor, ``docs/fix.md``). ``examples/ringex.toml`` lists
 every key with its default.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "OrderEntryLimits",
     "MarketDataSettings",
     "JournalSettings",
+    "FixSettings",
     "Config",
     "DEFAULT_SYMBOLS",
     "load_config",
@@ -99,6 +101,10 @@ def _check_positive(where: str, obj) -> None:
         if f.type in ("str", str):
             if not isinstance(value, str):
                 raise ConfigError(f"{where}.{f.name}: must be a string, got {value!r}")
+            continue
+        if f.type in ("bool", bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{f.name}: must be true or false, got {value!r}")
             continue
         want = float if f.type in ("float", float) else int
         if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else int):
@@ -186,8 +192,46 @@ class JournalSettings:
             raise ConfigError(f"journal.max_map_size: {self.max_map_size} is below map_size {self.map_size}")
 
 
+@dataclasses.dataclass(frozen=True)
+class FixSettings:
+    """``[fix]``: the FIX 4.4 acceptor (``ringex.fix``, ``docs/fix.md``); it listens on
+    the top-level ``fix_port``."""
+
+    # Run the acceptor at all (a process of its own, and a consumer of every out-ring).
+    enabled: bool = True
+    # Our CompID: the SenderCompID of what the acceptor sends, the TargetCompID it expects.
+    comp_id: str = "RINGEX"
+    # FIX sessions connected at once; more are refused at accept.
+    max_sessions: int = 200
+    # A connection must send its Logon within this (seconds).
+    logon_timeout_s: float = 5.0
+    # After a Logout, how long the other side gets to answer before the socket is closed.
+    logout_timeout_s: float = 2.0
+    # Largest message accepted (bytes, whole frame); a bigger BodyLength ends the session.
+    max_message_bytes: int = 16384
+    # Largest gap between a message's SendingTime and our clock (QuickFIX's MaxLatency).
+    max_latency_s: float = 120.0
+    # fsync the session store on every commit (QuickFIX/J's FileStoreSync; off by
+    # default there too): without it a process crash loses nothing, a power cut may
+    # lose the last commits (docs/fix.md, "Durability").
+    store_sync: bool = False
+    # The store's LMDB map (it grows in place up to this; ~1 KiB per order).
+    store_map_size: int = 4 << 30
+
+    def __post_init__(self) -> None:
+        _check_positive("fix", self)
+        comp = self.comp_id
+        if not comp or not comp.isascii() or not comp.isprintable() or "=" in comp or len(comp) > 64:
+            raise ConfigError(f"fix.comp_id: must be 1-64 printable ASCII characters without '=', got {comp!r}")
+
+
 # [table] name -> its settings class and the Config field that holds it
-_TABLES = {"order_entry": OrderEntryLimits, "market_data": MarketDataSettings, "journal": JournalSettings}
+_TABLES = {
+    "order_entry": OrderEntryLimits,
+    "market_data": MarketDataSettings,
+    "journal": JournalSettings,
+    "fix": FixSettings,
+}
 
 
 DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = tuple(SymbolSpec(name) for name in ("ACME", "BOLT", "CRUX", "DYNE"))
@@ -201,6 +245,7 @@ class Config:
     order_port: int = 7001
     md_port: int = 7002
     ws_port: int = 7003
+    fix_port: int = 7004
     durability: str = "fsync"
     wait_strategy: str = "blocking"
     ring_capacity: int = 1 << 16
@@ -213,6 +258,7 @@ class Config:
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
+    fix: FixSettings = FixSettings()
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -226,7 +272,7 @@ class Config:
             raise ConfigError(f"wait_strategy: must be one of {', '.join(WAIT_STRATEGIES)}, got {self.wait_strategy!r}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for key in ("order_port", "md_port", "ws_port"):
+        for key in ("order_port", "md_port", "ws_port", "fix_port"):
             port = getattr(self, key)
             if not isinstance(port, int) or not 0 <= port <= 65535:
                 raise ConfigError(f"{key}: must be a port number 0-65535, got {port!r}")

@@ -2,8 +2,8 @@
 
 Each role of ``Topology.roles`` is a function ``(config, topology, control) -> exit
 status`` in the module that owns the job (``run_journaler``, ``run_shard``,
-``run_notifier``, ``run_gateway``). ``main`` is the body of every child process: it
-detaches the child from the terminal, sets up logging, attaches the control block the
+``run_notifier``, ``run_gateway``, ``run_fix_acceptor``). ``main`` is the body of every
+child process: it detaches the child from the terminal, sets up logging, attaches the control block the
 topology names and reports the child's pid on it, runs the role, and reports it not
 ready on the way out. ``spawn`` starts ``main`` in a fresh interpreter: never ``fork``
 after numba, LMDB or posix_ipc objects exist (``DESIGN.md``).
@@ -21,7 +21,7 @@ import signal
 import sys
 
 from ringex.config import Config
-from ringex.topology import GATEWAY, JOURNALER, MATCHER, NOTIFIER, Topology
+from ringex.topology import FIX, GATEWAY, JOURNALER, MATCHER, NOTIFIER, Topology
 
 __all__ = ["main", "spawn", "run_role"]
 
@@ -47,6 +47,10 @@ def run_role(role: str, config: Config, topology: Topology, control) -> int:
         from ringex.order_entry.gateway import run_gateway
 
         return run_gateway(config, topology, control)
+    if role == FIX:
+        from ringex.fix.acceptor import run_fix_acceptor
+
+        return run_fix_acceptor(config, topology, control)
     raise ValueError(f"unknown role {role!r} (roles: {', '.join(topology.roles)})")
 
 

@@ -3,10 +3,11 @@
 ::
 
     gateway ──► in-ring[SYM] ──(gated on the journaler)──► matcher-N ──► out-ring[SYM] ──► notifier
-                     │                                                       │
-                     └───────────────────────► journaler ◄───────────────────┘
-                                                   │
-                                                 LMDB
+       ▲             │                                                       │  └──► fix (when configured)
+       │             └───────────────────────► journaler ◄───────────────────┘          │
+       │                                           │                                      │
+       └──────────── protocol v1 (loopback) ◄──── LMDB                                   │
+                     one session per FIX session ◄────────────────────────────────────────┘
 
 Every process finds its rings here, by name, and the supervisor creates exactly what
 this module describes; ``ringex status`` reads it back from the run file. Nothing else
@@ -15,16 +16,21 @@ spells a ring or consumer name.
 - **Rings.** Per symbol an in-ring of ``COMMAND`` (produced by the gateway; consumed by
   the journaler and by its matcher shard, which is gated on the journaler: as at LMAX,
   the business logic sees a command only once it is durable) and an out-ring of
-  ``EVENT`` (produced by the shard; consumed by the notifier and the journaler). Every
+  ``EVENT`` (produced by the shard; consumed by the notifier, the journaler and, when
+  ``[fix]`` is enabled, the FIX acceptor, which turns its sessions' events into
+  execution reports: ``ringex.fix``). Every
   event is caused by a durable command, so the notifier publishes it at once: the
   events are a deterministic function of the journaled commands, which recovery can
   always reproduce, and the journaler records them off the critical path.
 - **Doorbells.** One per waiting process, shared by every ring it waits on, so it
   sleeps once for all of them (``ringex.wait.Doorbell``): a semaphore for the
-  journaler and each shard, a FIFO (``PipeDoorbell``) for the two event loops, the
-  gateway (waiting for the journaler's cursor on its in-rings) and the notifier.
+  journaler and each shard, a FIFO (``PipeDoorbell``) for the event loops, the
+  gateway (waiting for the journaler's cursor on its in-rings), the notifier and the
+  FIX acceptor.
 - **Roles.** The processes ``ringex up`` runs, in start order (journaler, shards,
-  notifier, gateway); each role's name is also its line in the control block.
+  notifier, gateway, then the FIX acceptor if configured: it enters its orders through
+  the gateway, so the single-producer rule of the in-rings holds); each role's name is
+  also its line in the control block.
 - **Bases.** A ring numbers its slots from 0; the journal numbers a symbol's commands
   and events from its first ever. The journaler records per ring the journal sequence
   of slot 0 (the *base*) with the ring's creation time; ``journaled_base`` reads it
@@ -52,6 +58,7 @@ __all__ = [
     "NOTIFIER",
     "GATEWAY",
     "SUPERVISOR",
+    "FIX",
     "CMD",
     "EVT",
     "Topology",
@@ -67,6 +74,8 @@ MATCHER = "matcher"
 NOTIFIER = "notifier"
 # The in-rings' producer (a role, not a consumer).
 GATEWAY = "gateway"
+# The FIX 4.4 acceptor: a role, and a consumer of the out-rings when configured.
+FIX = "fix"
 # Not a ring party: the name the supervisor logs under.
 SUPERVISOR = "supervisor"
 # The journal's names for what an in-ring and an out-ring carry.
@@ -94,6 +103,8 @@ class Topology:
     symbols: tuple[str, ...]
     shards: tuple[tuple[str, ...], ...]  # symbols per matcher shard
     capacity: int
+    # whether the FIX acceptor runs (it is then a consumer of every out-ring)
+    fix: bool = False
 
     @classmethod
     def for_config(cls, config: Config, prefix: str | None = None) -> Topology:
@@ -107,6 +118,7 @@ class Topology:
             symbols=names,
             shards=tuple(names[i::n] for i in range(n)),
             capacity=config.ring_capacity,
+            fix=config.fix.enabled,
         )
 
     # -- names ---------------------------------------------------------------------------
@@ -134,13 +146,19 @@ class Topology:
     @property
     def roles(self) -> tuple[str, ...]:
         """Every process role, in the order they start (see ``ringex.supervisor``)."""
-        return (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER, GATEWAY)
+        optional = (FIX,) if self.fix else ()
+        return (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER, GATEWAY, *optional)
+
+    @property
+    def out_consumers(self) -> tuple[str, ...]:
+        """The consumers of every out-ring."""
+        return (JOURNALER, NOTIFIER, FIX) if self.fix else (JOURNALER, NOTIFIER)
 
     def doorbell(self, role: str) -> str | PipeDoorbell:
         """What process ``role`` sleeps on for all its rings: an event loop polls a FIFO,
         any other process sleeps on a semaphore."""
         name = f"{self.prefix}.bell.{role}"
-        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER) else name
+        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER, FIX) else name
 
     # -- the rings -------------------------------------------------------------------------
 
@@ -169,8 +187,10 @@ class Topology:
                         self.out_ring(symbol),
                         EVENT,
                         self.capacity,
-                        consumers=[JOURNALER, NOTIFIER],
-                        doorbells={JOURNALER: journaler, NOTIFIER: self.doorbell(NOTIFIER)},
+                        consumers=list(self.out_consumers),
+                        doorbells={
+                            role: journaler if role == JOURNALER else self.doorbell(role) for role in self.out_consumers
+                        },
                     )
                 )
         except BaseException:
@@ -206,6 +226,7 @@ class Topology:
             symbols=tuple(doc["symbols"]),
             shards=tuple(tuple(s) for s in doc["shards"]),
             capacity=int(doc["capacity"]),
+            fix=bool(doc.get("fix", False)),
         )
 
 
