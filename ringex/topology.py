@@ -75,7 +75,7 @@ NOTIFIER = "notifier"
 # The in-rings' producer (a role, not a consumer).
 GATEWAY = "gateway"
 # The FIX 4.4 acceptor: a role, and a consumer of the out-rings when configured.
-FIX = "fix"
+FIX = "fix-acceptor"
 # Not a ring party: the name the supervisor logs under.
 SUPERVISOR = "supervisor"
 # The journal's names for what an in-ring and an out-ring carry.

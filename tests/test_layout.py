@@ -21,7 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ringex"
 # Names that only the topology may spell: the consumers and roles, and the parts of
 # ring and doorbell names.
-RESERVED = {topology.JOURNALER, topology.MATCHER, topology.NOTIFIER, topology.GATEWAY, topology.SUPERVISOR}
+RESERVED = {
+    topology.JOURNALER,
+    topology.MATCHER,
+    topology.NOTIFIER,
+    topology.GATEWAY,
+    topology.SUPERVISOR,
+    topology.FIX,
+}
 NAME_PARTS = (".in.", ".out.", ".bell.")
 # ord("A") .. ord("Z"): the range every letter code lives in
 LETTERS = range(ord("A"), ord("Z") + 1)
