@@ -50,6 +50,13 @@ def decode_all(data: bytes) -> list:
     return out
 
 
+def drain(session: Session, events: list) -> list:
+    """``events`` and every event of the input the session still holds."""
+    while more := session.next_events():
+        events += more
+    return events
+
+
 class Pair:
     """An acceptor and an initiator wired back to back; ``run()`` moves bytes both ways
     until neither has anything to say, collecting each side's events."""
@@ -73,15 +80,15 @@ class Pair:
                 return
             if a:
                 self.to_acceptor.append(a)
-                events = self.acceptor.receive_data(a)
+                events = drain(self.acceptor, self.acceptor.receive_data(a))
                 for event in events:
                     if isinstance(event, LogonRequested):
-                        events += self.acceptor.accept_logon(self.acceptor_store)
+                        events += drain(self.acceptor, self.acceptor.accept_logon(self.acceptor_store))
                 self.acceptor_events += events
             if b:
                 self.to_initiator.append(b)
                 if drop_to_initiator is None or not drop_to_initiator(b):
-                    self.initiator_events += self.initiator.receive_data(b)
+                    self.initiator_events += drain(self.initiator, self.initiator.receive_data(b))
 
     def logon(self, **kw) -> None:
         self.initiator.start_logon(kw.pop("heartbeat_s", 30), username="1001", password="42", **kw)

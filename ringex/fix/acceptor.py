@@ -404,8 +404,9 @@ class Acceptor:
                     conn is not None
                     and conn.session.state is SessionState.ACTIVE
                     and comp_id not in self.active_upstream
+                    and not self._open_upstream(conn)
                 ):
-                    self._open_upstream(conn)
+                    self._retry_upstream[comp_id] = now + UPSTREAM_RETRY_S
 
     # -- FIX connections ------------------------------------------------------------------------
 
@@ -449,7 +450,9 @@ class Acceptor:
             return  # a closing session's further input is read and dropped
         try:
             events = conn.session.receive_data(data)
-            self._on_session_events(conn, events)
+            while events:
+                self._on_session_events(conn, events)
+                events = conn.session.next_events()
         except Exception:
             log.exception("FIX session %s: bug while processing its input; closing it", conn.comp_id or conn.peer)
             self._close(conn, "")
@@ -508,7 +511,6 @@ class Acceptor:
             self._refuse_logon(conn, "the exchange's order entry is not reachable; try again")
 
     def _refuse_logon(self, conn: _Connection, text: str) -> None:
-        log.info("FIX logon from %s refused: %s", conn.peer, text)
         self._on_session_events(conn, conn.session.reject_logon(text))
 
     def _logon_answered(self, upstream: _Upstream, ok: bool) -> None:
@@ -522,7 +524,10 @@ class Acceptor:
                 self._refuse_logon(conn, "bad credentials")
                 return
             record = self.store.session(conn.comp_id) or self.store.create_session(conn.comp_id, conn.account)
-            self._on_session_events(conn, session.accept_logon(record))
+            events = session.accept_logon(record)
+            while events:
+                self._on_session_events(conn, events)
+                events = session.next_events()
             self._dirty.add(conn)
         elif not ok:
             log.error("FIX session %s: the gateway refused its credentials again; logging it out", conn.comp_id)
@@ -640,8 +645,8 @@ class Acceptor:
                 upstream.state = "ready"
                 self._logon_answered(upstream, True)
             elif kind == ReplyType.LOGIN_REJECTED:
-                self._close_upstream(upstream, "")
                 self._logon_answered(upstream, False)
+                self._close_upstream(upstream, "")
                 return
             elif kind == ReplyType.ERROR:
                 self._close_upstream(upstream, f"the gateway ended the session: {_reason_name(int(frame['reason']))}")

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ringex.codes import FixMsgType, FixOrdType, Tag
-from ringex.fix.codec import Message, utc_timestamp
+from ringex.fix.codec import NEED_DATA, FrameDecoder, Message, utc_timestamp
 from ringex.fix.session import (
     INITIATOR,
     ApplicationMessage,
@@ -63,6 +63,8 @@ class FixClient:
         self.inbox: deque[Message] = deque()
         self.received: list[Message] = []  # every application message, in order
         self.rejects: list[Message] = []  # session-level Rejects the acceptor sent us
+        self.wire: list[Message] = []  # every message received, admin ones too (for tests)
+        self._wire_decoder = FrameDecoder()
         self.closed: Closed | None = None
         self.logged_on = False
 
@@ -71,6 +73,7 @@ class FixClient:
     def connect(self) -> FixClient:
         self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._wire_decoder = FrameDecoder()
         self.session = Session(INITIATOR, self.sender_comp_id, counterparty=self.target_comp_id, store=self.store)
         self.closed = None
         self.logged_on = False
@@ -166,11 +169,20 @@ class FixClient:
         return self.inbox.popleft()
 
     def wait_for(self, match: Callable[[Message], bool], timeout: float | None = None) -> Message:
-        """The next application message that ``match``es (the ones before it are skipped)."""
-        while True:
-            message = self.next_message(timeout)
-            if match(message):
-                return message
+        """The first application message not taken yet that ``match``es (the others stay
+        for later ``next_message``/``wait_for`` calls)."""
+        found: list[Message] = []
+
+        def look() -> bool:
+            for message in self.inbox:
+                if match(message):
+                    self.inbox.remove(message)
+                    found.append(message)
+                    return True
+            return False
+
+        self._wait(look, timeout)
+        return found[0]
 
     def poll(self, seconds: float) -> None:
         """Serve the session (heartbeats, TestRequests, resends) for ``seconds``."""
@@ -196,7 +208,13 @@ class FixClient:
             data = None
         except OSError:
             data = b""
+        if data:
+            self._wire_decoder.receive_data(data)
+            while (message := self._wire_decoder.next_message()) is not NEED_DATA:
+                self.wire.append(message)
         events = self.session.receive_data(data) if data is not None else []
+        while more := self.session.next_events():
+            events += more
         events += self.session.poll_timers()
         for event in events:
             if isinstance(event, ApplicationMessage):

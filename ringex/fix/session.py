@@ -5,6 +5,9 @@ both drive a ``Session``; neither the session nor its tests see a socket::
 
     session = Session(ACCEPTOR, "RINGEX", clock=clock)
     events = session.receive_data(data)     # LogonRequested, ApplicationMessage, Closed...
+    while events:                           # (one application message at a time)
+        handle(events)
+        events = session.next_events()
     sock.sendall(session.data_to_send())
     events += session.poll_timers()         # heartbeats, TestRequest, timeouts
 
@@ -392,7 +395,7 @@ class Session:
             self._request_resend(expected, seq)
         else:
             store.next_target_seq = seq + 1
-        self._process(events)
+        events += self.next_events()
         return events
 
     def reject_logon(self, text: str) -> list:
@@ -430,33 +433,44 @@ class Session:
     # -- input ------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list:
-        """Feed bytes from the connection (``b""``: it closed); returns the events."""
+        """Feed bytes from the connection (``b""``: it closed); returns the first events
+        they cause. Input is handled up to and including the next application message
+        only, so what the owner does about it comes before anything the session says
+        about later input: call ``next_events()`` until it returns nothing."""
         self._decoder.receive_data(data)
         if data:
             self._last_received = self.clock.monotonic()
+        return self.next_events()
+
+    def next_events(self) -> list:
+        """The events of the buffered input after those returned so far (see ``receive_data``)."""
         events: list = []
-        self._process(events)
-        if self._decoder.peer_closed and self.state is not SessionState.CLOSED:
+        exhausted = self._process(events)
+        if exhausted and self._decoder.peer_closed and self.state is not SessionState.CLOSED:
             clean = self.state is SessionState.LOGGING_OUT
             self.state = SessionState.CLOSED
             events.append(Closed("the counterparty closed the connection", error=not clean))
         return events
 
-    def _process(self, events: list) -> None:
+    def _process(self, events: list) -> bool:
+        """Handle buffered messages until an application message; True if the input ran out."""
         decoder = self._decoder
         while self.state not in (SessionState.CLOSED, SessionState.LOGON_RECEIVED):
             try:
                 item = decoder.next_message()
             except FramingError as exc:
                 self._fatal(f"unparsable input: {exc}", events, logout=self.state is SessionState.ACTIVE)
-                return
+                return True
             if item is NEED_DATA:
-                return
+                return True
             if isinstance(item, Garbled):
                 events.append(GarbledIgnored(item.problem))
                 continue
             self.messages_received += 1
             self._handle(item, events)
+            if events and isinstance(events[-1], ApplicationMessage):
+                return False
+        return True
 
     def _fatal(self, reason: str, events: list, *, logout: bool) -> None:
         if logout and self.store is not None and self.counterparty is not None:
