@@ -191,3 +191,27 @@ def test_utc_timestamps_round_trip_with_milliseconds():
     assert parse_utc_timestamp(b"20251130-12:00:00.123456") == 1_764_504_000_123_456_000
     for bad in (None, b"", b"2025-11-30 12:00:00", b"20251130-12:00:00.12", b"20251399-12:00:00"):
         assert parse_utc_timestamp(bad) is None
+
+
+@pytest.mark.parametrize(
+    "msg_type, body",
+    [
+        ("8", [(Tag.OrderID, 1732000000000001), (Tag.ClOrdID, "o-1"), (Tag.ExecType, "F"), (Tag.AvgPx, "112.5")]),
+        ("0", []),
+        ("A", [(Tag.EncryptMethod, 0), (Tag.HeartBtInt, 30), (Tag.Username, "1001"), (Tag.Password, "12345")]),
+        ("j", [(Tag.RefSeqNum, 3), (Tag.Text, "naïve UTF-8 text")]),
+    ],
+)
+def test_encode_makes_exactly_what_simplefix_makes_and_simplefix_parses_it_back(msg_type, body):
+    reference = simplefix.FixMessage()
+    reference.append_pair(8, "FIX.4.4")
+    reference.append_pair(35, msg_type)
+    for tag, value in HEADER + body:
+        reference.append_pair(tag, value)
+    raw = encode(msg_type, HEADER, body)
+    assert raw == reference.encode()
+    parser = simplefix.FixParser()
+    parser.append_buffer(raw)
+    theirs = parser.get_message()
+    (ours,) = feed(raw, "whole")
+    assert [(int(t), v) for t, v in theirs.pairs] == ours.pairs

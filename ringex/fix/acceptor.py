@@ -266,6 +266,7 @@ class Acceptor:
                 for first, events in journal.read_events(source.symbol, position, ring_next):
                     self.router.on_events(source.symbol, first, events)
                     read += len(events)
+        self.router.flush()
         self.store.commit()
         unanswered = self.router.unanswered()
         if unanswered:
@@ -366,6 +367,7 @@ class Acceptor:
     def _commit_and_send(self) -> None:
         # The order matters: the store first (what we are about to say is kept), then
         # the ring cursors (the events taken are in the store), then the sockets.
+        self.router.flush()
         self.store.commit()
         for source in self.sources:
             source.commit()

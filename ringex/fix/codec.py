@@ -7,10 +7,10 @@ bytes, BodyLength and CheckSum included.
 
 What is simplefix's and what is ours, and why:
 
-- Messages are built and encoded with ``simplefix.FixMessage``, and a frame that holds
-  a length-prefixed data field (RawData, XmlData, EncodedText...: simplefix's
-  ``RAW_DATA`` table), whose value may contain SOH, is split into fields by
-  ``simplefix.FixParser``.
+- A frame that holds a length-prefixed data field (RawData, XmlData, EncodedText...:
+  simplefix's ``RAW_DATA`` table), whose value may contain SOH, is split into fields by
+  ``simplefix.FixParser``; simplefix's ``FixMessage.encode`` is the reference the
+  encoder here is tested against, byte for byte (``encode`` says why it is not called).
 - Framing is ours: simplefix's parser checks neither BodyLength nor CheckSum (the FIX
   session layer must), walks the buffer one byte at a time in Python (71 µs for a
   236-byte execution report here) and re-slices its buffer once per field, which is
@@ -285,15 +285,43 @@ def _parse_with_simplefix(frame: bytes):
 
 def encode(msg_type: str | bytes, header: list[tuple[int, object]], body: list[tuple[int, object]]) -> bytes:
     """One message: BeginString, BodyLength, ``MsgType``, the ``header`` fields, the
-    ``body`` fields in the order given, CheckSum (values: bytes, str or int)."""
-    message = simplefix.FixMessage()
-    message.append_pair(Tag.BeginString, BEGIN_STRING)
-    message.append_pair(Tag.MsgType, msg_type)
+    ``body`` fields in the order given, CheckSum (values: bytes, str or int).
+
+    The bytes are exactly what ``simplefix.FixMessage.encode`` makes of the same fields
+    (``tests/test_fix_codec.py`` checks it, simplefix being the reference), built with
+    one join and a C-level sum instead of simplefix's per-byte checksum loop: 6.5 µs
+    here for an execution report, against 30 µs, on a path where the acceptor has a
+    budget of 200 µs for everything it does.
+    """
+    parts = [b"35=", _value(msg_type), SOH]
     for tag, value in header:
-        message.append_pair(tag, value)
+        parts += (_tag(tag), _value(value), SOH)
     for tag, value in body:
-        message.append_pair(tag, value)
-    return message.encode()
+        parts += (_tag(tag), _value(value), SOH)
+    payload = b"".join(parts)
+    message = b"8=FIX.4.4\x019=%d\x01%s" % (len(payload), payload)
+    return message + b"10=%03d\x01" % (sum(message) & 0xFF)
+
+
+_TAGS: dict[int, bytes] = {}
+
+
+def _tag(tag: int) -> bytes:
+    encoded = _TAGS.get(tag)
+    if encoded is None:
+        encoded = _TAGS[tag] = b"%d=" % int(tag)
+    return encoded
+
+
+def _value(value) -> bytes:
+    kind = type(value)
+    if kind is bytes:
+        return value
+    if kind is int:
+        return b"%d" % value
+    if isinstance(value, str):  # StrEnum members too
+        return value.encode()
+    return str(value).encode()
 
 
 ####################################################################################
@@ -313,13 +341,24 @@ def utc_timestamp(ns: int) -> bytes:
     return b"%s.%03d" % (_second_cache[1], rem // 1_000_000)
 
 
+_day_cache: dict[bytes, int] = {}
+
+
 def parse_utc_timestamp(value: bytes | None) -> int | None:
     """A UTCTimestamp (with 0, 3, 6 or 9 fractional digits) as ns since the epoch, or None."""
-    if value is None or len(value) < 17 or value[8:9] != b"-":
+    if value is None or len(value) < 17 or value[8:9] != b"-" or value[11:12] != b":" or value[14:15] != b":":
         return None
-    try:
-        whole = time.strptime(value[:17].decode("ascii"), "%Y%m%d-%H:%M:%S")
-    except (ValueError, UnicodeDecodeError):
+    day = _day_cache.get(value[:8])
+    if day is None:
+        try:
+            day = calendar.timegm(time.strptime(value[:8].decode("ascii"), "%Y%m%d"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if len(_day_cache) > 64:
+            _day_cache.clear()
+        _day_cache[value[:8]] = day
+    hh, mm, ss = value[9:11], value[12:14], value[15:17]
+    if not (hh.isdigit() and mm.isdigit() and ss.isdigit()) or int(hh) > 23 or int(mm) > 59 or int(ss) > 60:
         return None
     frac = value[17:]
     if frac:
@@ -329,4 +368,4 @@ def parse_utc_timestamp(value: bytes | None) -> int | None:
         nanos = int(digits) * 10 ** (9 - len(digits))
     else:
         nanos = 0
-    return calendar.timegm(whole) * 1_000_000_000 + nanos
+    return (day + int(hh) * 3600 + int(mm) * 60 + int(ss)) * 1_000_000_000 + nanos

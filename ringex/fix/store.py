@@ -8,12 +8,15 @@ database      key                                 value
 ============  ==================================  ==========================================
 sessions      counterparty CompID                 JSON: account, next sender/target MsgSeqNum
 outbox        CompID, NUL, MsgSeqNum (u64 BE)     an application message as sent (for resends)
-orders        order key (u64 BE)                  JSON ``Order`` (``ringex.fix.orders``)
+orders        order key (u64 BE)                  an ``Order``'s fields (``ringex.fix.orders``)
 live          order key                           empty: the orders still open
 clordids      account (u64 BE), ClOrdID           order key: every ClOrdID an account used
-requests      v1 client_order_id (u64 BE)         JSON ``Request``: sent, not answered yet
+requests      v1 client_order_id (u64 BE)         a ``Request``'s fields: sent, not answered
 meta          name                                counters and each symbol's next event
 ============  ==================================  ==========================================
+
+Orders and requests are pickled dicts (2 µs, against 8 µs as JSON: they are written
+on every order's path; only this process writes or reads them).
 
 One write transaction per turn of the acceptor's loop: everything a turn changed
 (sequence numbers, sent messages, orders, requests, positions in the event stream) is
@@ -30,6 +33,7 @@ events, and the acceptor replays the journal from its last committed position.
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +52,7 @@ class SessionRecord:
     ``ringex.fix.session`` for the acceptor. Changes go into the store's current
     transaction (the numbers when the store commits)."""
 
-    __slots__ = ("store", "comp_id", "account", "next_sender_seq", "next_target_seq", "_prefix")
+    __slots__ = ("store", "comp_id", "account", "next_sender_seq", "next_target_seq", "_prefix", "written")
 
     def __init__(self, store: FixStore, comp_id: str, account: int, next_sender_seq: int = 1, next_target_seq: int = 1):
         self.store = store
@@ -57,6 +61,7 @@ class SessionRecord:
         self.next_sender_seq = next_sender_seq
         self.next_target_seq = next_target_seq
         self._prefix = comp_id.encode() + b"\0"
+        self.written: tuple[int, int] | None = None  # the numbers last written
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -111,6 +116,9 @@ class FixStore:
             metasync=sync,
             readonly=readonly,
             lock=not readonly,
+            # Commits write the map in place instead of pwrite()ing each dirty page: a
+            # third of the cost of a commit here (only this process writes the store).
+            writemap=not readonly,
         )
         self._dbs = {name: self.env.open_db(name, create=not readonly) for name in _DBS} if not readonly else {}
         if readonly:
@@ -144,7 +152,10 @@ class FixStore:
     def commit(self) -> None:
         """Write the session numbers and commit everything the turn changed."""
         for record in self._records.values():
-            self._put(b"sessions", record.comp_id.encode(), record.to_json())
+            numbers = (record.next_sender_seq, record.next_target_seq)
+            if numbers != record.written:
+                self._put(b"sessions", record.comp_id.encode(), record.to_json())
+                record.written = numbers
         if self._txn is not None:
             self._txn.commit()
             self._txn = None
@@ -174,6 +185,7 @@ class FixStore:
             return None
         doc = json.loads(raw)
         record = SessionRecord(self, comp_id, doc["account"], doc["next_sender_seq"], doc["next_target_seq"])
+        record.written = (record.next_sender_seq, record.next_target_seq)
         self._records[comp_id] = record
         return record
 
@@ -191,7 +203,7 @@ class FixStore:
 
     def put_order(self, key: int, doc: dict, live: bool) -> None:
         k = _U64.pack(key)
-        self._put(b"orders", k, json.dumps(doc, separators=(",", ":")).encode())
+        self._put(b"orders", k, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
         if live:
             self._put(b"live", k, b"")
         else:
@@ -199,13 +211,13 @@ class FixStore:
 
     def order(self, key: int) -> dict | None:
         raw = self._get(b"orders", _U64.pack(key))
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else pickle.loads(raw)
 
     def live_orders(self) -> Iterator[dict]:
         with self.env.begin() as txn:
             orders = self._dbs[b"orders"]
             for key, _ in txn.cursor(db=self._dbs[b"live"]):
-                yield json.loads(txn.get(key, db=orders))
+                yield pickle.loads(txn.get(key, db=orders))
 
     def bind_cl_ord_id(self, account: int, cl_ord_id: str, key: int) -> None:
         self._put(b"clordids", _U64.pack(account) + cl_ord_id.encode(), _U64.pack(key))
@@ -215,7 +227,7 @@ class FixStore:
         return None if raw is None else _U64.unpack(raw)[0]
 
     def put_request(self, cid: int, doc: dict) -> None:
-        self._put(b"requests", _U64.pack(cid), json.dumps(doc, separators=(",", ":")).encode())
+        self._put(b"requests", _U64.pack(cid), pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
 
     def delete_request(self, cid: int) -> None:
         self._delete(b"requests", _U64.pack(cid))
@@ -223,7 +235,7 @@ class FixStore:
     def requests(self) -> Iterator[dict]:
         with self.env.begin() as txn:
             for _, value in txn.cursor(db=self._dbs[b"requests"]):
-                yield json.loads(value)
+                yield pickle.loads(value)
 
     def get_int(self, name: str) -> int | None:
         raw = self._get(b"meta", name.encode())
