@@ -95,6 +95,10 @@ CLOSE_LINGER_S = 2.0
 # How often the event positions are saved when no event concerned a FIX order (a
 # crash then re-reads at most this much of the journal, harmlessly: ``OrderRouter``).
 POSITION_SAVE_S = 1.0
+# Out-rings at least this large are read on the tick while no FIX order is in flight:
+# 16,384 events in one 50 ms tick is 330,000 events/s, beyond what the exchange
+# sustains end to end (perf/RESULTS.md); a backlog of a quarter ring wakes it anyway.
+LAZY_MIN_CAPACITY = 16_384
 # A session that leaves more than this unread is cut off (seconds of reports).
 MAX_OUTPUT_BYTES = 4 << 20
 
@@ -174,8 +178,9 @@ class _EventSource:
         """The last ring sequence handed to the router (committed or not)."""
         return self._hi if self._hi is not None else self.consumer.cursor
 
-    def has_more(self) -> bool:
-        return self.consumer.available() > self.consumer.cursor
+    def backlog(self) -> int:
+        """Events published and not taken yet."""
+        return self.consumer.available() - self.consumer.cursor
 
 
 class _Fence:
@@ -231,6 +236,11 @@ class Acceptor:
                 base = wait_for_base(config.data_dir, EVT, symbol, ring)
                 self.sources.append(_EventSource(symbol, ring, base))
                 self.in_rings[symbol] = topology.attach_in(symbol, readonly=True)
+            # Rings this small could fill between two ticks at the exchange's peak event
+            # rate: then every event wakes the acceptor, as it does the notifier.
+            capacity = min((source.ring.capacity for source in self.sources), default=0)
+            self._eager = capacity < LAZY_MIN_CAPACITY
+            self._lazy_backlog = capacity // 4
             sleepers = [source.consumer.sleeper for source in self.sources]
             self._bell = Doorbell.for_event_loop(sleepers)
             if self._bell is not None:
@@ -320,14 +330,16 @@ class Acceptor:
         bell = self._bell
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
-            # Woken by every event only while a FIX order may be concerned: otherwise the
-            # acceptor costs the matcher no doorbell and itself no wake-up per event, and
-            # looks at the rings on its tick.
-            armed = bell is not None and self.router.waiting
+            # Woken by every event only while a FIX order may be concerned, or while a
+            # ring could fill before the next tick: otherwise the acceptor costs the
+            # matcher no doorbell and itself no wake-up per event, and reads the rings
+            # on its tick (it must never be the consumer that holds the matcher back).
+            backlog = max(source.backlog() for source in self.sources) if self.sources else 0
+            armed = bell is not None and (self.router.waiting or self._eager or backlog > self._lazy_backlog)
             if armed:
                 bell.announce()
-                if any(source.has_more() for source in self.sources):
-                    timeout = 0.0
+            if backlog:
+                timeout = 0.0
             ready = self.sel.select(timeout)
             if armed:
                 bell.withdraw()
