@@ -277,7 +277,7 @@ def test_unsupported_and_malformed_messages(exchange):
 
 def test_heartbeats_and_test_requests_over_sockets(exchange):
     alice = exchange.client("ALICE1", heartbeat_s=1)
-    alice.session._send_admin(FixMsgType.TEST_REQUEST, [(Tag.TestReqID, "ping-1")])
+    alice.session.test_request("ping-1")
     alice._flush()
     alice.poll(2.5)
     heartbeats = [m for m in alice.wire if m.msg_type == FixMsgType.HEARTBEAT]

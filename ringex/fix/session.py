@@ -417,6 +417,12 @@ class Session:
         self.state = SessionState.LOGGING_OUT
         self._logout_deadline = self.clock.monotonic() + self.logout_timeout_s
 
+    def test_request(self, test_id: str) -> None:
+        """Ask the counterparty for a Heartbeat carrying ``test_id`` (TestRequest 1)."""
+        if self.state is not SessionState.ACTIVE:
+            raise LocalProtocolError(f"test_request while the session is {self.state.value}")
+        self._send_admin(FixMsgType.TEST_REQUEST, [(Tag.TestReqID, test_id)])
+
     def reject(self, message: Message, reason: str, tag: int | None = None, text: str | None = None) -> None:
         """A session-level Reject (3) of ``message`` (already counted in sequence)."""
         body: list[tuple[int, object]] = [(Tag.RefSeqNum, message.seq or 0)]

@@ -104,26 +104,20 @@ class FixStore:
     first; an open transaction is aborted.
     """
 
-    def __init__(self, data_dir: str | Path, *, sync: bool = False, map_size: int = 1 << 30, readonly: bool = False):
+    def __init__(self, data_dir: str | Path, *, sync: bool = False, map_size: int = 1 << 30):
         self.path = Path(data_dir) / STORE_DIR
-        if not readonly:
-            self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(self.path),
             map_size=map_size,
             max_dbs=len(_DBS),
             sync=sync,
             metasync=sync,
-            readonly=readonly,
-            lock=not readonly,
             # Commits write the map in place instead of pwrite()ing each dirty page: a
             # third of the cost of a commit here (only this process writes the store).
-            writemap=not readonly,
+            writemap=True,
         )
-        self._dbs = {name: self.env.open_db(name, create=not readonly) for name in _DBS} if not readonly else {}
-        if readonly:
-            with self.env.begin() as txn:
-                self._dbs = {name: self.env.open_db(name, txn=txn, create=False) for name in _DBS}
+        self._dbs = {name: self.env.open_db(name) for name in _DBS}
         self._txn: lmdb.Transaction | None = None
         self._records: dict[str, SessionRecord] = {}
         self.commits = 0
