@@ -472,14 +472,15 @@ class OrderRouter:
         if request is None:
             return  # the matcher answered it already
         if acked:
+            # In memory only: a K changes nothing a restart needs (an acknowledged
+            # request is answered by the matcher's events, which carry the order id,
+            # and is saved with them), so the K's turn commits nothing.
             request.acked = True
-            self.store.put_request(cid, vars(request))
             if request.kind == NEW:
                 order = self.live.get(request.key)
                 if order is not None and not order.order_id:
                     order.order_id = order_id
                     self.by_order_id[order_id] = order.key
-                    self._save_order(order)
             return
         try:
             name = Reason(reason).name
