@@ -441,3 +441,18 @@ def test_misuse_is_a_local_protocol_error():
         acceptor.accept_logon(MemoryStore())
     with pytest.raises(LocalProtocolError):
         Session(INITIATOR, "C1")
+
+
+def test_a_logon_above_the_expected_number_is_answered_then_the_gap_is_asked_for():
+    pair = Pair()
+    pair.logon()
+    pair.initiator.send(FixMsgType.NEW_ORDER_SINGLE, order(1))
+    pair.initiator.data_to_send()  # lost, and then the connection too
+    pair.acceptor = Session(ACCEPTOR, "RINGEX", clock=pair.clock)
+    pair.initiator.state = SessionState.AWAITING_LOGON
+    pair.logon()
+    answers = decode_all(b"".join(pair.to_initiator[-2:]))
+    assert [m.msg_type for m in answers][-2:] == [FixMsgType.LOGON, FixMsgType.RESEND_REQUEST]
+    assert answers[-1].integer(Tag.BeginSeqNo) == 2
+    assert [m.text(Tag.ClOrdID) for m in pair.app(pair.acceptor_events)] == ["o1"]
+    assert pair.acceptor_store.next_target_seq == pair.initiator_store.next_sender_seq
