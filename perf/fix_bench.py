@@ -107,6 +107,7 @@ class V1Load:
         self.base = 0
         self.next_id = 1
         threading.Thread(target=self._read_acks, daemon=True).start()
+        threading.Thread(target=self._keep_alive, daemon=True).start()
         threading.Thread(target=self._read_fills, daemon=True).start()
 
     def _await_md(self, marker: bytes) -> None:
@@ -154,6 +155,17 @@ class V1Load:
                 i = message["client_order_id"] - self.base
                 if phase is not None and 0 <= i < len(phase.filled) and message["remaining"] == 0:
                     phase.filled[i] = now
+
+    def heartbeat(self) -> None:
+        self.orders.heartbeat()
+
+    def _keep_alive(self) -> None:
+        # the gateway closes a v1 session silent for 5 s, and the FIX phases are longer:
+        # a 64-byte frame is one send(), never split by the sender thread's
+        while True:
+            time.sleep(1.0)
+            if self.phase is None:
+                self.heartbeat()
 
     def run(self, rate: float, n: int) -> tuple[Phase, float]:
         frames = self.frames(n)
@@ -214,6 +226,10 @@ class FixLoad:
                 elif exec_type == ExecType.TRADE:
                     phase.filled[i] = now
 
+    def heartbeat(self) -> None:
+        self.client.session._send_admin(FixMsgType.HEARTBEAT, [])
+        self.client._flush()
+
     def run(self, rate: float, n: int) -> tuple[Phase, float]:
         frames = self.frames(n)
         self.phase = phase = Phase(n)
@@ -250,6 +266,7 @@ def main() -> int:
     parser.add_argument("--no-json", action="store_true", help="print only")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
+    load_before = os.getloadavg()
     (fix_port,) = free_ports(1)
     with LocalExchange(args.durability, ["--fix-port", str(fix_port)]) as target:
         (maker, maker_token), (v1_account, v1_token), (fix_account, fix_token) = target.accounts[:3]
@@ -268,6 +285,8 @@ def main() -> int:
                 late = {"v1": 0.0, "fix": 0.0}
                 for _ in range(args.rounds):
                     for name, side in (("v1", v1), ("fix", fix)):
+                        v1.heartbeat()
+                        fix.heartbeat()
                         phase, worst = side.run(rate, n)
                         runs[name].append(phase)
                         late[name] = max(late[name], worst)
@@ -305,7 +324,14 @@ def main() -> int:
         print(f"FIX adds {added:.0f} us at p50 over v1 at 1,000/s (target <= {TARGET_US:.0f} us): {verdict}")
     if not args.no_json:
         doc = {
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                # the machine is shared: how busy it was (1-minute load average) before and after
+                "loadavg_before": round(load_before[0], 2),
+                "loadavg_after": round(os.getloadavg()[0], 2),
+            },
             "durability": args.durability,
             "seconds": args.seconds,
             "rounds": args.rounds,

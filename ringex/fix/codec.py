@@ -283,9 +283,11 @@ def _parse_with_simplefix(frame: bytes):
     return pairs, problem
 
 
-def encode(msg_type: str | bytes, header: list[tuple[int, object]], body: list[tuple[int, object]]) -> bytes:
+def encode(msg_type: str | bytes, header: list[tuple[int, object]], body: list[tuple[int, object]] | bytes) -> bytes:
     """One message: BeginString, BodyLength, ``MsgType``, the ``header`` fields, the
-    ``body`` fields in the order given, CheckSum (values: bytes, str or int).
+    ``body`` fields in the order given, CheckSum (values: bytes, str or int). A ``body``
+    given as ``bytes`` is fields already encoded (``tag=value<SOH>...``), as the order
+    router writes its execution reports.
 
     The bytes are exactly what ``simplefix.FixMessage.encode`` makes of the same fields
     (``tests/test_fix_codec.py`` checks it, simplefix being the reference), built with
@@ -296,8 +298,11 @@ def encode(msg_type: str | bytes, header: list[tuple[int, object]], body: list[t
     parts = [b"35=", _value(msg_type), SOH]
     for tag, value in header:
         parts += (_tag(tag), _value(value), SOH)
-    for tag, value in body:
-        parts += (_tag(tag), _value(value), SOH)
+    if type(body) is bytes:
+        parts.append(body)
+    else:
+        for tag, value in body:
+            parts += (_tag(tag), _value(value), SOH)
     payload = b"".join(parts)
     message = b"8=FIX.4.4\x019=%d\x01%s" % (len(payload), payload)
     return message + b"10=%03d\x01" % (sum(message) & 0xFF)
@@ -319,9 +324,9 @@ def _value(value) -> bytes:
         return value
     if kind is int:
         return b"%d" % value
-    if isinstance(value, str):  # StrEnum members too
-        return value.encode()
-    return str(value).encode()
+    if isinstance(value, str):  # StrEnum members too; latin-1, as ``Message.text`` reads
+        return value.encode("latin-1", "replace")
+    return str(value).encode("latin-1", "replace")
 
 
 ####################################################################################
