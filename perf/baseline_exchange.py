@@ -80,7 +80,7 @@ _GTC, _IOC, _FOK, _POST = (int(t) for t in (Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_
 _LIMIT_TIFS, _MARKET_TIFS = frozenset((_GTC, _IOC, _FOK, _POST)), frozenset((_IOC, _FOK))
 _SIDE = {_BUY: b"buy", _SELL: b"sell"}
 
-# ringex's session limits (ringex/session.py ``Limits`` defaults), so both throttle alike
+# ringex's session limits (the [order_entry] defaults, ringex.config.OrderEntryLimits), so both throttle alike
 RATE_PER_S = 20_000.0
 BURST = 2000
 MAX_IN_FLIGHT = 4096

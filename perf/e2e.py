@@ -49,6 +49,7 @@ from perf import analysis  # noqa: E402
 from perf.loadgen import LoadgenProcess  # noqa: E402
 from perf.targets import BaselineExchange, LocalExchange, RingLagSampler, Target, cpu_ns  # noqa: E402
 from perf.workload import MIX  # noqa: E402
+from ringex.trace import FLUSH_S, read_traces, stage_latencies  # noqa: E402
 
 __all__ = ["StepConfig", "run_step", "sweep", "add_arguments", "execute", "run", "main"]
 
@@ -63,6 +64,9 @@ DESIGNS = ("ringex", "baseline")
 # halved the baseline's CPU per request and doubled its ack p50): perf/RESULTS.md, "The
 # load generator", has the measurements. 0 sends every request at its own instant.
 DEFAULT_TICK_US = 500.0
+# ringex's stage trace: every 64th command of a symbol is a few records per ms at
+# 50,000/s, too few to cost anything measurable, and thousands of samples per step.
+DEFAULT_TRACE_EVERY = 64
 # Every design runs every rate up to here; above it, a design that saturated stops.
 ALWAYS_UP_TO = 50_000
 # A design "keeps up" at a rate while neither its acks nor its trade prints queue for
@@ -122,14 +126,17 @@ def run_step(
         measure_from = t0 + int(step.warmup * 1e9)
         measure_to = measure_from + int(step.seconds * 1e9)
         cpu0 = cpu1 = None
+        wall_from = wall_to = None
         while not loadgen.conn.poll(0.02):
             now = time.monotonic_ns()
             if cpu0 is None and now >= measure_from:
                 cpu0 = {g: _cpu(p) for g, p in groups.items()}, now
+                wall_from = time.time_ns()
                 if lag is not None:
                     lag.start(measure_to / 1e9)
             elif cpu0 is not None and cpu1 is None and now >= measure_to:
                 cpu1 = {g: _cpu(p) for g, p in groups.items()}, now
+                wall_to = time.time_ns()
                 load = os.getloadavg()
         if cpu0 is not None and cpu1 is None:  # the step ended right at the end of the window
             cpu1 = {g: _cpu(p) for g, p in groups.items()}, time.monotonic_ns()
@@ -165,6 +172,11 @@ def run_step(
         result["cpu_percent"] = {}
         result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     result["ring_lag"] = lag.result() if lag is not None and cpu0 is not None else None
+    # ringex's stage trace (``ringex trace``): where its time went in this window
+    result["stages_us"] = None
+    if target.design == "ringex" and target.data_dir and wall_from is not None:
+        time.sleep(FLUSH_S)  # the processes write their trace records at most this late
+        result["stages_us"] = stage_latencies(read_traces(target.data_dir), wall_from, wall_to) or None
     return result
 
 
@@ -221,6 +233,8 @@ def sweep(
     stop_when_saturated: bool = True,
     ring_lag: bool = False,
     ringex_args: list[str] | None = None,
+    ringex_root: Path | None = None,
+    trace_every: int = 0,
     remote: Target | None = None,
     console=None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
@@ -242,7 +256,10 @@ def sweep(
                 else:
                     for design in designs:
                         if design == "ringex":
-                            targets[design] = stack.enter_context(LocalExchange(mode, ringex_args))
+                            env = {"RINGEX_TRACE_EVERY": str(trace_every)} if trace_every else {}
+                            targets[design] = stack.enter_context(
+                                LocalExchange(mode, ringex_args, root=ringex_root, env=env)
+                            )
                         else:
                             targets[design] = stack.enter_context(BaselineExchange(mode))
                 lag = None
@@ -491,6 +508,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stop", action="store_true", help="run every rate even after saturation")
     parser.add_argument("--ring-lag", action="store_true", help="sample ringex's ring lag (~1 ms of CPU per reading)")
     parser.add_argument("--ringex-args", default="", help="more flags for `ringex up`, e.g. '--config my.toml'")
+    parser.add_argument(
+        "--trace",
+        type=int,
+        default=DEFAULT_TRACE_EVERY,
+        metavar="N",
+        help="trace every N-th command of ringex's stages (ringex trace) and report them per step; 0: off "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--ringex-root",
+        type=Path,
+        default=None,
+        help="run the ringex of this checkout (e.g. a worktree of an earlier commit) instead of this one's",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1k and 10k/s, async, 2 s runs")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON (a side run: nothing else written)")
     parser.add_argument("--plot", metavar="PNG", help="write the plot (needs matplotlib: pip install -e '.[perf]')")
@@ -545,6 +576,8 @@ def execute(args: argparse.Namespace, console=None, command: str = "") -> dict:
         stop_when_saturated=not args.no_stop,
         ring_lag=args.ring_lag,
         ringex_args=args.ringex_args.split(),
+        ringex_root=args.ringex_root,
+        trace_every=args.trace,
         remote=remote,
         console=console,
     )

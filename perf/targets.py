@@ -83,7 +83,16 @@ class _Subprocess:
 
     design = ""
 
-    def __init__(self, durability: str, extra: list[str] | None = None, data: Path | None = None) -> None:
+    def __init__(
+        self,
+        durability: str,
+        extra: list[str] | None = None,
+        data: Path | None = None,
+        root: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root) if root is not None else ROOT  # the checkout whose code runs
+        self.env = env or {}
         self.durability = durability
         self.extra = extra or []
         self.tmp = tempfile.TemporaryDirectory(prefix=f"ringex-e2e-{self.design}-{os.getpid()}-")
@@ -99,10 +108,14 @@ class _Subprocess:
 
     def __enter__(self) -> Target:
         order, md, ws = free_ports(3)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(self.root), os.environ.get("PYTHONPATH")])),
+            **self.env,
+        )
         self.proc = subprocess.Popen(
             self.command(order, md, ws),
-            cwd=ROOT,
+            cwd=self.root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=open(Path(self.tmp.name) / "stderr", "ab"),  # noqa: SIM115 - the child owns it

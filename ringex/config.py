@@ -9,16 +9,20 @@ environment variables ``RINGEX_<KEY>`` for the top-level scalar keys (for exampl
 A bad key or value is a ``ConfigError`` that names the key and the problem.
 
 Besides the top-level keys and ``[symbols.NAME]``, each process's tuning has a table
-of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions),
-``[market_data]`` (``MarketDataSettings``: the notifier's sessions and fan-out),
-``[journal]`` (``JournalSettings``: the LMDB map) and ``[fix]`` (``FixSettings``: the
-FIX 4.4 acceptor, ``docs/fix.md``). ``examples/ringex.toml`` lists
-every key with its default.
+of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions, rates,
+timeouts and failed logins), ``[market_data]`` (``MarketDataSettings``: the notifier's
+connections, queues, deadlines, failed logins and fan-out), ``[journal]``
+(``JournalSettings``: the LMDB map), ``[scheduling]`` (who gets a core first) and
+``[fix]`` (``FixSettings``: the FIX 4.4 acceptor, ``docs/fix.md``).
+``market_data_outage`` says what the supervisor does when the notifier keeps dying
+(``docs/security.md``, "Halt policy"). ``examples/ringex.toml`` lists every key with
+its default; the limiters that enforce the limits are in ``ringex.limits``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +39,7 @@ __all__ = [
     "MarketDataSettings",
     "JournalSettings",
     "FixSettings",
+    "SchedulingSettings",
     "Config",
     "DEFAULT_SYMBOLS",
     "load_config",
@@ -44,6 +49,10 @@ STP_MODES = tuple(mode.name.lower() for mode in Stp)
 DURABILITY_MODES = ("fsync", "async")
 WAIT_STRATEGIES = ("blocking", "yielding", "busy_spin")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# "continue": trading goes on while the notifier restarts (with backoff); "halt": a
+# notifier that keeps dying halts trading, as venues that never trade without
+# market data do. See docs/security.md.
+MARKET_DATA_OUTAGE_POLICIES = ("continue", "halt")
 
 
 class ConfigError(ValueError):
@@ -95,7 +104,8 @@ class SymbolSpec:
 
 
 def _check_positive(where: str, obj) -> None:
-    """Every numeric field of a settings table must be a positive number of its type."""
+    """Every field of a settings table is a positive int or a positive finite number, by
+    its annotation (a few may be 0, ``_ZERO_ALLOWED``), a string or a bool."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if f.type in ("str", str):
@@ -106,17 +116,28 @@ def _check_positive(where: str, obj) -> None:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}.{f.name}: must be true or false, got {value!r}")
             continue
-        want = float if f.type in ("float", float) else int
-        if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else int):
-            raise ConfigError(
-                f"{where}.{f.name}: must be {'a number' if want is float else 'an integer'}, got {value!r}"
-            )
-        if value < 0 or (value == 0 and f.name not in _ZERO_ALLOWED):
-            raise ConfigError(f"{where}.{f.name}: must be positive, got {value!r}")
+        least = -1 if f.name in _AUTO_ALLOWED else 0 if f.name in _ZERO_ALLOWED else 1
+        what = "a non-negative" if least == 0 else "a positive"
+        if f.type in ("int", int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                if least < 0:
+                    what = "-1 (automatic) or a non-negative"
+                raise ConfigError(f"{where}.{f.name}: must be {what} integer, got {value!r}")
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+            or (value == 0 and least)
+            or value > 1e9  # a rate or a time this large (31 years of seconds) is a typo
+        ):
+            raise ConfigError(f"{where}.{f.name}: must be {what} number (at most 1e9), got {value!r}")
 
 
-# Settings for which 0 means "off" or "the system's choice" (documented per field).
-_ZERO_ALLOWED = {"coalesce_ms", "sndbuf", "fan_out_threads"}
+# Settings for which 0 means "none", "off" or "the system's choice" (said per field).
+_ZERO_ALLOWED = {"coalesce_ms", "sndbuf", "fan_out_threads", "durable_spin_us", "max_garbage"}
+# Settings for which -1 means "let the process choose" (said per field).
+_AUTO_ALLOWED = {"fan_out_threads"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,18 +148,34 @@ class OrderEntryLimits:
     waiting for the journal (a few ms of a stalled fsync at that rate)."""
 
     max_sessions: int = 1000
+    # one address (a firm's gateway, or one attacker) may hold a tenth of the sessions
+    max_sessions_per_address: int = 100
     max_in_flight: int = 4096
     rate_per_s: float = 20_000.0
     burst: int = 2000
     heartbeat_interval_s: float = 1.0
     # three missed heartbeats (a client should heartbeat at our interval or faster)
     idle_timeout_s: float = 5.0
+    # the deadline to log in after connecting (slowloris: a connection that never logs
+    # in holds a session slot for this long at most)
     login_timeout_s: float = 5.0
     # a few stray frames are tolerated (answered X UNKNOWN_MESSAGE); a stream that
     # keeps sending them has lost its framing or is hostile
     max_garbage: int = 16
-    # replies a slow reader may leave unread before it is cut off (16k replies)
+    # replies a slow reader may leave unread before it is cut off (16k replies),
+    # counting those queued behind a K that waits for the journal
     max_output_bytes: int = 1 << 20
+    # logins that need the slow secret check and fail, per window (see
+    # ringex.limits.FailedLoginLimit): an honest client fails a few times at most; 120
+    # per minute in total is at most ~2 scrypt checks a second, a few percent of a core
+    failed_logins_per_account: int = 10
+    failed_logins_per_address: int = 20
+    failed_logins_total: int = 120
+    failed_logins_window_s: float = 60.0
+    # After publishing requests, the gateway polls for the journaler's commit this long
+    # (µs) before it sleeps and asks the journaler to wake it: a commit that lands within
+    # it is acked without a sleep and a wake-up on either side. 0: always sleep.
+    durable_spin_us: float = 0.0
 
     def __post_init__(self) -> None:
         _check_positive("order_entry", self)
@@ -146,19 +183,47 @@ class OrderEntryLimits:
 
 @dataclasses.dataclass(frozen=True)
 class MarketDataSettings:
-    """``[market_data]``: the notifier's sessions and fan-out (see
+    """``[market_data]``: the notifier's limits, and its fan-out (see
     ``ringex.market_data.notifier`` for what each trades)."""
 
-    # A session's outgoing bytes not yet taken by the kernel; beyond this it is a slow
-    # consumer and is disconnected. 1 MiB is ~5,000 trades: seconds of a busy symbol.
+    # A session's outgoing bytes not yet taken by the kernel. Beyond this it is a slow
+    # consumer. 1 MiB is ~5,000 trades: seconds of a busy symbol, far beyond a blip.
     max_queue_bytes: int = 1 << 20
     # An idle session is told the server is alive this often (seconds).
     heartbeat_s: float = 5.0
-    # How long a disconnected session gets to take its queue's tail and the error.
+    # How long a session the server closes gets to take the tail of its queue and the
+    # final error before the socket is closed under it.
     close_grace_s: float = 2.0
-    # Threads sharing the fan-out's sends with the trio thread (0: none); by default
-    # one per spare core, at most 3.
-    fan_out_threads: int = max(0, min(3, (os.cpu_count() or 1) - 1))
+    # Open connections, TCP and WebSocket together: under the 20,000 files a process
+    # may open here, with room for listeners, rings and logs; 10,000 subscribers is
+    # what the notifier is built and measured for.
+    max_connections: int = 16_000
+    # Picked: a firm fanning out to more subscribers than this from one address should
+    # run its own fan-out, or be given a higher limit.
+    max_connections_per_address: int = 256
+    # A WebSocket client must finish its HTTP upgrade within this (slowloris).
+    handshake_timeout_s: float = 5.0
+    # A request (a TCP line, a WebSocket message) that has started arriving must be
+    # complete within this, so a trickle of bytes cannot hold a session open.
+    partial_request_timeout_s: float = 10.0
+    # A request is a short JSON object; a longer line or message closes the session.
+    max_line_bytes: int = 4096
+    # Requests (and WebSocket pings) per session: subscribing to every channel of a
+    # few symbols at once fits the burst; a flood is answered with errors, then closed.
+    requests_per_s: float = 20.0
+    request_burst: int = 100
+    # ... and of all sessions from one address together: without it, one address could
+    # hold 256 sessions at 20 requests/s each, 5,000 depth snapshots a second.
+    address_requests_per_s: float = 1000.0
+    address_request_burst: int = 10_000
+    # Logins to the orders channel that need the slow secret check and fail, per window.
+    failed_logins_per_account: int = 10
+    failed_logins_per_address: int = 20
+    failed_logins_total: int = 120
+    failed_logins_window_s: float = 60.0
+    # Threads sharing the fan-out's sends with the trio thread (0: none; -1, the
+    # default: one per spare core, at most 3).
+    fan_out_threads: int = -1
     # Sessions per fan-out slice: the ring is read again between two slices.
     slice_sessions: int = 256
     # Least time between two sends to one session (ms); 0: send as soon as there is news.
@@ -225,12 +290,58 @@ class FixSettings:
             raise ConfigError(f"fix.comp_id: must be 1-64 printable ASCII characters without '=', got {comp!r}")
 
 
+def parse_policy(where: str, text: str) -> tuple[str, int]:
+    """A scheduling policy as ``("nice", n)`` (the normal scheduler at niceness n, -20..19)
+    or ``("fifo", p)`` (SCHED_FIFO at real-time priority p, 1..99)."""
+    kind, _, value = text.partition(":")
+    limits = {"nice": (-20, 19), "fifo": (1, 99)}
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if kind not in limits or number is None or not limits[kind][0] <= number <= limits[kind][1]:
+        raise ConfigError(f"{where}: must be 'nice:N' (-20..19) or 'fifo:P' (1..99), got {text!r}")
+    return kind, number
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulingSettings:
+    """``[scheduling]``: who gets a core first. Each process of the exchange asks the
+    kernel for its policy when it starts (``ringex.roles``): ``"nice:N"`` for the normal
+    scheduler at niceness N, or ``"fifo:P"`` for SCHED_FIFO at real-time priority P, which
+    runs the moment it is woken, ahead of every normal process. The ack path (gateway,
+    journaler) should win a core over the stages behind it (matcher, notifier), which
+    matter for trade prints but not for acks. Raising a priority (a negative nice, any
+    fifo) needs CAP_SYS_NICE (root, or ``setcap``); without it the process says so once
+    in the log and runs at nice 0."""
+
+    gateway: str = "nice:0"
+    journaler: str = "nice:0"
+    matcher: str = "nice:0"
+    notifier: str = "nice:0"
+    # the FIX acceptor (role fix-acceptor): a client of the gateway, like the notifier off the ack path
+    fix: str = "nice:0"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str):
+                raise ConfigError(f"scheduling.{f.name}: must be a string like 'nice:5' or 'fifo:10', got {value!r}")
+            parse_policy(f"scheduling.{f.name}", value)
+
+    def policy(self, role: str) -> tuple[str, int]:
+        """The policy of process ``role`` (a matcher shard's is ``matcher``'s)."""
+        name = role.partition("-")[0]
+        return parse_policy(f"scheduling.{name}", getattr(self, name))
+
+
 # [table] name -> its settings class and the Config field that holds it
 _TABLES = {
     "order_entry": OrderEntryLimits,
     "market_data": MarketDataSettings,
     "journal": JournalSettings,
     "fix": FixSettings,
+    "scheduling": SchedulingSettings,
 }
 
 
@@ -255,12 +366,17 @@ class Config:
     # Stage tracing (ringex.trace): every process notes when it handled the commands
     # whose journal sequence is a multiple of this; 0: off.
     trace_every: int = 0
+    market_data_outage: str = "continue"
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
     fix: FixSettings = FixSettings()
+    scheduling: SchedulingSettings = SchedulingSettings()
 
     def __post_init__(self) -> None:
+        for key in ("data_dir", "host"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key}: must be a string, got {getattr(self, key)!r}")
         if not self.symbols:
             raise ConfigError("symbols: at least one symbol must be listed")
         names = [s.name for s in self.symbols]
@@ -272,16 +388,21 @@ class Config:
             raise ConfigError(f"wait_strategy: must be one of {', '.join(WAIT_STRATEGIES)}, got {self.wait_strategy!r}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.market_data_outage not in MARKET_DATA_OUTAGE_POLICIES:
+            raise ConfigError(
+                f"market_data_outage: must be one of {', '.join(MARKET_DATA_OUTAGE_POLICIES)},"
+                f" got {self.market_data_outage!r}"
+            )
         for key in ("order_port", "md_port", "ws_port", "fix_port"):
             port = getattr(self, key)
-            if not isinstance(port, int) or not 0 <= port <= 65535:
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
                 raise ConfigError(f"{key}: must be a port number 0-65535, got {port!r}")
         cap = self.ring_capacity
         if not isinstance(cap, int) or cap < 2 or cap & (cap - 1):
             raise ConfigError(f"ring_capacity: must be a power of two >= 2, got {cap!r}")
         for key in ("shards", "snapshot_interval"):
             value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
         if not isinstance(self.trace_every, int) or self.trace_every < 0:
             raise ConfigError(f"trace_every: must be 0 (off) or a positive integer, got {self.trace_every!r}")
@@ -352,8 +473,12 @@ def load_config(
                 doc = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path}: not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path}: is a directory") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # tomllib reads the file as UTF-8 and lets a bad byte's UnicodeDecodeError
+            # through, and parses nested arrays recursively: both are "not valid TOML"
+            raise ConfigError(f"config file {path}: not valid TOML: {str(exc) or type(exc).__name__}") from None
         for key, value in doc.items():
             if key == "symbols":
                 values["symbols"] = _symbols_from_toml(value)

@@ -15,6 +15,7 @@ journaler ``ringex up`` runs, started the same way.
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -23,7 +24,7 @@ import sys
 from ringex.config import Config
 from ringex.topology import FIX, GATEWAY, JOURNALER, MATCHER, NOTIFIER, Topology
 
-__all__ = ["main", "spawn", "run_role"]
+__all__ = ["main", "spawn", "run_role", "apply_scheduling"]
 
 # prctl(2) option: the signal a child gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -65,6 +66,21 @@ def _detach() -> None:
         sys.exit(1)
 
 
+def apply_scheduling(role: str, config: Config) -> None:
+    """Ask the kernel for ``role``'s policy (``[scheduling]``); if it refuses (no
+    CAP_SYS_NICE), say so and carry on at the normal priority."""
+    kind, value = config.scheduling.policy(role)
+    try:
+        if kind == "fifo":
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(value))
+        elif value:
+            os.setpriority(os.PRIO_PROCESS, 0, value)
+    except PermissionError:
+        logging.getLogger("ringex.roles").warning(
+            "%s: not allowed to run at %s:%d (needs CAP_SYS_NICE); running at nice 0", role, kind, value
+        )
+
+
 def main(role: str, config: Config, topology: Topology) -> None:
     """The body of a child process playing ``role`` (the target ``spawn`` runs)."""
     from ringex.control import ControlBlock
@@ -72,6 +88,7 @@ def main(role: str, config: Config, topology: Topology) -> None:
 
     _detach()
     setup_logging(config, role)
+    apply_scheduling(role, config)
     control = ControlBlock.attach(topology.control)
     control.set_pid(role, os.getpid())
     try:

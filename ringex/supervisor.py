@@ -8,8 +8,11 @@
         │    journaler ─► matcher shard(s) (recover first) ─► notifier ─► gateway
         │    ─► FIX acceptor (if ``[fix]`` is enabled: it enters orders through the gateway)
         │
-        └─ watches: a child that dies is restarted; while it recovers the exchange is
-           STARTING and the gateway answers NOT_READY
+        └─ watches: a child that dies is restarted, when and with what effect on
+           trading as ``ringex.restart_policy`` says: while a journaler or matcher
+           recovers the exchange is STARTING and the gateway answers NOT_READY; one that
+           keeps dying halts trading. A gateway or notifier that keeps dying is restarted
+           with backoff and never halts trading (unless market_data_outage = "halt").
 
 Why this order: the journaler records, for every new ring, which journal sequence the
 ring's first slot is; the shards and the gateway number their sequences from that, so
@@ -49,6 +52,7 @@ from pathlib import Path
 from ringex import roles
 from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
+from ringex.restart_policy import RESTART_WINDOW_S, RestartPolicy
 from ringex.ring import Ring
 from ringex.topology import FIX, GATEWAY, JOURNALER, MATCHER, NOTIFIER, SUPERVISOR, Topology
 
@@ -64,10 +68,8 @@ READY_TIMEOUT_S = 300.0
 # How long shutdown waits for the rings to drain and for each child to exit.
 DRAIN_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 30.0
-# A child that dies this many times within RESTART_WINDOW_S is not restarted again:
-# the exchange halts with the reason instead of flapping.
-MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
+# MAX_RESTARTS, RESTART_WINDOW_S: ringex.restart_policy says what a crash loop is and
+# which stages halt trading when they are in one.
 POLL_S = 0.05
 
 
@@ -92,6 +94,8 @@ class _Child:
     role: str
     process: multiprocessing.Process | None = None
     deaths: list[float] = dataclasses.field(default_factory=list)
+    restart_at: float | None = None  # dead, to be restarted at this time.monotonic() (backoff)
+    pausing: bool = False  # its death paused trading until it is back
 
 
 class Supervisor:
@@ -105,6 +109,7 @@ class Supervisor:
         self.children: list[_Child] = []
         self._lock_fd: int | None = None
         self._stopping = False
+        self.policy = RestartPolicy(config.market_data_outage)
 
     # -- start ---------------------------------------------------------------------------
 
@@ -245,7 +250,11 @@ class Supervisor:
             for child in self.children:
                 if self._stopping:
                     break
-                if not child.process.is_alive():
+                if child.restart_at is not None:
+                    if time.monotonic() >= child.restart_at and self.control.state is not ExchangeState.HALTED:
+                        child.restart_at = None
+                        self._restart(child)
+                elif not child.process.is_alive():
                     self._handle_death(child)
             if self.control.state is ExchangeState.HALTED and not halted_logged:
                 log.critical("exchange halted: %s", self.control.reason)
@@ -263,17 +272,24 @@ class Supervisor:
             return
         now = time.monotonic()
         child.deaths = [t for t in child.deaths if now - t < RESTART_WINDOW_S] + [now]
-        if len(child.deaths) > MAX_RESTARTS:
+        decision = self.policy.on_death(child.role, len(child.deaths))
+        if decision.halt:
             self.control.halt(
                 f"{child.role} died {len(child.deaths)} times in {RESTART_WINDOW_S:.0f} s (last status {code})"
             )
             return
-        log.error("%s (pid %d) died with status %s; restarting it", child.role, child.process.pid, code)
-        # Order entry waits for a stage on the order path; not for the FIX acceptor, which
-        # is one of its clients (its sessions reconnect and resend once it is back).
-        if child.role != FIX:
+        later = f" in {decision.delay_s:g} s" if decision.delay_s else ""
+        log.error("%s (pid %d) died with status %s; restarting it%s", child.role, child.process.pid, code, later)
+        child.pausing = decision.pause_trading
+        if decision.pause_trading:
             self.control.set_state(ExchangeState.STARTING)
         self.control.count_restart(child.role)
+        if decision.delay_s:
+            child.restart_at = now + decision.delay_s  # serve_forever restarts it then
+            return
+        self._restart(child)
+
+    def _restart(self, child: _Child) -> None:
         try:
             self._spawn(child)
             self._wait_ready(child)
@@ -282,9 +298,12 @@ class Supervisor:
                 return
             log.error("restarting %s failed: %s", child.role, exc)
             return  # the next turn of the watch loop sees it dead and tries again
-        if self.control.state is ExchangeState.STARTING:
+        paused = any(c.restart_at is not None and c.pausing for c in self.children)  # one still waits its turn
+        if self.control.state is ExchangeState.STARTING and not paused:
             self.control.set_state(ExchangeState.READY)
             log.info("%s recovered; accepting orders again", child.role)
+        else:
+            log.info("%s recovered", child.role)
 
     # -- stop ------------------------------------------------------------------------------
 

@@ -58,6 +58,9 @@ class NullTracer:
 
     every = 0
 
+    def samples(self, first_seq: int, last_seq: int) -> bool:
+        return False
+
     def span(self, stage: Stage, symbol: int, first_seq: int, n: int, t_ns: int | None = None) -> None:
         pass
 
@@ -82,6 +85,13 @@ class Tracer:
         self._buf = np.zeros(BUFFER, TRACE)
         self._n = 0
         self._first_at = 0.0
+
+    def samples(self, first_seq: int, last_seq: int) -> bool:
+        """Whether any sequence in ``first_seq .. last_seq`` is sampled: two integer
+        operations, so a stage asks this before it builds the list of sampled sequences
+        (most batches have none, and tracing must not cost what it measures)."""
+        every = self.every
+        return last_seq // every * every >= first_seq
 
     def span(self, stage: Stage, symbol: int, first_seq: int, n: int, t_ns: int | None = None) -> None:
         """Note ``stage`` for the sampled sequences among ``first_seq .. first_seq + n - 1``."""
@@ -136,9 +146,9 @@ def read_traces(data_dir: str | os.PathLike[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, TRACE)
 
 
-def stage_latencies(records: np.ndarray, since_ns: int = 0) -> dict[str, dict[str, float]]:
-    """Per stage, the delay after RECEIVED of the sampled requests received at or after
-    ``since_ns``, in µs: ``{"JOURNALED": {"n": .., "p50": .., "p90": .., "p99": .., "max": ..}, ...}``.
+def stage_latencies(records: np.ndarray, since_ns: int = 0, until_ns: int | None = None) -> dict[str, dict[str, float]]:
+    """Per stage, the delay after RECEIVED of the sampled requests received from
+    ``since_ns`` to ``until_ns`` (wall clock, ns), in µs: ``{"JOURNALED": {"n": .., "p50": .., "p90": .., "p99": .., "max": ..}, ...}``.
     A request's stage is its first record of that stage (a restarted stage may note one
     twice)."""
     if not len(records):
@@ -146,6 +156,7 @@ def stage_latencies(records: np.ndarray, since_ns: int = 0) -> dict[str, dict[st
     key = (records["symbol"].astype(np.int64) << 56) | records["seq"]
     received = records["stage"] == Stage.RECEIVED
     start = dict(zip(key[received].tolist(), records["t_ns"][received].tolist(), strict=True))
+    end = until_ns if until_ns is not None else 1 << 62
     out: dict[str, dict[str, float]] = {}
     for stage in Stage:
         if stage is Stage.RECEIVED:
@@ -153,7 +164,7 @@ def stage_latencies(records: np.ndarray, since_ns: int = 0) -> dict[str, dict[st
         mask = records["stage"] == stage
         first: dict[int, int] = {}
         for k, t in zip(key[mask].tolist(), records["t_ns"][mask].tolist(), strict=True):
-            if k in start and start[k] >= since_ns and (k not in first or t < first[k]):
+            if k in start and since_ns <= start[k] < end and (k not in first or t < first[k]):
                 first[k] = t
         if not first:
             continue

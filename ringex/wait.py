@@ -59,6 +59,7 @@ __all__ = [
     "Doorbell",
     "PipeSemaphore",
     "full_fence",
+    "post_all",
     "wait_strategy",
     "wait_until",
 ]
@@ -97,21 +98,33 @@ class Sleeper:
     """Where one waiter sleeps: its *sleeping* flag (a word of the ring header on the
     waiter's own cache line) and its named semaphore. The waiter sets the flag; the
     waiter, or a signaller about to post, clears it.
+
+    A producer's sleeper also has a *watch* word: the mask of consumers whose commits
+    should wake it, stored with the flag (see ``Waker``).
     """
 
-    __slots__ = ("_words", "_flag", "_sem", "_fence", "sleeps")
+    __slots__ = ("_words", "_flag", "_sem", "_fence", "sleeps", "_watch", "watch_mask")
 
-    def __init__(self, words: memoryview, flag: int, sem: posix_ipc.Semaphore) -> None:
+    def __init__(
+        self, words: memoryview, flag: int, sem: posix_ipc.Semaphore, watch: int | None = None, watch_mask: int = -1
+    ) -> None:
         self._words = words
         self._flag = flag
         self._sem = sem
         self._fence = threading.Lock()
         self.sleeps = 0  # times this waiter slept on its semaphore: for benchmarks and tuning
+        self._watch = watch
+        self.watch_mask = watch_mask
+
+    def _announce(self) -> None:
+        if self._watch is not None:
+            self._words[self._watch] = self.watch_mask  # before the flag: a waker reads it after
+        self._words[self._flag] = 1
 
     def sleep(self, need: int, probe: Probe, timeout: float) -> int:
         """Announce, re-check, then sleep up to ``timeout`` s. Returns ``probe()`` afterwards."""
         words = self._words
-        words[self._flag] = 1
+        self._announce()
         full_fence(self._fence)  # StoreLoad: the flag must be visible before the cursor is re-read
         available = probe()
         if available < need:
@@ -214,7 +227,7 @@ class Doorbell:
     could each take the post meant for the other's ring.
     """
 
-    __slots__ = ("_flags", "_sem", "_fence", "sleeps", "rung")
+    __slots__ = ("_sleepers", "_flags", "_sem", "_fence", "sleeps", "rung")
 
     def __init__(self, sleepers: Sequence[Sleeper]) -> None:
         if not sleepers:
@@ -225,6 +238,7 @@ class Doorbell:
                 f"these waiters sleep on {len(names)} different semaphores ({', '.join(sorted(names))}); "
                 "create their rings with one doorbell for this waiter"
             )
+        self._sleepers = tuple(sleepers)
         self._flags = tuple((s._words, s._flag) for s in sleepers)
         self._sem = sleepers[0]._sem
         self._fence = threading.Lock()
@@ -248,8 +262,8 @@ class Doorbell:
         """For an event loop about to poll the doorbell's descriptor: set every flag and
         fence. The loop must then re-check the rings itself and not block if one
         moved, and ``withdraw()`` once it is awake."""
-        for words, flag in self._flags:
-            words[flag] = 1
+        for sleeper in self._sleepers:
+            sleeper._announce()
         full_fence(self._fence)
 
     def withdraw(self) -> None:
@@ -271,9 +285,10 @@ class Doorbell:
                 return True
         deadline = time.monotonic() + timeout
         flags = self._flags
+        sleepers = self._sleepers
         while True:
-            for words, flag in flags:
-                words[flag] = 1
+            for sleeper in sleepers:
+                sleeper._announce()
             try:
                 full_fence(self._fence)  # StoreLoad: every flag visible before any cursor is re-read
                 if ready():
@@ -295,13 +310,25 @@ class Doorbell:
 
 
 class Waker:
-    """The signalling side: after a cursor store, post each sleeping waiter's semaphore."""
+    """The signalling side: after a cursor store, post each sleeping waiter's semaphore.
 
-    __slots__ = ("_words", "_targets", "_acquire", "_release")
+    ``watched`` targets are producers that sleep for some consumers only: ``(flag,
+    semaphore, watch word, bit)`` posts only if the producer's watch mask has this
+    consumer's bit, so a commit the producer does not wait for (the matcher's, for a
+    gateway waiting on the journaler) wakes nobody.
+    """
 
-    def __init__(self, words: memoryview, targets: Sequence[tuple[int, posix_ipc.Semaphore]]) -> None:
+    __slots__ = ("_words", "_targets", "_watched", "_acquire", "_release")
+
+    def __init__(
+        self,
+        words: memoryview,
+        targets: Sequence[tuple[int, posix_ipc.Semaphore]],
+        watched: Sequence[tuple[int, posix_ipc.Semaphore, int, int]] = (),
+    ) -> None:
         self._words = words
         self._targets = tuple(targets)
+        self._watched = tuple(watched)
         fence = threading.Lock()
         self._acquire, self._release = fence.acquire, fence.release
 
@@ -311,6 +338,11 @@ class Waker:
         self._acquire()
         self._release()
         words = self._words
+        # Producers first, as in ``collect``.
+        for flag, sem, watch, bit in self._watched:
+            if words[flag] and words[watch] & bit:
+                words[flag] = 0
+                sem.release()
         for flag, sem in self._targets:
             if words[flag]:
                 # Clear before posting: one post per announced sleep. Posting on every
@@ -319,6 +351,31 @@ class Waker:
                 # this clear erase a newer announcement, the post that follows wakes it.
                 words[flag] = 0
                 sem.release()
+
+    def collect(self, posts: dict) -> None:
+        """``wake``, but the semaphores to post go into ``posts`` (by name) for
+        ``post_all``: one post per doorbell however many rings of it moved."""
+        self._acquire()
+        self._release()
+        words = self._words
+        # The watching producers first: they are the ack path (a gateway waiting for
+        # the journaler), and the first post gets the idle core; the consumers gated
+        # behind (a matcher) only make trade prints.
+        for flag, sem, watch, bit in self._watched:
+            if words[flag] and words[watch] & bit:
+                words[flag] = 0
+                posts[sem.name] = sem
+        for flag, sem in self._targets:
+            if words[flag]:
+                words[flag] = 0
+                posts[sem.name] = sem
+
+
+def post_all(posts: dict) -> None:
+    """Post every semaphore ``Waker.collect`` gathered, once each, and forget them."""
+    for sem in posts.values():
+        sem.release()
+    posts.clear()
 
 
 class WaitStrategy:

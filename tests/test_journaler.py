@@ -158,7 +158,7 @@ def test_a_restart_skips_what_was_committed_but_not_marked(tmp_path, rings, monk
     with Journal(tmp_path) as journal:
         # Crash point: the LMDB commit happened, the cursor stores did not.
         with monkeypatch.context() as patch:
-            patch.setattr(_Feed, "commit", lambda self: None)
+            patch.setattr(_Feed, "commit", lambda self, posts: None)
             first = Journaler(journal, rings.topology)
             first.round()
             first.close()

@@ -494,7 +494,8 @@ async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_s
     batches go out) are served from their queues, in order, by the threaded fan-out."""
     import trio
 
-    from ringex.market_data.notifier import Notifier, RingEventSource
+    from ringex.market_data.notifier import Notifier
+    from ringex.market_data.sources import RingEventSource
 
     ex = MdExchange(tmp_path, symbols=("ACME",), capacity=1 << 16)
     source = RingEventSource(ex.rings["ACME"], "ACME")
@@ -518,7 +519,7 @@ async def test_fan_out_threads_and_full_sockets_lose_nothing_for_sessions_that_s
                 ex.cross_burst("ACME", per_burst)
                 ex.journal()
                 with trio.fail_after(60):
-                    while notifier.statistics().events < 2 * per_burst * (b + 1) or notifier._backlog:
+                    while notifier.statistics().events < 2 * per_burst * (b + 1) or notifier.fan_out.pending:
                         await trio.sleep(0.01)
                 # after the first burst every socket is full: all later sends are queued
                 assert min(s.queued_bytes for s in notifier.sessions) > 0
@@ -576,7 +577,8 @@ async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_rep
     window too (turns of a slice at least 5 ms apart, so batches pile up per turn)."""
     import trio
 
-    from ringex.market_data.notifier import Notifier, RingEventSource
+    from ringex.market_data.notifier import Notifier
+    from ringex.market_data.sources import RingEventSource
 
     ex = MdExchange(tmp_path, symbols=("ACME",), capacity=1 << 16)
     source = RingEventSource(ex.rings["ACME"], "ACME")
@@ -623,7 +625,7 @@ async def test_a_sliced_fan_out_gives_every_session_every_trade_in_order_and_rep
                 socks = [await connect(ports["tcp"]) for _ in range(n_sessions)]
                 while notifier.statistics().subscriptions < n_sessions:
                     await trio.sleep(0.01)
-                assert len(notifier._slices) == n_sessions // 3
+                assert len(notifier.fan_out.slices) == n_sessions // 3
                 got: dict[object, list[int]] = {}
                 async with trio.open_nursery() as readers:
                     for i, sock in enumerate(socks):

@@ -37,7 +37,7 @@ from ringex.ring import (
     RingTimeout,
     UnknownConsumerError,
 )
-from ringex.wait import BlockingWait, BusySpinWait, Doorbell, PipeSemaphore, YieldingWait, wait_strategy
+from ringex.wait import BlockingWait, BusySpinWait, Doorbell, PipeSemaphore, YieldingWait, post_all, wait_strategy
 
 SPAWN = multiprocessing.get_context("spawn")
 QUICK = os.environ.get("RINGEX_QUICK") == "1"
@@ -753,6 +753,58 @@ def test_an_event_loop_polls_a_pipe_doorbell_and_a_commit_on_any_ring_wakes_it(p
     other.wait_for(0, timeout=5)
     other.commit(0)
     assert poller.poll(0) == []
+
+
+@pytest.fixture
+def watched_pipe_bell_group():
+    """Three rings with consumers "up" and "down" (gated on "up"), whose producer's
+    doorbell is a FIFO: the gateway's in-rings, with "up" the journaler."""
+    yield from _ring_group(
+        PipeDoorbell,
+        create=lambda bell: {"consumers": ["up", "down"], "gating": {"down": ["up"]}, "producer_doorbell": bell},
+    )
+
+
+def test_a_producer_watching_one_consumer_is_woken_by_its_commits_only(watched_pipe_bell_group):
+    """The gateway sleeps for the journaler's commits; the matcher's commits on the same
+    rings must not wake it for nothing."""
+    _, rings, _ = watched_pipe_bell_group
+    producers = [ring.producer() for ring in rings]
+    for p in producers:
+        p.watch("up")
+        p.write(make_records(COMMAND))
+    up, down = rings[0].consumer("up"), rings[0].consumer("down")
+    bell = Doorbell([p.sleeper for p in producers])
+    bell.announce()
+    up.wait_for(0, timeout=5)
+    up.commit(0)  # watched: posts
+    assert bell.semaphore.drain()
+    bell.announce()
+    down.wait_for(0, timeout=5)
+    down.commit(0)  # not watched: no post, the flag stays up for the one that counts
+    assert not bell.semaphore.drain()
+    assert rings[0].header["producer_sleeping"] == 1
+    bell.withdraw()
+
+
+def test_a_process_moving_several_rings_posts_each_doorbell_once(watched_pipe_bell_group):
+    _, rings, _ = watched_pipe_bell_group
+    producers = [ring.producer() for ring in rings]
+    for p in producers:
+        p.watch("up")
+        p.write(make_records(COMMAND))
+    consumers = [ring.consumer("up") for ring in rings]
+    bell = Doorbell([p.sleeper for p in producers])
+    bell.announce()
+    posts: dict = {}
+    for consumer in consumers:
+        consumer.wait_for(0, timeout=5)
+        consumer.commit(0, posts)  # collected, not posted yet
+    assert len(posts) == 1 and not bell.semaphore.drain()
+    post_all(posts)
+    assert posts == {}
+    assert os.read(bell.semaphore.fileno(), 100) == b"\x01"  # one byte: one post for three rings
+    bell.withdraw()
 
 
 def test_a_pipe_doorbell_acquires_like_a_semaphore(pipe_bell_group):

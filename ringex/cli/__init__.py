@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "accounts": ("ringex.cli.accounts", "manage order entry accounts and their secrets"),
     "order": ("ringex.cli.order", "send an order, cancel or replace to a running exchange"),
     "watch": ("ringex.cli.watch", "live view of trades and the top of the book"),
+    "trace": ("ringex.cli.trace", "where the time goes: each stage's delay for the sampled requests"),
     "bench": ("ringex.cli.bench", "end-to-end latency benchmark"),
 }
 

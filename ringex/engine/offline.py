@@ -7,7 +7,8 @@ JSON object per line (``ringex.events.event_to_dict`` plus the CSV ``line`` that
 it). Details and an example: ``docs/matching.md``.
 
 Error handling: the whole file is parsed and checked before anything is matched or
-written, so a malformed row stops the run with a message naming its line and no
+written, so a malformed row (or a byte that is not UTF-8, an unterminated quote, a
+field over ``csv``'s size limit) stops the run with a message naming its line and no
 output at all; ``-o FILE`` is written to a temporary file and renamed into place.
 A row that is well-formed but breaks a matching rule (qty 0, a price off the band, a
 market GTC, cancelling someone else's order) is not an error here: the book answers it
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 
 import numpy as np
 
@@ -112,27 +114,40 @@ def _parse_row(where: str, line: int, cells: dict[str, str]) -> Row:
 def parse_orders(path: str) -> list[Row]:
     """Every row of the order file, checked; raises ``OrderFileError`` at the first bad one."""
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise OrderFileError(f"{path}: cannot open: {exc.strerror}") from None
-    with fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise OrderFileError(f"{path}: empty file (expected a header row: {','.join(COLUMNS)})")
-        header = [h.strip().lower() for h in header]
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise OrderFileError(f"{path} line 1: header lacks column(s) {', '.join(missing)}")
-        rows = []
-        for cells in reader:
-            line = reader.line_num
-            where = f"{path} line {line}"
-            if not any(c.strip() for c in cells):
-                continue  # blank line
-            if len(cells) != len(header):
-                raise OrderFileError(f"{where}: {len(cells)} cells, the header has {len(header)}")
-            rows.append(_parse_row(where, line, {h: c.strip() for h, c in zip(header, cells, strict=True)}))
+    try:
+        text = data.decode("utf-8-sig")  # a byte order mark (spreadsheets write one) is not a cell
+    except UnicodeDecodeError as exc:
+        # decoded whole, so the offset is the file's and names the line
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise OrderFileError(f"{path} line {line}: not UTF-8 text ({exc.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _parse_rows(path, reader)
+    except csv.Error as exc:  # an unterminated quote, a field over csv's size limit...
+        raise OrderFileError(f"{path} line {reader.line_num}: {exc}") from None
+
+
+def _parse_rows(path: str, reader) -> list[Row]:
+    header = next(reader, None)
+    if header is None:
+        raise OrderFileError(f"{path}: empty file (expected a header row: {','.join(COLUMNS)})")
+    header = [h.strip().lower() for h in header]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise OrderFileError(f"{path} line 1: header lacks column(s) {', '.join(missing)}")
+    rows = []
+    for cells in reader:
+        line = reader.line_num
+        where = f"{path} line {line}"
+        if not any(c.strip() for c in cells):
+            continue  # blank line
+        if len(cells) != len(header):
+            raise OrderFileError(f"{where}: {len(cells)} cells, the header has {len(header)}")
+        rows.append(_parse_row(where, line, {h: c.strip() for h, c in zip(header, cells, strict=True)}))
     return rows
 
 

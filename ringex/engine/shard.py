@@ -44,7 +44,7 @@ from ringex.engine.recovery import recover_book
 from ringex.ring import Consumer, ConsumerSet, Producer, Ring, RingTimeout
 from ringex.topology import CMD, JOURNALER, MATCHER, Topology, matcher_role, wait_for_base
 from ringex.trace import NullTracer, Stage, tracer_for
-from ringex.wait import wait_strategy, wait_until
+from ringex.wait import post_all, wait_strategy, wait_until
 from ringex.wal import Journal, SnapshotStore
 
 __all__ = ["Shard", "run_shard"]
@@ -91,6 +91,7 @@ class Shard:
         self.rings: list[Ring] = []
         self.books: list[_Book] = []
         self._stop = False
+        self._posts: dict = {}
         wait = wait_strategy(config.wait_strategy)
         try:
             for symbol in topology.shards[index]:
@@ -159,8 +160,14 @@ class Shard:
         producer = book.producer
         done, n = 0, len(events)
         while done < n:
+            want = min(n - done, book.capacity)
+            batch = producer.try_claim(want)
+            if batch is None:
+                # The ring is full: the readers must be awake to make room, so the
+                # wake-ups gathered for the end of the turn go out now.
+                post_all(self._posts)
             try:
-                batch = producer.claim(min(n - done, book.capacity), timeout=0.2)
+                batch = batch or producer.claim(want, timeout=0.2)
             except RingTimeout:
                 if self._stop:
                     raise
@@ -168,7 +175,7 @@ class Shard:
             except posix_ipc.SignalError:
                 continue  # SIGTERM while waiting for space: the claim is simply retried
             batch.fill(events[done : done + len(batch)])
-            producer.publish(batch.hi)
+            producer.publish(batch.hi, self._posts)
             done += len(batch)
 
     def turn(self) -> int:
@@ -186,11 +193,13 @@ class Shard:
                 if self.tracer.every:
                     self.tracer.span(Stage.MATCHED, book.index, ring_seq + book.base, len(view))
             # Only now: a shard killed before this line sees the batch again.
-            book.consumer.commit(batch.hi)
+            book.consumer.commit(batch.hi, self._posts)
             book.since_snapshot += len(batch)
             done += len(batch)
             if book.since_snapshot >= self.config.snapshot_interval:
                 self.snapshot(book)
+        if self._posts:
+            post_all(self._posts)  # the notifier's doorbell once, whatever rings moved
         return done
 
     def snapshot(self, book: _Book) -> None:

@@ -43,6 +43,7 @@ Process entry: ``run_fix_acceptor`` (``ringex.roles``).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -71,6 +72,8 @@ from ringex.fix.session import (
     compose,
 )
 from ringex.fix.store import FixStore
+from ringex.limits import FailedLoginLimit
+from ringex.order_entry.accounts import AccountStore
 from ringex.order_entry.protocol import NEED_DATA, REPLY, FrameDecoder, encode_heartbeat, encode_login
 from ringex.ring import Ring
 from ringex.topology import EVT, FIX, MATCHER, Topology, wait_for_base
@@ -117,9 +120,20 @@ class AcceptorStatistics:
 class _Connection:
     """One FIX TCP connection."""
 
-    __slots__ = ("sock", "session", "out", "writing", "comp_id", "account", "token", "closing_since", "peer")
+    __slots__ = (
+        "sock",
+        "session",
+        "out",
+        "writing",
+        "comp_id",
+        "account",
+        "token",
+        "closing_since",
+        "peer",
+        "address",
+    )
 
-    def __init__(self, sock: socket.socket, session: Session, peer: str) -> None:
+    def __init__(self, sock: socket.socket, session: Session, peer: str, address: str = "") -> None:
         self.sock = sock
         self.session = session
         self.out = bytearray()
@@ -129,6 +143,7 @@ class _Connection:
         self.token = 0
         self.closing_since: float | None = None
         self.peer = peer
+        self.address = address  # the client's IP: failed logons are counted per address
 
 
 class _Upstream:
@@ -213,6 +228,20 @@ class Acceptor:
         self.topology = topology
         self.control = control or NullControl()
         self.store = FixStore(config.data_dir, sync=self.settings.store_sync, map_size=self.settings.store_map_size)
+        # Credentials are checked here before the gateway sees them: every FIX session's
+        # gateway connection comes from this process's address, so the gateway's limits
+        # on failed logins per address would let one FIX client with a wrong password
+        # lock every FIX session out. The same limits apply here per FIX client address.
+        self.accounts = AccountStore.open(config.data_dir)
+        limits = config.order_entry
+        self.failed_logins = FailedLoginLimit(
+            limits.failed_logins_per_account,
+            limits.failed_logins_per_address,
+            limits.failed_logins_total,
+            limits.failed_logins_window_s,
+        )
+        self._verifier = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fix-login")
+        self._verified: collections.deque[tuple[_Connection, bool]] = collections.deque()
         self.router = OrderRouter(config.symbols, self.store, self)
         self.sel = selectors.DefaultSelector()
         self._stop = threading.Event()
@@ -354,6 +383,7 @@ class Acceptor:
                         os.eventfd_read(self._wake_fd)
                     except BlockingIOError:
                         pass
+                    self._finish_logons()
                 elif isinstance(what, _Connection):
                     if mask & selectors.EVENT_READ:
                         self._receive(what)
@@ -447,7 +477,7 @@ class Acceptor:
                 max_latency_s=self.settings.max_latency_s,
                 max_message_bytes=self.settings.max_message_bytes,
             )
-            conn = _Connection(sock, session, f"{address[0]}:{address[1]}")
+            conn = _Connection(sock, session, f"{address[0]}:{address[1]}", address[0])
             self.connections[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -519,10 +549,51 @@ class Acceptor:
             return self._refuse_logon(conn, f"session {comp_id} is logged on already")
         conn.comp_id, conn.account, conn.token = comp_id, account, token
         self.by_comp_id[comp_id] = conn
-        # The gateway checks the credentials: the FIX Logon is answered once its v1 login is.
+        quick = self.accounts.verify_nowait(account, token)
+        if quick is None:
+            # A new check is charged as a failure before the scrypt runs, refunded if it passes.
+            refusal = self.failed_logins.try_attempt(account, conn.address, time.monotonic())
+            if refusal is not None:
+                self.by_comp_id.pop(comp_id, None)
+                return self._refuse_logon(conn, refusal)
+            future = self._verifier.submit(self.accounts.verify, account, token)
+            future.add_done_callback(lambda f, c=conn: self._verify_done(c, f))
+            return None  # the Logon waits; _finish_logons goes on
+        return self._credentials_checked(conn, quick)
+
+    def _verify_done(self, conn: _Connection, future: concurrent.futures.Future) -> None:
+        # on the worker thread: hand the answer to the loop and wake it
+        try:
+            ok = bool(future.result())
+        except Exception:
+            log.exception("verifying a FIX logon failed; refusing it")
+            ok = False
+        self._verified.append((conn, ok))
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass  # closed at shutdown
+
+    def _finish_logons(self) -> None:
+        while self._verified:
+            conn, ok = self._verified.popleft()
+            if ok:
+                self.failed_logins.attempt_succeeded(conn.account, conn.address)
+            if conn.sock.fileno() < 0 or self.by_comp_id.get(conn.comp_id) is not conn:
+                continue  # gone meanwhile
+            self._credentials_checked(conn, ok)
+            self._dirty.add(conn)
+
+    def _credentials_checked(self, conn: _Connection, ok: bool) -> None:
+        if not ok:
+            self.by_comp_id.pop(conn.comp_id, None)
+            return self._refuse_logon(conn, "bad credentials")
+        # The gateway checks them again (a verified pair costs it a dict lookup): the FIX
+        # Logon is answered once the v1 login is.
         if not self._open_upstream(conn):
-            self.by_comp_id.pop(comp_id, None)
+            self.by_comp_id.pop(conn.comp_id, None)
             self._refuse_logon(conn, "the exchange's order entry is not reachable; try again")
+        return None
 
     def _refuse_logon(self, conn: _Connection, text: str) -> None:
         self._on_session_events(conn, conn.session.reject_logon(text))
@@ -750,6 +821,8 @@ class Acceptor:
 
     def close(self) -> None:
         self._stop.set()
+        if hasattr(self, "_verifier"):
+            self._verifier.shutdown(wait=True, cancel_futures=True)
         for conn in list(getattr(self, "connections", {}).values()):
             self._close(conn, "")
         for upstream in list(getattr(self, "upstreams", {}).values()):

@@ -61,9 +61,11 @@ import posix_ipc
 from ringex import wal
 from ringex.config import Config
 from ringex.control import NullControl
+from ringex.records import EVENT, encode_symbol
 from ringex.ring import Consumer, ConsumerSet, Ring
 from ringex.topology import CMD, EVT, JOURNALER, Topology, journaled_base, new_ring_base
 from ringex.trace import NullTracer, Stage, tracer_for
+from ringex.wait import post_all
 from ringex.wal import Journal, JournalError, JournalWriteError
 
 __all__ = ["Journaler", "JournalerHalted", "EXIT_HALTED", "run_journaler"]
@@ -74,6 +76,8 @@ EXIT_HALTED = 3
 # Longest idle sleep before the loop looks at its stop flag and heartbeat. Not a
 # latency: every ring rings the journaler's doorbell when it moves.
 IDLE_WAIT_S = 0.05
+# Where an EVENT record keeps the sequence of the command that caused it.
+EVENT_SEQ_OFFSET = EVENT.fields["seq"][1]
 # Cap on records per ring per round, so one commit stays well under a map growth step
 # and a burst on one ring cannot starve the others' acks for long. Picked, not measured.
 MAX_PER_RING = 65536
@@ -89,7 +93,13 @@ class JournalerHalted(RuntimeError):
 
 
 class _Feed:
-    """One ring as the journaler sees it: consumer, base and the journal's kind."""
+    """One ring as the journaler sees it: consumer, base and the journal's kind.
+
+    The hot path (``take``, ``segments``, ``commit``) reads two cursors, slices the
+    ring's slots as bytes and hands them to ``Journal.commit_rows``: no ``Batch``, no
+    structured view, so a round that journals one record costs little more than the
+    LMDB commit itself.
+    """
 
     def __init__(self, kind: str, symbol: str, ring: Ring, journal: Journal, index: int = 0) -> None:
         self.kind = kind  # CMD or EVT
@@ -97,6 +107,10 @@ class _Feed:
         self.index = index  # the symbol's place in the topology (for traces)
         self.ring = ring
         self.consumer: Consumer = ring.consumer(JOURNALER)
+        self.name = journal.segment_name(kind, symbol)
+        self.symbol8 = np.frombuffer(encode_symbol(symbol), np.uint8)
+        self._slots = ring.slot_bytes
+        self._mask = ring.capacity - 1
         journal_next = journal.next_seq(symbol) if kind == CMD else journal.next_event_seq(symbol)
         base = journaled_base(journal, kind, symbol, ring)
         if base is None:
@@ -118,38 +132,53 @@ class _Feed:
                 "%s ring %s: skipping ring seqs %d..%d, already journaled", kind, ring.name, cursor + 1, ring_next - 1
             )
             self.consumer.commit(ring_next - 1)
-        self.batch = None
+        self.lo = 0
+        self.hi = -1  # the range taken by the last ``take``; empty when hi < lo
 
     def pending(self) -> int:
         """How many records wait to be journaled (two cursor reads)."""
         consumer = self.consumer
         return consumer.available() - consumer.cursor
 
-    def take(self):
-        """This ring's unread records, or None (checked first without building a batch:
-        most rounds find most rings empty)."""
+    def take(self) -> bool:
+        """Take this ring's unread records (at most ``MAX_PER_RING``); whether there
+        were any (checked first with two cursor reads: most rounds find most rings empty)."""
         consumer = self.consumer
-        self.batch = consumer.poll(MAX_PER_RING) if consumer.available() > consumer.cursor else None
-        return self.batch
+        if consumer.available() <= consumer.cursor:
+            self.hi = self.lo - 1
+            return False
+        self.lo, self.hi = consumer.poll_range(MAX_PER_RING)
+        return True
+
+    def segments(self, out: list) -> None:
+        """Append the taken records as ``commit_rows`` segments (two if they wrap)."""
+        lo, hi, mask = self.lo, self.hi, self._mask
+        start, end = lo & mask, (hi & mask) + 1
+        if end > start:
+            out.append((self.name, self.symbol8, self.base + lo, self._slots[start:end]))
+        else:
+            out.append((self.name, self.symbol8, self.base + lo, self._slots[start:]))
+            out.append((self.name, self.symbol8, self.base + lo + mask + 1 - start, self._slots[:end]))
 
     def trace(self, tracer) -> None:
-        """Note the sampled commands this batch made durable (or whose events it did)."""
-        batch = self.batch
+        """Note the sampled commands this round made durable (or whose events it did)."""
         if self.kind == CMD:
-            tracer.span(Stage.JOURNALED, self.index, self.base + batch.lo, len(batch))
-        else:
-            for view in batch.views:
-                seqs = view["seq"]
-                tracer.seqs(Stage.EVENTS, self.index, np.unique(seqs[seqs % tracer.every == 0]).tolist())
+            tracer.span(Stage.JOURNALED, self.index, self.base + self.lo, self.hi - self.lo + 1)
+            return
+        rows: list = []
+        self.segments(rows)
+        for _, _, _, block in rows:
+            # events are in command order: the first and last name the range they cover
+            first, last = (int.from_bytes(block[i, EVENT_SEQ_OFFSET : EVENT_SEQ_OFFSET + 8], "little") for i in (0, -1))
+            if not tracer.samples(first, last):
+                continue
+            seqs = block[:, EVENT_SEQ_OFFSET : EVENT_SEQ_OFFSET + 8].copy().view("<u8").ravel()
+            tracer.seqs(Stage.EVENTS, self.index, np.unique(seqs[seqs % tracer.every == 0]).tolist())
 
-    def segments(self):
-        for ring_seq, view in self.batch.segments():
-            yield self.symbol, ring_seq + self.base, view
-
-    def commit(self) -> None:
-        if self.batch:
-            self.consumer.commit(self.batch.hi)
-        self.batch = None
+    def commit(self, posts: dict) -> None:
+        if self.hi >= self.lo:
+            self.consumer.commit(self.hi, posts)
+        self.hi = self.lo - 1
 
 
 class Journaler:
@@ -185,6 +214,7 @@ class Journaler:
         # An out-ring this full is journaled at once: its producer must never wait.
         self._events_high_water = topology.capacity // 2
         self._events_since: float | None = None  # when events were first seen waiting
+        self._posts: dict = {}
         self._stop = threading.Event()
         # Woken by commands only (see the module docstring); events wait on a timeout.
         self._waiting = ConsumerSet([f.consumer for f in self.in_feeds])
@@ -206,10 +236,14 @@ class Journaler:
         outs = [f for f in self.out_feeds if f.take()] if ins or all_events or self._events_due() else []
         if not outs and not ins:
             return 0
-        commands = [seg for f in ins for seg in f.segments()]
-        events = [seg for f in outs for seg in f.segments()]
+        commands: list = []
+        for feed in ins:
+            feed.segments(commands)
+        events: list = []
+        for feed in outs:
+            feed.segments(events)
         try:
-            stats = self.journal.commit(commands, events)
+            n_commands, n_events = self.journal.commit_rows(commands, events)
         except JournalWriteError as exc:
             self._halt(exc)
             raise JournalerHalted(str(exc)) from exc
@@ -218,15 +252,17 @@ class Journaler:
             for feed in ins + outs:
                 feed.trace(tracer)
         # Durable now: only from here may anyone treat these sequences as journaled.
+        posts = self._posts
         for feed in ins:
-            feed.commit()
+            feed.commit(posts)
         for feed in outs:
-            feed.commit()
+            feed.commit(posts)
+        post_all(posts)  # the gateway's and the matcher's doorbells, once each
         if outs:
             self._events_since = None
         self.rounds += 1
-        self.records += stats.commands + stats.events
-        return stats.commands + stats.events
+        self.records += n_commands + n_events
+        return n_commands + n_events
 
     def _events_due(self) -> bool:
         """Whether the waiting events should be journaled now, without commands."""

@@ -1,8 +1,8 @@
 """Market data without I/O: client requests, server messages, depth views and streams.
 
-The notifier (``ringex/notifier.py``) owns sockets and the ring; everything that
+The notifier (``ringex/market_data/notifier.py``) owns sockets and the ring; everything that
 decides *what* is sent lives here, so it is tested without a network and shared by
-the server, the client (``ringex/md_client.py``) and ``ringex watch``.
+the server, the client (``ringex/market_data/client.py``) and ``ringex watch``.
 
 Streams. Every server message belongs to one stream and carries that stream's
 ``seq``, which counts up by exactly one per message, so a client detects a gap by
@@ -42,7 +42,10 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_DEPTH_LEVELS",
     "MAX_DEPTH_LEVELS",
+    "STANDARD_DEPTH_LEVELS",
+    "MAX_EXTRA_DEPTH_SIZES",
     "MAX_LINE_BYTES",
+    "MAX_REQUEST_OPENERS",
     "ClientError",
     "Login",
     "Subscribe",
@@ -64,9 +67,25 @@ DEFAULT_DEPTH_LEVELS = 10
 # A depth view is recomputed per batch for every distinct size subscribed; a cap keeps
 # that work and the snapshot size bounded.  100 is picked as "more than any screen".
 MAX_DEPTH_LEVELS = 100
+# Each distinct size is a view recomputed per batch, so sizes are what a subscriber's
+# ``levels`` costs everyone: one client subscribing to every size from 1 to 100 made
+# each batch of a symbol cost 2.6 ms of the notifier instead of 9 µs (issue 18). Any
+# size may be asked for, but besides these standard ones at most
+# MAX_EXTRA_DEPTH_SIZES others exist per symbol at a time.
+STANDARD_DEPTH_LEVELS = (1, 5, 10, 20, 50, 100)
+MAX_EXTRA_DEPTH_SIZES = 4
 # A request is a short JSON object; a longer line is a broken or hostile client, and
 # buffering it without a bound would let one client grow the server's memory.
 MAX_LINE_BYTES = 4096
+# A request is one flat JSON object of scalars, so it has exactly one "{" and no "[".
+# ``json.loads`` recurses once per nesting level: a line of 3,000 "[" raised
+# RecursionError out of the parser and took the notifier down (issue 18). Openers are
+# counted (at C speed) before anything is parsed; a few spare ones keep an unusual but
+# harmless request (an empty list in a field we ignore) answerable by name.
+MAX_REQUEST_OPENERS = 8
+# How much of a client's value an error message quotes back: enough to recognise it,
+# not enough for a 4 KiB request to be echoed whole.
+ECHO_CHARS = 40
 
 _SIDE_NAME = {Side.BUY: "buy", Side.SELL: "sell"}
 _SIDE_BYTES = {Side.BUY: b"buy", Side.SELL: b"sell"}
@@ -149,14 +168,32 @@ def _uint(obj: dict, key: str) -> int:
     return value
 
 
-def parse_request(raw: bytes | str, symbols: Iterable[str]) -> Request:
+def _echo(value: Any) -> str:
+    """``repr(value)`` cut to ``ECHO_CHARS``, for quoting a client's value back to it."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+
+
+def parse_request(raw: bytes | str, symbols: Iterable[str], *, max_bytes: int = MAX_LINE_BYTES) -> Request:
     """Parse one client message (a JSON object) against the listed ``symbols``.
 
-    Raises ``ClientError`` naming the problem; never anything else for bad input.
+    Error handling: any input at all, of any size, nesting, encoding or types, either
+    parses or raises ``ClientError`` naming the problem (sent back as an ``error``
+    message); nothing else escapes. A request longer than ``max_bytes`` (characters,
+    for a ``str``) or with more than ``MAX_REQUEST_OPENERS`` arrays and objects is
+    refused before it is parsed.
     """
+    if len(raw) > max_bytes:
+        raise ClientError(f"request longer than {max_bytes} bytes")
+    opener_count = raw.count(b"[") + raw.count(b"{") if isinstance(raw, bytes) else raw.count("[") + raw.count("{")
+    if opener_count > MAX_REQUEST_OPENERS:
+        raise ClientError(f"more than {MAX_REQUEST_OPENERS} arrays or objects: a request is one flat JSON object")
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad UTF-8 (UnicodeDecodeError) and integers of
+        # more digits than ``sys.get_int_max_str_digits``; RecursionError cannot happen
+        # under the opener bound and is caught anyway: a parser must not be a crash
         raise ClientError("malformed JSON") from None
     if not isinstance(obj, dict):
         raise ClientError("a message must be a JSON object")
@@ -166,16 +203,16 @@ def parse_request(raw: bytes | str, symbols: Iterable[str]) -> Request:
     if op == "login":
         return Login(_uint(obj, "account"), _uint(obj, "token"))
     if op not in ("subscribe", "unsubscribe"):
-        raise ClientError(f"unknown op {op!r}" if isinstance(op, str) else "missing op")
+        raise ClientError(f"unknown op {_echo(op)}" if isinstance(op, str) else "missing op")
     channel = obj.get("channel")
-    if channel not in CHANNELS:
-        raise ClientError(f"unknown channel {channel!r}; channels: {', '.join(CHANNELS)}")
+    if not isinstance(channel, str) or channel not in CHANNELS:
+        raise ClientError(f"unknown channel {_echo(channel)}; channels: {', '.join(CHANNELS)}")
     symbol = obj.get("symbol")
     if symbol is None:
         if channel != "orders":
             raise ClientError(f"{channel}: symbol is required")
     elif not isinstance(symbol, str) or symbol not in symbols:
-        raise ClientError(f"unknown symbol {symbol!r}")
+        raise ClientError(f"unknown symbol {_echo(symbol)}")
     levels = obj.get("levels", DEFAULT_DEPTH_LEVELS)
     if not isinstance(levels, int) or isinstance(levels, bool) or not 1 <= levels <= MAX_DEPTH_LEVELS:
         raise ClientError(f"levels: must be an integer from 1 to {MAX_DEPTH_LEVELS}")
@@ -200,6 +237,11 @@ class LineDecoder:
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that are not a complete line yet (after ``next_line`` returned None)."""
+        return len(self._buf)
 
     def next_line(self) -> bytes | None:
         """The next complete line, or ``None``; ``ClientError`` if a line is too long."""
@@ -423,6 +465,11 @@ class MarketData:
             self._private_accounts[account] = self._private_accounts.get(account, 0) + 1
         if req.channel == "depth":
             key = (req.symbol, req.levels)
+            if key not in self._depth and req.levels not in STANDARD_DEPTH_LEVELS:
+                extra = sorted(n for s, n in self._depth if s == req.symbol and n not in STANDARD_DEPTH_LEVELS)
+                if len(extra) >= MAX_EXTRA_DEPTH_SIZES:
+                    sizes = ", ".join(map(str, sorted({*STANDARD_DEPTH_LEVELS, *extra})))
+                    raise ClientError(f"depth: {req.symbol} has as many sizes as it serves; levels may be {sizes}")
             if key not in self._depth:
                 bids, asks = self.views[req.symbol].top(req.levels)
                 self._depth[key] = (dict(bids), dict(asks))
@@ -651,16 +698,20 @@ class MarketData:
             seq = self._next(stream)
             if stream in self.subscribers:
                 out.setdefault(stream, []).append(self._bbo_message(symbol, seq))
-        for (sym, levels), (old_bids, old_asks) in self._depth.items():
-            if sym != symbol:
+        sizes = [(levels, old) for (sym, levels), old in self._depth.items() if sym == symbol]
+        if not sizes:
+            return
+        # the deepest view once; each size is a prefix of it (sliced and compared in C)
+        all_bids, all_asks = view.top(max(levels for levels, _ in sizes))
+        for levels, (old_bids, old_asks) in sizes:
+            new_bids, new_asks = dict(all_bids[:levels]), dict(all_asks[:levels])
+            if new_bids == old_bids and new_asks == old_asks:
                 continue
-            bids, asks = view.top(levels)
-            new_bids, new_asks = dict(bids), dict(asks)
             bid_changes = _level_changes(old_bids, new_bids, reverse=True)
             ask_changes = _level_changes(old_asks, new_asks, reverse=False)
             if not bid_changes and not ask_changes:
                 continue
-            self._depth[(sym, levels)] = (new_bids, new_asks)
+            self._depth[(symbol, levels)] = (new_bids, new_asks)
             stream = ("depth", symbol, levels)
             seq = self._next(stream)
             msg = {

@@ -22,10 +22,12 @@ Public API used by the gateway and the notifier::
     store.remove(account: int) -> bool
     store.accounts() -> list[int]
     create_demo_accounts(data_dir, count=3) -> dict[int, int]  # {account: token}, only if none exist
+    check_executor() -> ThreadPoolExecutor    # one low-priority thread to run ``verify`` on
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -35,7 +37,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["AccountStore", "AccountError", "create_demo_accounts", "ACCOUNTS_FILE", "check_u64"]
+__all__ = [
+    "AccountStore",
+    "AccountError",
+    "create_demo_accounts",
+    "check_executor",
+    "ACCOUNTS_FILE",
+    "check_u64",
+]
 
 ACCOUNTS_FILE = "accounts.json"
 U64_MAX = (1 << 64) - 1
@@ -49,6 +58,10 @@ SCRYPT_MAXMEM = 64 * 1024 * 1024
 SALT_BYTES = 16
 # Demo accounts get ids from here, so they are easy to spot in journals.
 DEMO_FIRST_ACCOUNT = 1001
+# The nice value of the thread that runs the slow checks: scrypt then runs on CPU time
+# the exchange's other threads and processes leave over, so a flood of logins (even
+# within the failed-login limits) delays logins, not orders or market data.
+CHECK_THREAD_NICE = 19
 
 
 class AccountError(ValueError):
@@ -224,6 +237,24 @@ class AccountStore:
                 if self._records.get(account) is rec:
                     self._verified.add(self._cache_key(account, token))
         return ok
+
+
+def _lower_thread_priority() -> None:
+    # Linux: a thread has a nice value of its own, set by its thread id. Best effort:
+    # elsewhere (or without /proc semantics) the check runs at the process's priority.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_THREAD_NICE)
+    except (OSError, AttributeError):
+        pass
+
+
+def check_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread, at nice ``CHECK_THREAD_NICE``, to run ``AccountStore.verify`` on
+    (scrypt releases the GIL): the checks run one at a time, off any event loop, and
+    only on CPU nothing more urgent wants."""
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="login-check", initializer=_lower_thread_priority
+    )
 
 
 def create_demo_accounts(data_dir: str | os.PathLike[str], count: int = 3) -> dict[int, int]:

@@ -7,7 +7,9 @@ one client connection, so all of it is tested with a fake clock and no network:
   one is answered ``J`` BAD_CREDENTIALS and the session closes; a second login is
   ``X`` ALREADY_LOGGED_IN; requests before a login are ``X`` NOT_LOGGED_IN. A
   ``verify`` that returns None defers the answer (the gateway runs the slow scrypt
-  check off its loop) until ``finish_login(ok, ...)``; input meanwhile waits.
+  check off its loop) until ``finish_login(ok, ...)``; input meanwhile waits. A
+  ``verify`` that returns a ``Reason`` refuses the login unchecked with that reason
+  (``J`` THROTTLED: too many failed logins, ``ringex.limits.FailedLoginLimit``).
 - limits: a token bucket on requests (``X`` THROTTLED beyond the rate), a cap on
   requests waiting for their ``K`` (in flight, also THROTTLED), a budget of frames
   with unknown message types after which the session is closed with ``E``.
@@ -39,6 +41,7 @@ from ringex.codes import MsgType, Reason, ReplyType, Side
 from ringex.config import OrderEntryLimits
 from ringex.order_entry.protocol import (
     COMMAND,
+    FRAME_SIZE,
     NEED_DATA,
     FrameDecoder,
     SymbolTable,
@@ -314,6 +317,9 @@ class Session:
         self._held: tuple[np.ndarray, int, int] | None = None
         self._urgent = bytearray()  # heartbeats: not replies, so they need not wait in order
         self.pending_acks = 0
+        # replies decided but not handed out by ``data_to_send`` yet (K's waiting for
+        # the journal and everything queued behind them): the gateway bounds them
+        self.queued_replies = 0
         self.requests = 0
 
     # -- input -------------------------------------------------------------------
@@ -325,8 +331,11 @@ class Session:
         if not data:
             self.state = SessionState.CLOSED
             return
-        self._last_received = self.clock.monotonic()
         self._decoder.receive_data(data)
+        if self._decoder.buffered >= FRAME_SIZE:
+            # only whole frames count as hearing from the client: a trickle of bytes that
+            # never completes a frame cannot keep a session open past its idle timeout
+            self._last_received = self.clock.monotonic()
         if self.state is SessionState.VERIFYING:
             # frames wait in the decoder until the login is decided; bounded, so a
             # client cannot make us hold its flood while the check runs
@@ -337,7 +346,7 @@ class Session:
         if frames is not NEED_DATA:
             self._process(frames, 0, self.clock.time_ns(), ready, publish)
 
-    def finish_login(self, ok: bool, ready: bool, publish: Publish) -> None:
+    def finish_login(self, ok: bool | Reason, ready: bool, publish: Publish) -> None:
         """The answer to a login ``verify`` deferred (returned None): queue the ``A``
         or ``J``, then process whatever arrived meanwhile."""
         if self.state is not SessionState.VERIFYING:
@@ -345,7 +354,7 @@ class Session:
         frames, index, ts_ns = self._held
         self._held = None
         self._last_received = self.clock.monotonic()  # its silence so far was our delay
-        self._answer_login(frames[index], bool(ok), ts_ns)
+        self._answer_login(frames[index], ok, ts_ns)
         if self.state is not SessionState.LOGGED_IN:
             return
         if index + 1 < len(frames):
@@ -404,7 +413,7 @@ class Session:
                     self.state = SessionState.VERIFYING
                     self._held = (frames, end, ts_ns)
                     return
-                self._answer_login(frame, bool(verdict), ts_ns)
+                self._answer_login(frame, verdict, ts_ns)
                 if self.state is not SessionState.LOGGED_IN:
                     return
                 start = end + 1
@@ -449,21 +458,23 @@ class Session:
                 seq_column[rows] = np.arange(first_seq, first_seq + len(rows), dtype=np.uint64)
                 self.pending_acks += len(rows)
         self._queue.append([replies, reply_symbol, 0])
+        self.queued_replies += len(replies)
 
-    def _answer_login(self, frame, ok: bool, ts_ns: int) -> None:
+    def _answer_login(self, frame, verdict: bool | Reason, ts_ns: int) -> None:
+        """Queue the ``A``, or the ``J`` (BAD_CREDENTIALS, or the ``Reason`` given) and close."""
         cid = int(frame["client_order_id"])
-        if ok:
+        refusal = verdict if isinstance(verdict, Reason) else None
+        if refusal is None and verdict:
             self.state = SessionState.LOGGED_IN
             self.account = int(frame["account"])
             self._params[P_ACCOUNT] = self.account
             reply = encode_reply(ReplyType.LOGIN_ACCEPTED, session=self.session_id, client_order_id=cid, ts_ns=ts_ns)
         else:
             self.state = SessionState.CLOSING
-            self.close_reason = Reason.BAD_CREDENTIALS
-            reply = encode_reply(
-                ReplyType.LOGIN_REJECTED, reason=Reason.BAD_CREDENTIALS, client_order_id=cid, ts_ns=ts_ns
-            )
+            self.close_reason = refusal or Reason.BAD_CREDENTIALS
+            reply = encode_reply(ReplyType.LOGIN_REJECTED, reason=self.close_reason, client_order_id=cid, ts_ns=ts_ns)
         self._queue.append([_reply_rows(reply), _READY_NOW, 0])
+        self.queued_replies += 1
 
     # -- output ------------------------------------------------------------------
 
@@ -471,6 +482,7 @@ class Session:
         self.state = SessionState.CLOSING
         self.close_reason = reason
         self._queue.append([_reply_rows(encode_reply(ReplyType.ERROR, reason=reason, ts_ns=ts_ns)), _READY_NOW, 0])
+        self.queued_replies += 1
 
     def data_to_send(self, durable: np.ndarray) -> bytes:
         """Every reply that may go out now, in request order, plus any heartbeat.
@@ -489,6 +501,7 @@ class Session:
             if stop > pos:
                 out += replies[pos:stop].tobytes()
                 self.pending_acks -= acks
+                self.queued_replies -= stop - pos
             if stop < len(replies):
                 entry[2] = stop
                 break

@@ -119,7 +119,10 @@ class MdExchange:
 
     def start_notifier(self, **market_data) -> NotifierProcess:
         """The notifier stage on these rings, its ``[market_data]`` settings changed by
-        ``market_data``."""
+        ``market_data``. Every load process connects from 127.0.0.1: the per-address
+        limits (256 connections, 10,000 requests at once by default) would refuse a
+        10,000-subscriber run, so they are raised unless given."""
+        market_data = {"max_connections_per_address": 20_000, "address_request_burst": 100_000, **market_data}
         settings = dataclasses.replace(self.stages.config.market_data, **market_data)
         self.stages.start(NOTIFIER, config=dataclasses.replace(self.stages.config, market_data=settings))
         return NotifierProcess(self.stages)
