@@ -13,7 +13,8 @@ of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions, rat
 timeouts and failed logins), ``[market_data]`` (``MarketDataSettings``: the notifier's
 connections, queues, deadlines, failed logins and fan-out), ``[journal]``
 (``JournalSettings``: the LMDB map), ``[scheduling]`` (who gets a core first) and
-``[cluster]`` (``ClusterSettings``: copies on NATS JetStream).
+``[cluster]`` (``ClusterSettings``: copies on NATS JetStream) and ``[fix]``
+(``FixSettings``: the FIX 4.4 acceptor, ``docs/fix.md``).
 ``market_data_outage`` says what the supervisor does when the notifier keeps dying
 (``docs/security.md``, "Halt policy"). ``examples/ringex.toml`` lists every key with
 its default; the limiters that enforce the limits are in ``ringex.limits``.
@@ -38,6 +39,7 @@ __all__ = [
     "OrderEntryLimits",
     "MarketDataSettings",
     "JournalSettings",
+    "FixSettings",
     "SchedulingSettings",
     "ClusterSettings",
     "Config",
@@ -105,12 +107,16 @@ class SymbolSpec:
 
 def _check_positive(where: str, obj) -> None:
     """Every field of a settings table is a positive int or a positive finite number, by
-    its annotation (a few may be 0, ``_ZERO_ALLOWED``), or a string."""
+    its annotation (a few may be 0, ``_ZERO_ALLOWED``), a string or a bool."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if f.type in ("str", str):
             if not isinstance(value, str):
                 raise ConfigError(f"{where}.{f.name}: must be a string, got {value!r}")
+            continue
+        if f.type in ("bool", bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{f.name}: must be true or false, got {value!r}")
             continue
         least = -1 if f.name in _AUTO_ALLOWED else 0 if f.name in _ZERO_ALLOWED else 1
         what = "a non-negative" if least == 0 else "a positive"
@@ -253,6 +259,39 @@ class JournalSettings:
             raise ConfigError(f"journal.max_map_size: {self.max_map_size} is below map_size {self.map_size}")
 
 
+@dataclasses.dataclass(frozen=True)
+class FixSettings:
+    """``[fix]``: the FIX 4.4 acceptor (``ringex.fix``, ``docs/fix.md``); it listens on
+    the top-level ``fix_port``."""
+
+    # Run the acceptor at all (a process of its own, and a consumer of every out-ring).
+    enabled: bool = True
+    # Our CompID: the SenderCompID of what the acceptor sends, the TargetCompID it expects.
+    comp_id: str = "RINGEX"
+    # FIX sessions connected at once; more are refused at accept.
+    max_sessions: int = 200
+    # A connection must send its Logon within this (seconds).
+    logon_timeout_s: float = 5.0
+    # After a Logout, how long the other side gets to answer before the socket is closed.
+    logout_timeout_s: float = 2.0
+    # Largest message accepted (bytes, whole frame); a bigger BodyLength ends the session.
+    max_message_bytes: int = 16384
+    # Largest gap between a message's SendingTime and our clock (QuickFIX's MaxLatency).
+    max_latency_s: float = 120.0
+    # fsync the session store on every commit (QuickFIX/J's FileStoreSync; off by
+    # default there too): without it a process crash loses nothing, a power cut may
+    # lose the last commits (docs/fix.md, "Durability").
+    store_sync: bool = False
+    # The store's LMDB map (it grows in place up to this; ~1 KiB per order).
+    store_map_size: int = 4 << 30
+
+    def __post_init__(self) -> None:
+        _check_positive("fix", self)
+        comp = self.comp_id
+        if not comp or not comp.isascii() or not comp.isprintable() or "=" in comp or len(comp) > 64:
+            raise ConfigError(f"fix.comp_id: must be 1-64 printable ASCII characters without '=', got {comp!r}")
+
+
 def parse_policy(where: str, text: str) -> tuple[str, int]:
     """A scheduling policy as ``("nice", n)`` (the normal scheduler at niceness n, -20..19)
     or ``("fifo", p)`` (SCHED_FIFO at real-time priority p, 1..99)."""
@@ -282,6 +321,8 @@ class SchedulingSettings:
     journaler: str = "nice:0"
     matcher: str = "nice:0"
     notifier: str = "nice:0"
+    # the FIX acceptor (role fix-acceptor): a client of the gateway, like the notifier off the ack path
+    fix: str = "nice:0"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -353,6 +394,7 @@ _TABLES = {
     "order_entry": OrderEntryLimits,
     "market_data": MarketDataSettings,
     "journal": JournalSettings,
+    "fix": FixSettings,
     "scheduling": SchedulingSettings,
     "cluster": ClusterSettings,
 }
@@ -369,6 +411,7 @@ class Config:
     order_port: int = 7001
     md_port: int = 7002
     ws_port: int = 7003
+    fix_port: int = 7004
     durability: str = "fsync"
     wait_strategy: str = "blocking"
     ring_capacity: int = 1 << 16
@@ -382,6 +425,7 @@ class Config:
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
+    fix: FixSettings = FixSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
     cluster: ClusterSettings = ClusterSettings()
 
@@ -405,7 +449,7 @@ class Config:
                 f"market_data_outage: must be one of {', '.join(MARKET_DATA_OUTAGE_POLICIES)},"
                 f" got {self.market_data_outage!r}"
             )
-        for key in ("order_port", "md_port", "ws_port"):
+        for key in ("order_port", "md_port", "ws_port", "fix_port"):
             port = getattr(self, key)
             if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
                 raise ConfigError(f"{key}: must be a port number 0-65535, got {port!r}")

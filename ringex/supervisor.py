@@ -6,6 +6,7 @@
         │
         ├─ spawns (``ringex.roles``), in order, each waiting for the last to report ready:
         │    journaler ─► matcher shard(s) (recover first) ─► notifier ─► gateway
+        │    ─► FIX acceptor (if ``[fix]`` is enabled: it enters orders through the gateway)
         │
         └─ watches: a child that dies is restarted, when and with what effect on
            trading as ``ringex.restart_policy`` says: while a journaler or matcher
@@ -21,9 +22,12 @@ accepted before everything behind it runs.
 
 Stopping (SIGINT/SIGTERM): the exchange goes to STOPPING and the gateway stops (its
 clients' unacknowledged requests are not lost: whatever reached an in-ring is drained
-and journaled); the supervisor waits until the shards and the journaler have taken
-everything in the rings, then stops the shards (each leaves a snapshot), the notifier
-and the journaler (which commits a last round), unlinks the shared memory and exits 0.
+and journaled); the supervisor waits until the shards, the journaler and the FIX
+acceptor have taken everything in the rings, then stops the FIX acceptor (it logs its
+sessions out with their last reports sent), the shards (each leaves a snapshot), the
+notifier and the journaler (which commits a last round), unlinks the shared memory and
+exits 0. The FIX acceptor's death does not stop order entry (the exchange stays
+READY while it restarts): it is an edge of the exchange, like a client.
 
 Resource handling: one exchange per data directory, enforced with a lock file (a
 second ``ringex up`` on the same directory is refused and told the pid of the first).
@@ -50,7 +54,7 @@ from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
 from ringex.restart_policy import RESTART_WINDOW_S, RestartPolicy
 from ringex.ring import Ring
-from ringex.topology import BRIDGE, JOURNALER, MATCHER, NOTIFIER, PRIMARY, SUPERVISOR, Topology
+from ringex.topology import BRIDGE, FIX, JOURNALER, MATCHER, NOTIFIER, PRIMARY, SUPERVISOR, Topology
 
 __all__ = ["Supervisor", "StartError", "prepare_journal", "RUN_FILE", "LOCK_FILE"]
 
@@ -173,7 +177,12 @@ class Supervisor:
             "started": time.time(),
             "topology": self.topology.to_json(),
             "host": self.config.host,
-            "ports": {"order": self.config.order_port, "md": self.config.md_port, "ws": self.config.ws_port},
+            "ports": {
+                "order": self.config.order_port,
+                "md": self.config.md_port,
+                "ws": self.config.ws_port,
+                **({"fix": self.config.fix_port} if self.topology.fix else {}),
+            },
             "durability": self.config.durability,
             "mode": self.topology.mode,
         }
@@ -218,6 +227,13 @@ class Supervisor:
             f"  order entry   {c.host}:{c.order_port}  (binary protocol v1, docs/protocol.md)",
             f"  market data   {c.host}:{c.md_port} (TCP, JSON lines)  ws://{c.host}:{c.ws_port}/ (WebSocket)",
             f"  web view      http://{c.host if ':' not in c.host else f'[{c.host}]'}:{c.ws_port}/  (the market in a browser)",
+        ]
+        if self.topology.fix:
+            lines.append(
+                f"  FIX 4.4       {c.host}:{c.fix_port}  (TargetCompID {c.fix.comp_id}, Username = account,"
+                " Password = token; docs/fix.md)"
+            )
+        lines += [
             "  symbols       "
             + ", ".join(f"{s.name} (tick {s.tick}, {s.price_min}..{s.price_max})" for s in c.symbols),
         ]
@@ -342,8 +358,10 @@ class Supervisor:
                 log.warning("rings not drained at shutdown; recovery will replay the journal")
                 break
             time.sleep(POLL_S)
-        # The shards first (each leaves a snapshot), the journaler last (it commits a
-        # last round after everyone upstream of it has stopped).
+        # The FIX acceptor (its sessions have had every report), the shards (each leaves
+        # a snapshot), the journaler last (it commits a last round after everyone
+        # upstream of it has stopped).
+        self._terminate(self._child(FIX))
         for role in self.topology.roles:
             if role.startswith(MATCHER):
                 self._terminate(self._child(role))

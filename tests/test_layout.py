@@ -24,6 +24,7 @@ PACKAGE = ROOT / "ringex"
 RESERVED = {topology.JOURNALER, topology.MATCHER, topology.NOTIFIER, topology.GATEWAY, topology.SUPERVISOR}
 # the cluster's roles (STANDBY is also the name of the `ringex standby` command)
 RESERVED |= {topology.BRIDGE, topology.FOLLOWER}
+RESERVED |= {topology.FIX}
 NAME_PARTS = (".in.", ".out.", ".bell.")
 # ord("A") .. ord("Z"): the range every letter code lives in
 LETTERS = range(ord("A"), ord("Z") + 1)

@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, with_nats: bool = True) ->
     parser.add_argument("--order-port", type=int, help="order entry port (default 7001)")
     parser.add_argument("--md-port", type=int, help="market data TCP port (default 7002)")
     parser.add_argument("--ws-port", type=int, help="market data WebSocket port (default 7003)")
+    parser.add_argument("--fix-port", type=int, help="FIX 4.4 acceptor port (default 7004; docs/fix.md)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--nats", metavar="URL", help="NATS JetStream to replicate to/from ([cluster] nats)")
     parser.add_argument("--replication", choices=("async", "sync"), help="[cluster] replication")
@@ -49,7 +50,7 @@ def config_from(args: argparse.Namespace, command: str) -> Config | None:
     """The config the flags ask for (None: a bad one, said on stderr)."""
     overrides = {
         key: getattr(args, key)
-        for key in ("data_dir", "durability", "host", "order_port", "md_port", "ws_port", "log_level")
+        for key in ("data_dir", "durability", "host", "order_port", "md_port", "ws_port", "fix_port", "log_level")
     }
     try:
         config = load_config(args.config, overrides=overrides)
