@@ -113,9 +113,10 @@ class FixStore:
             max_dbs=len(_DBS),
             sync=sync,
             metasync=sync,
-            # Commits write the map in place instead of pwrite()ing each dirty page: a
-            # third of the cost of a commit here (only this process writes the store).
-            writemap=True,
+            # Not writemap, though it would save about a third of a commit here: the map
+            # file is sparse, and a full disk would then kill the acceptor with SIGBUS
+            # mid-write instead of failing the commit with an error (as in ringex.wal).
+            writemap=False,
         )
         self._dbs = {name: self.env.open_db(name) for name in _DBS}
         self._txn: lmdb.Transaction | None = None
