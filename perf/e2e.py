@@ -405,7 +405,19 @@ def machine() -> dict:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "scheduler": scheduler(),
     }
+
+
+def scheduler() -> str:
+    """This process's scheduling policy, which the exchanges it starts inherit: a run
+    under ``chrt -f N`` has every process of both exchanges (and the load generator)
+    ahead of everything else on a shared machine, as on dedicated cores."""
+    policy = os.sched_getscheduler(0)
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        name = "SCHED_FIFO" if policy == os.SCHED_FIFO else "SCHED_RR"
+        return f"{name} {os.sched_getparam(0).sched_priority}"
+    return "normal (SCHED_OTHER)"
 
 
 def results_section(result: dict) -> str:
@@ -418,7 +430,8 @@ def results_section(result: dict) -> str:
         "",
         f"Machine: {m['cpus']} cores ({m['cpu_model']}), Python {m['python']}, Linux {m['kernel']}; load average "
         f"{m['loadavg_at_start'][0]} at the start and {m.get('loadavg_at_end', ['?'])[0]} at the end (other "
-        "engineers' work shares the machine; each run's own is in the last column below).",
+        "engineers' work shares the machine; each run's own is in the last column below); scheduling: "
+        f"{m.get('scheduler', 'normal (SCHED_OTHER)')}.",
         "",
         "Load: " + ", ".join(f"{v:.0%} {k}" for k, v in result["mix"].items()) + " (cancels and replaces target the"
         f" session's own resting orders, learned from acks) over {cfg['symbols']} symbols, "

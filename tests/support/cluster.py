@@ -57,6 +57,8 @@ class ClusterNode(RunningExchange):
         cmd = [sys.executable, "-m", "ringex", self.subcommand, "--data", str(self.data)]
         cmd += ["--durability", self.durability, "--config", str(self.config)]
         cmd += ["--order-port", str(self.order_port), "--md-port", str(self.md_port), "--ws-port", str(self.ws_port)]
+        # a primary (and a promoted standby) also runs the FIX acceptor: never on the default port
+        cmd += ["--fix-port", str(self.fix_port)]
         return cmd + self.extra
 
     def pids(self) -> list[int]:
