@@ -1,12 +1,13 @@
-"""The bridge's lanes against a stand-in for JetStream: what a restarted bridge does
-with the position it reads back."""
+"""The bridge against a real nats-server: what a restarted bridge does with the
+position it reads back from JetStream."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
+import nats
 import pytest
+from support.cluster import start_nats
 
 from ringex.cluster import jetstream
 from ringex.cluster.bridge import Bridge
@@ -16,36 +17,43 @@ from ringex.topology import BRIDGE, CMD, EVT, JOURNALER, Topology
 from ringex.wal import Journal
 
 
-class HoldsCommands:
-    """JetStream as a killed bridge left it: ``held`` commands of each symbol stored
-    (every one the journal has), no event; publishing is not expected."""
+async def _as_a_killed_bridge_left_it(url: str, config: Config, held: int) -> int:
+    """Publish what a bridge killed between JetStream's ack and its own cursor update
+    left behind: the first ``held`` commands of every symbol, each subject's one message,
+    with the headers the bridge writes. Returns the command stream's last sequence."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await jetstream.ensure_streams(js, config.cluster)
+        for symbol in (s.name for s in config.symbols):
+            subject = jetstream.subject(config.cluster, CMD, symbol)
+            records = make_records(COMMAND, held, symbol=symbol)
+            await js.publish(subject, records.tobytes(), headers=jetstream.encode_headers(subject, 0, held, 0))
+        return (await js.stream_info(jetstream.stream_name(config.cluster, CMD))).state.last_seq
+    finally:
+        await nc.close()
 
-    def __init__(self, config: Config, held: int) -> None:
-        self.config = config
-        self.held = held
 
-    async def get_last_msg(self, stream: str, subject: str):
-        from nats.js.errors import NotFoundError
-
-        if not subject.startswith(jetstream.subject(self.config.cluster, CMD, "")):
-            raise NotFoundError
-        records = make_records(COMMAND, self.held, symbol=jetstream.symbol_of(subject))
-        headers = jetstream.encode_headers(subject, 0, self.held, 0)
-        return SimpleNamespace(headers=headers, data=records.tobytes(), seq=1)
-
-    async def publish(self, *args, **kwargs):
-        raise AssertionError("nothing is left to publish")
+async def _one_round(url: str, bridge: Bridge, config: Config) -> tuple[bool, int]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        moved = await bridge._round(js)
+        return moved, (await js.stream_info(jetstream.stream_name(config.cluster, CMD))).state.last_seq
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
 def sync_primary(tmp_path):
-    """A sync-replication primary's rings and journal, the ring bases recorded as the
-    journaler records them, and three commands of each symbol journaled (the journaler's
-    cursor) but not acked (the bridge's)."""
+    """A real nats-server, and a sync-replication primary's rings and journal: the ring
+    bases recorded as the journaler records them, three commands of each symbol
+    journaled (the journaler's cursor) but not acked (the bridge's)."""
+    server = start_nats(tmp_path / "nats")
     config = Config(
-        data_dir=str(tmp_path),
+        data_dir=str(tmp_path / "data"),
         ring_capacity=16,
-        cluster=ClusterSettings(nats="nats://127.0.0.1:4222", replication="sync"),
+        cluster=ClusterSettings(nats=server.url, replication="sync"),
     )
     topology = Topology.for_config(config, prefix=f"rxb{tmp_path.name[-6:]}")
     rings = topology.create()
@@ -62,11 +70,12 @@ def sync_primary(tmp_path):
             journaler.poll()
             journaler.commit(2)
             ring.close()
-        yield config, topology
+        yield server.url, config, topology
     finally:
         for ring in rings:
             ring.close()
         topology.remove()
+        server.stop()
 
 
 def test_a_restarted_bridge_acks_the_commands_jetstream_already_holds(sync_primary):
@@ -74,11 +83,13 @@ def test_a_restarted_bridge_acks_the_commands_jetstream_already_holds(sync_prima
     # it moved consumer BRIDGE: the gateway still waits to ack those commands, and its
     # client sends nothing more until it has its ack. Nothing is left to publish, so
     # the new bridge must ack them when it reads its position back.
-    config, topology = sync_primary
+    url, config, topology = sync_primary
+    last_seq = asyncio.run(_as_a_killed_bridge_left_it(url, config, held=3))
     bridge = Bridge(config, topology)
     try:
         assert all(consumer.cursor == -1 for consumer in bridge.acks.values())
-        assert asyncio.run(bridge._round(HoldsCommands(config, held=3)))
+        _, after = asyncio.run(_one_round(url, bridge, config))
+        assert after == last_seq, "the bridge published commands JetStream already had"
         for symbol in topology.symbols:
             ring = topology.attach_in(symbol, readonly=True)
             assert ring.consumer_cursor(BRIDGE) == 2, f"{symbol}: the held commands are not acked"
