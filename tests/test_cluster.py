@@ -111,13 +111,16 @@ def test_followers_and_a_standby_follow_a_primary_through_faults_and_promotion(t
     account, token = next(iter(primary.accounts.items()))
 
     watch = {
-        (host, symbol): Recorder(node.md_port, symbol)
+        (host, symbol): Recorder(node.md_port, symbol, host=host)
         for host, node in (("primary", primary), *followers.items())
         for symbol in SYMBOLS
     }
-    flow = OrderFlow(primary.order_port, account, token, SYMBOLS, PAIRS).start()
+    # the flow holds at four fifths until b is back and subscribed again: a subscriber
+    # only gets the trades after its subscription, and b's restart takes seconds, more
+    # than the rest of a quick flow
+    flow = OrderFlow(primary.order_port, account, token, SYMBOLS, PAIRS, hold_at=PAIRS * 4 // 5).start()
 
-    # faults mid-flow, each at its share of the flow
+    # faults mid-flow, each at its share of the flow (done() counts orders, two per pair)
     wait_for(lambda: flow.done() >= PAIRS * 2 // 5, "a fifth of the flow")
     os.kill(primary.pid_of(BRIDGE), signal.SIGKILL)
     wait_for(lambda: flow.done() >= PAIRS * 4 // 5, "two fifths of the flow")
@@ -129,10 +132,12 @@ def test_followers_and_a_standby_follow_a_primary_through_faults_and_promotion(t
     followers["b"].stop()
     for recorder in before_b.values():
         recorder.close()
-    time.sleep(0.5)
+    # trades b misses while it is down (its feeder catches them up from JetStream)
+    wait_for(lambda: flow.done() >= 2 * flow.hold_at, "four fifths of the flow, with b down")
     followers["b"].start()
     for symbol in SYMBOLS:
-        watch["b", symbol] = Recorder(followers["b"].md_port, symbol)
+        watch["b", symbol] = Recorder(followers["b"].md_port, symbol, host="b")
+    flow.release()  # the last fifth: trades b's new subscribers must see
     flow.join()
     assert len(flow.acked) == 2 * PAIRS and flow.rejected == 0
 

@@ -30,8 +30,10 @@ concurrently).
   drops a retried publish whose first try landed.
 - **sync replication.** The bridge is also consumer ``BRIDGE`` of every in-ring, gated on
   the journaler, and the gateway acks on that cursor (``Topology.ack_consumer``): the
-  lane commits it once JetStream acked the commands, which wakes the gateway. The
-  journaler's commit posts the bridge's pipe doorbell, so it wakes on each commit.
+  lane commits it once JetStream acked the commands, which wakes the gateway, and also
+  each time it reads its position from JetStream (commands an earlier life of the bridge
+  published but died before acking). The journaler's commit posts the bridge's pipe
+  doorbell, so it wakes on each commit.
 - **async replication.** The bridge is no ring's consumer, so a bridge that is down or
   cut off from NATS never holds up trading.
 - **Waking.** The bridge wakes when the journal file is written (inotify: every commit
@@ -259,6 +261,12 @@ class Bridge:
                 )
                 lane.next = -2  # never again in this process: an operator must look
                 return
+            if lane.kind == CMD and self.sync:
+                # JetStream may hold commands nobody acked: the previous bridge died (or
+                # our publish failed) after the message landed and before the cursor was
+                # committed. Ack them now; a gateway waiting for them (a client waiting
+                # for its ack sends nothing more) would otherwise wait forever
+                self._ack_commands(lane)
         while True:
             end = lane.durable_end()
             if lane.kind == EVT:

@@ -69,18 +69,24 @@ class ClusterNode(RunningExchange):
 
 class Recorder:
     """A market data subscriber on its own thread: subscribes to ``channels`` of
-    ``symbol`` and keeps every message until ``close()``."""
+    ``symbol`` and keeps every message until ``close()``. ``subscribed`` keeps each
+    channel's seq when the subscription took effect (what came before is not sent);
+    ``host`` names the node in failure messages."""
 
-    def __init__(self, port: int, symbol: str, channels=("trades", "bbo")) -> None:
+    def __init__(self, port: int, symbol: str, channels=("trades", "bbo"), host: str = "") -> None:
         from ringex.market_data.client import MdClient
 
         self.client = MdClient("127.0.0.1", port, timeout=30.0)
         self.symbol = symbol
+        self.host = host
         self.messages: list[dict] = []
         self.closed = False
         for channel in channels:
             self.client.subscribe(channel, symbol)
-        self.client.recv_until(lambda m: m["type"] == "subscribed" and m["channel"] == channels[-1], timeout=30.0)
+        acks = self.client.recv_until(
+            lambda m: m["type"] == "subscribed" and m["channel"] == channels[-1], timeout=30.0
+        )
+        self.subscribed = {m["channel"]: m["seq"] for m in acks if m["type"] == "subscribed"}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -109,8 +115,10 @@ class Recorder:
             if time.monotonic() > deadline or self.closed:
                 have = self.trades()[-1]["seq"] if self.trades() else None
                 kinds = collections.Counter(m["type"] for m in self.messages)
+                where = f"{self.host} {self.symbol}" if self.host else self.symbol
                 raise AssertionError(
-                    f"{self.symbol}: trade seq {seq} never came (last {have}, closed {self.closed}; got {dict(kinds)})"
+                    f"{where}: trade seq {seq} never came (last {have}, closed {self.closed}; got {dict(kinds)};"
+                    f" subscribed at {self.subscribed})"
                 )
             time.sleep(0.05)
 
@@ -123,13 +131,31 @@ class Recorder:
 class OrderFlow:
     """One trader on its own thread: on each symbol in turn a buy, then a sell that
     trades with it, ``pairs`` times, waiting for each ack. ``acked`` keeps
-    ``(symbol, journal seq, order id)`` of every ack."""
+    ``(symbol, journal seq, order id)`` of every ack.
 
-    def __init__(self, port: int, account: int, token: int, symbols, pairs: int, pause_s: float = 0.0) -> None:
+    With ``hold_at``, the flow stops after that many pairs until ``release()``: a test
+    that must see trades after something it does (a restarted node's subscribers) holds
+    the rest of the flow until it has done it, however long that takes."""
+
+    # how long a held flow waits for release() before it gives up (the test failed)
+    HOLD_TIMEOUT_S = 300.0
+
+    def __init__(
+        self,
+        port: int,
+        account: int,
+        token: int,
+        symbols,
+        pairs: int,
+        pause_s: float = 0.0,
+        hold_at: int | None = None,
+    ) -> None:
         self.port, self.account, self.token = port, account, token
         self.symbols = list(symbols)
         self.pairs = pairs
         self.pause_s = pause_s
+        self.hold_at = hold_at
+        self._released = threading.Event()
         self.acked: list[tuple[str, int, int]] = []
         self.rejected = 0
         self.error: BaseException | None = None
@@ -146,6 +172,8 @@ class OrderFlow:
             with OrderClient.connect("127.0.0.1", self.port, timeout=60.0) as client:
                 assert client.login(self.account, self.token).ok
                 for i in range(self.pairs):
+                    if i == self.hold_at and not self._released.wait(self.HOLD_TIMEOUT_S):
+                        raise TimeoutError(f"the flow was held at pair {i} and never released")
                     symbol = self.symbols[i % len(self.symbols)]
                     price = 100 + i % 7
                     for side in ("buy", "sell"):
@@ -160,7 +188,12 @@ class OrderFlow:
             self.error = exc
 
     def done(self) -> int:
+        """Orders answered so far (two per pair)."""
         return len(self.acked) + self.rejected
+
+    def release(self) -> None:
+        """Let a flow held at ``hold_at`` go on."""
+        self._released.set()
 
     def join(self, timeout: float = 300.0) -> None:
         self._thread.join(timeout)
