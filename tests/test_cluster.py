@@ -12,10 +12,13 @@ and, at the end, the loss of the primary and the standby's promotion.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import time
+import urllib.request
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -74,6 +77,13 @@ def assert_stream_is_the_journal(url: str, kind: str, data) -> None:
             assert journaled == b"".join(b[3] for b in mine), f"{kind} {symbol}: JetStream's records differ"
             if kind == CMD:
                 assert expected_first == journal.next_seq(symbol), f"{symbol}: commands missing from JetStream"
+
+
+def http_get(port: int, path: str) -> bytes:
+    """The body of a plain HTTP GET of ``path`` on 127.0.0.1:``port`` (the web view)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        assert response.status == 200
+        return response.read()
 
 
 def kill_all(node: ClusterNode) -> None:
@@ -160,6 +170,13 @@ def test_followers_and_a_standby_follow_a_primary_through_faults_and_promotion(t
         assert late and late == reference[late[0]["seq"] - 1 :]
     for recorder in watch.values():
         recorder.close()
+    # a follower serves the web view as the primary does: the same page, its symbols
+    for node in (primary, followers["a"]):
+        assert (
+            http_get(node.ws_port, "/")
+            == resources.files("ringex.market_data").joinpath("static/index.html").read_bytes()
+        )
+        assert json.loads(http_get(node.ws_port, "/symbols.json")) == {"symbols": list(SYMBOLS)}
 
     # the bridge's copy is the journal, exactly once (despite the kill -9 and the outage)
     wait_for(
