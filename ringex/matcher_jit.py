@@ -25,11 +25,17 @@ Arena layout (``int64`` words; offsets of the three regions are in the header):
 - index, ``2 * index_size`` words: open addressing with linear probing and
   backward-shift deletion (no tombstones, so probe lengths do not grow with churn),
   pairs of (order id, pool slot) with slot -1 for an empty bucket;
-- accounts, ``account_slots * ACCOUNT_WORDS``: one record per account that has resting
-  orders or limits of its own (account, open orders, its limits, kill switch, free-list
-  link, in use), and their index, pairs of (account, record) like the order index.
-  A resting order keeps its account's record number in its flags (bits 24 and up), so
-  counting open orders costs no lookup when it rests or leaves.
+- accounts, ``account_slots * ACCOUNT_WORDS``: one record per account that has limits of
+  its own, or resting orders while open orders are counted (account, open orders, its
+  limits, kill switch, free-list link, in use), and their index, pairs of (account,
+  record) like the order index.
+
+Open orders are counted per account only once a book has had a max-open-orders limit
+(``H_TRACK_OPEN``): setting the first one counts the resting orders from the book, and
+from then on a resting order keeps its account's record number + 1 in its flags (bits
+24 and up), so counting costs no lookup when it rests or leaves. A book that never had
+such a limit, or any limit, runs the matching path of a book without risk: no lookup,
+no count.
 
 Pre-trade risk (``ringex.engine.risk`` says what each limit means): the header holds the
 symbol's limits, the last trade price and the reference price; an account's own limits
@@ -111,9 +117,18 @@ H_ACCOUNT_MASK = 30
 H_ACCOUNT_SLOTS = 31
 H_ACCOUNT_FREE = 32  # head of the free list of account records
 H_PINNED = 33  # records kept for their limits or kill switch (at most RISK_ACCOUNTS)
+H_TRACK_OPEN = 34  # 1 once open orders are counted per account (see the module docstring)
 HEADER_WORDS = 48
 # The risk words a snapshot carries over (the rest of the header is the spec or derived).
-RISK_HEADER = (H_LAST_PRICE, H_REFERENCE_PRICE, H_COLLAR_BPS, H_LIMIT_QTY, H_LIMIT_NOTIONAL, H_LIMIT_OPEN)
+RISK_HEADER = (
+    H_LAST_PRICE,
+    H_REFERENCE_PRICE,
+    H_COLLAR_BPS,
+    H_LIMIT_QTY,
+    H_LIMIT_NOTIONAL,
+    H_LIMIT_OPEN,
+    H_TRACK_OPEN,
+)
 
 # ---- ladder and pool fields -----------------------------------------------------------
 L_HEAD = 0
@@ -128,7 +143,7 @@ P_LEVEL = 3
 P_QTY = 4
 P_PREV = 5
 P_NEXT = 6
-P_FLAGS = 7  # side | order_type << 8 | tif << 16 | account record << 24
+P_FLAGS = 7  # side | order_type << 8 | tif << 16 | (account record + 1, or 0) << 24
 ORDER_WORDS = 8
 FLAG_BITS = 24
 FLAG_MASK = (1 << FLAG_BITS) - 1
@@ -440,6 +455,31 @@ def _account_get(arena, account):
     return rec
 
 
+@njit(cache=True)
+def _track_open(arena):
+    """Start counting open orders per account: give every resting order its account's
+    record and count it. Called when the book gets its first max-open-orders limit;
+    the counts are a function of the book, so a replay starts them alike."""
+    if arena[H_TRACK_OPEN]:
+        return
+    for side_ix in range(2):
+        level = arena[H_BEST_BID + side_ix]
+        step = -1 if side_ix == 0 else 1
+        remaining = arena[H_COUNT_BID + side_ix]
+        base = arena[H_OFF_LADDER] + side_ix * arena[H_LEVELS] * LEVEL_WORDS
+        while remaining > 0:
+            slot = arena[base + level * LEVEL_WORDS + L_HEAD]
+            while slot >= 0:
+                ob = arena[H_OFF_POOL] + slot * ORDER_WORDS
+                rec = _account_get(arena, arena[ob + P_ACCOUNT])
+                arena[ob + P_FLAGS] = (arena[ob + P_FLAGS] & FLAG_MASK) | ((rec + 1) << FLAG_BITS)
+                arena[_account_base(arena, rec) + A_OPEN] += 1
+                remaining -= 1
+                slot = arena[ob + P_NEXT]
+            level += step
+    arena[H_TRACK_OPEN] = 1
+
+
 @njit(cache=True, inline="always")
 def _tighter(a, b):
     """The tighter of two limits where 0 means none."""
@@ -488,7 +528,8 @@ def _append(arena, slot, side_ix, level):
     arena[lb + L_QTY] += qty
     arena[H_COUNT_BID + side_ix] += 1
     arena[H_QTY_BID + side_ix] += qty
-    arena[_account_base(arena, arena[ob + P_FLAGS] >> FLAG_BITS) + A_OPEN] += 1
+    if arena[H_TRACK_OPEN]:
+        arena[_account_base(arena, (arena[ob + P_FLAGS] >> FLAG_BITS) - 1) + A_OPEN] += 1
     if side_ix == 0:
         if level > arena[H_BEST_BID]:
             arena[H_BEST_BID] = level
@@ -518,7 +559,8 @@ def _unlink(arena, slot, side_ix):
     arena[lb + L_QTY] -= qty
     arena[H_COUNT_BID + side_ix] -= 1
     arena[H_QTY_BID + side_ix] -= qty
-    arena[_account_base(arena, arena[ob + P_FLAGS] >> FLAG_BITS) + A_OPEN] -= 1
+    if arena[H_TRACK_OPEN]:
+        arena[_account_base(arena, (arena[ob + P_FLAGS] >> FLAG_BITS) - 1) + A_OPEN] -= 1
     arena[ob + P_LEVEL] = -1
     arena[ob + P_PREV] = -1
     arena[ob + P_NEXT] = -1
@@ -567,13 +609,20 @@ def _release(arena, slot):
 # events
 # =====================================================================================
 
+# Explicit signatures on the helpers that many call sites use: numba compiles a callee
+# once per combination of *literal* arguments it is called with from jitted code (each
+# event kind and reason constant), which made ``_emit_command`` alone 27 specialisations
+# and the first start's compile twice as long. Fixed types compile each once, when the
+# module is imported (from numba's cache after the first time); so they must be
+# defined after whatever they call.
+
 
 @njit(cache=True, inline="always")
 def _word0(kind, side, reason, order_type, tif):
     return kind | (side << 8) | (reason << 16) | (order_type << 24) | (tif << 32)
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)", cache=True)
 def _emit(arena, ev, n, word0, seq, ts, oid, coid, acct, price, qty, remaining, trade_id, c_oid, c_coid, c_acct, c_rem):
     row = ev[n]
     row[0] = word0
@@ -595,7 +644,7 @@ def _emit(arena, ev, n, word0, seq, ts, oid, coid, acct, price, qty, remaining, 
     return n + 1
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[:, ::1], i8, i8[::1], i8, i8, i8, i8, i8)", cache=True)
 def _emit_command(arena, ev, n, cmd, seq, kind, reason, qty, remaining):
     """An event about the command itself: its ids and fields as it gave them."""
     w0 = cmd[0]
@@ -603,7 +652,7 @@ def _emit_command(arena, ev, n, cmd, seq, kind, reason, qty, remaining):
     return _emit(arena, ev, n, word0, seq, cmd[7], cmd[3], cmd[2], cmd[6], cmd[4], qty, remaining, 0, 0, 0, 0, 0)
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8)", cache=True)
 def _emit_order(arena, ev, n, slot, seq, ts, kind, reason, coid, qty, remaining):
     """An event about a pool order: its side, type, tif, id, account and price."""
     ob = _order_base(arena, slot)
@@ -663,7 +712,7 @@ def _fok_fillable(arena, side_ix, limit_level, is_market, qty, account):
     return avail >= qty
 
 
-@njit(cache=True)
+@njit("Tuple((i8, i8, b1))(i8[::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, b1, i8, i8, i8, i8)", cache=True)
 def _take(arena, ev, n, seq, ts, t_word0, side_ix, limit_level, is_market, qty, oid, coid, acct):
     """Match a taker against the opposite side in price-time priority.
 
@@ -778,7 +827,7 @@ def _collar_level(arena, side_ix):
     return level if level < top else top
 
 
-@njit(cache=True)
+@njit("b1(i8[::1], i8, i8, b1, i8, i8)", cache=True)
 def _over_notional(arena, rec, side_ix, is_market, price, qty):
     """Whether price x qty exceeds the tighter notional limit. A market order is
     priced at the reference (last trade, else reference price), else at the best
@@ -808,7 +857,16 @@ def _risk_applies(arena, rec):
     return rec >= 0 and _pinned(arena, _account_base(arena, rec))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _risk_record(arena, account):
+    """The record risk checks need for ``account``: -1 without a lookup when no account
+    has limits of its own and the symbol has no open-order limit (which needs the count)."""
+    if arena[H_PINNED] == 0 and arena[H_LIMIT_OPEN] == 0:
+        return -1
+    return _account_find(arena, account)
+
+
+@njit("i8(i8[::1], i8, i8, b1, i8, i8, b1)", cache=True)
 def _risk_refusal(arena, rec, side_ix, is_market, price, qty, rests):
     """The first pre-trade check a new order fails, as a reject reason, or R_NONE.
 
@@ -837,7 +895,7 @@ def _risk_refusal(arena, rec, side_ix, is_market, price, qty, rests):
     return R_NONE
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _new_order(arena, cmd, seq, ev, n):
     w0 = cmd[0]
     side = (w0 >> 8) & 0xFF
@@ -871,7 +929,7 @@ def _new_order(arena, cmd, seq, ev, n):
         return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_DUPLICATE_ORDER_ID, qty, 0)
     rests = tif == TIF_GTC or tif == TIF_POST_ONLY
     side_ix = _side_ix(side)
-    rec = _account_find(arena, acct)
+    rec = _risk_record(arena, acct)
     if _risk_applies(arena, rec):
         refusal = _risk_refusal(arena, rec, side_ix, is_market, price, qty, rests)
         if refusal != R_NONE:
@@ -903,21 +961,22 @@ def _new_order(arena, cmd, seq, ev, n):
         return _emit_command(arena, ev, n, cmd, seq, EV_CANCELLED, R_IOC_REMAINDER, rem, 0)
     if tif == TIF_FOK:  # unreachable after _fok_fillable; kept so no remainder ever rests
         return _emit_command(arena, ev, n, cmd, seq, EV_CANCELLED, R_FOK_UNFILLED, rem, 0)
-    if rec < 0:
-        rec = _account_get(arena, acct)
+    owner = 0  # record + 1 while open orders are counted
+    if arena[H_TRACK_OPEN]:
+        owner = (rec if rec >= 0 else _account_get(arena, acct)) + 1
     slot = _alloc(arena)
     ob = _order_base(arena, slot)
     arena[ob + P_ORDER_ID] = oid
     arena[ob + P_CLIENT_ORDER_ID] = coid
     arena[ob + P_ACCOUNT] = acct
     arena[ob + P_QTY] = rem
-    arena[ob + P_FLAGS] = side | (order_type << 8) | (tif << 16) | (rec << FLAG_BITS)
+    arena[ob + P_FLAGS] = side | (order_type << 8) | (tif << 16) | (owner << FLAG_BITS)
     _append(arena, slot, side_ix, level)
     _index_insert(arena, oid, slot)
     return _emit_order(arena, ev, n, slot, seq, ts, EV_ACCEPTED, R_NONE, coid, rem, rem)
 
 
-@njit(cache=True)
+@njit("UniTuple(i8, 2)(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _owned_order(arena, cmd, seq, ev, n):
     """The pool slot of the order a cancel/replace targets, or -1 after emitting a reject."""
     slot = _index_find(arena, cmd[3])
@@ -928,7 +987,7 @@ def _owned_order(arena, cmd, seq, ev, n):
     return slot, n
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _cancel(arena, cmd, seq, ev, n):
     slot, n = _owned_order(arena, cmd, seq, ev, n)
     if slot < 0:
@@ -941,7 +1000,7 @@ def _cancel(arena, cmd, seq, ev, n):
     return n
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _replace(arena, cmd, seq, ev, n):
     slot, n = _owned_order(arena, cmd, seq, ev, n)
     if slot < 0:
@@ -958,7 +1017,9 @@ def _replace(arena, cmd, seq, ev, n):
     flags = arena[ob + P_FLAGS]
     side = flags & 0xFF
     side_ix = _side_ix(side)
-    rec = flags >> FLAG_BITS
+    rec = (flags >> FLAG_BITS) - 1
+    if rec < 0:
+        rec = _risk_record(arena, arena[ob + P_ACCOUNT])
     if _risk_applies(arena, rec):
         # The order is open already, so the open-order limit does not apply; the others do.
         refusal = _risk_refusal(arena, rec, side_ix, False, cmd[4], qty, False)
@@ -992,14 +1053,15 @@ def _replace(arena, cmd, seq, ev, n):
     return n
 
 
-@njit(cache=True)
+@njit("UniTuple(i8, 2)(i8[::1], i8, i8, i8, i8, i8, i8[:, ::1], i8)", cache=True)
 def _cancel_account(arena, account, side_filter, seq, ts, reason, ev, n):
     """Cancel every resting order of ``account`` (one side, or both when ``side_filter``
     is 0) in priority order: bids best first, then asks best first, FIFO within a level,
     so a replay cancels in the same order. Returns (orders cancelled, events written)."""
-    rec = _account_find(arena, account)
-    if rec < 0 or arena[_account_base(arena, rec) + A_OPEN] == 0:
-        return 0, n
+    if arena[H_TRACK_OPEN]:
+        rec = _account_find(arena, account)
+        if rec < 0 or arena[_account_base(arena, rec) + A_OPEN] == 0:
+            return 0, n
     cancelled = 0
     for side_ix in range(2):
         if side_filter != 0 and side_filter != (SIDE_BUY if side_ix == 0 else SIDE_SELL):
@@ -1026,7 +1088,7 @@ def _cancel_account(arena, account, side_filter, seq, ts, reason, ev, n):
     return cancelled, n
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8, i8)", cache=True)
 def _mass_cancel(arena, cmd, seq, ev, n, reason):
     """``Op.MASS_CANCEL`` (the account's own request; ``side`` 0 for both sides) or
     ``Op.DISCONNECT`` (the gateway's, both sides). Ends with MASS_CANCELLED carrying the
@@ -1060,7 +1122,7 @@ def _clear_limits(arena):
     arena[H_PINNED] = pinned
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _set_limit(arena, cmd, seq, ev, n):
     """``Op.RISK``: set the limit named by the ``side`` byte (a ``RiskLimit``) to the
     ``price`` word, for the account in the ``order_id`` word (0: the symbol's own
@@ -1082,6 +1144,8 @@ def _set_limit(arena, cmd, seq, ev, n):
     ):
         return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_BAD_ORDER_TYPE, 0, 0)
     cancelled = 0
+    if limit == LIMIT_OPEN and value != 0:
+        _track_open(arena)
     if target == 0:
         if limit == LIMIT_CLEAR:
             _clear_limits(arena)
@@ -1260,7 +1324,12 @@ def _check_accounts(arena):
             slot = arena[_level_base(arena, side_ix, level) + L_HEAD]
             while slot >= 0:
                 ob = _order_base(arena, slot)
-                rec = arena[ob + P_FLAGS] >> FLAG_BITS
+                rec = (arena[ob + P_FLAGS] >> FLAG_BITS) - 1
+                if not arena[H_TRACK_OPEN]:
+                    if rec != -1:
+                        return 13
+                    slot = arena[ob + P_NEXT]
+                    continue
                 if rec < 0 or rec >= slots:
                     return 13
                 ab = _account_base(arena, rec)
@@ -1362,18 +1431,21 @@ def collect_orders(arena, out):
 @njit(cache=True)
 def load_orders(arena, orders, count):
     """Rest ``orders[:count]`` (rows as ``collect_orders`` writes them, in priority
-    order) in an empty book; used to restore a snapshot. Returns 0, or -1 if a row is
-    out of the band or the pool is full (a damaged snapshot)."""
+    order) in an empty book (whose ``H_TRACK_OPEN`` is set first, if the snapshot's
+    was); used to restore a snapshot. Returns 0, or -1 if a row is out of the band or
+    the pool is full (a damaged snapshot)."""
     for k in range(count):
         if arena[H_FREE_HEAD] < 0:
             return -1
         level = _price_level(arena, orders[k, 4])
         if level < 0 or orders[k, 5] <= 0 or orders[k, 3] >> FLAG_BITS != 0:
             return -1
-        rec = _account_get(arena, orders[k, 2])
-        if rec < 0:
-            return -1
-        flags = orders[k, 3] | (rec << FLAG_BITS)
+        flags = orders[k, 3]
+        if arena[H_TRACK_OPEN]:
+            rec = _account_get(arena, orders[k, 2])
+            if rec < 0:
+                return -1
+            flags |= (rec + 1) << FLAG_BITS
         slot = _alloc(arena)
         ob = _order_base(arena, slot)
         arena[ob + P_ORDER_ID] = orders[k, 0]

@@ -200,15 +200,15 @@ class Matcher:
         at = start + header_words
         orders = np.ascontiguousarray(words[at : at + 8 * count].reshape(count, 8))
         accounts = np.ascontiguousarray(words[at + 8 * count :].reshape(n_accounts, ACCOUNT_ROW_WORDS))
+        if version > 1:  # first: whether open orders are counted decides how orders rest
+            for slot in jit.RISK_HEADER:
+                book._arena[slot] = head[slot]
         if jit.load_accounts(book._arena, accounts, n_accounts) != 0:
             raise ValueError("snapshot: an account's limits do not fit the book (damaged snapshot)")
         if jit.load_orders(book._arena, orders, count) != 0:
             raise ValueError("snapshot: an order does not fit the book (damaged snapshot)")
         book._arena[jit.H_LAST_SEQ] = head[jit.H_LAST_SEQ]
         book._arena[jit.H_TRADE_COUNTER] = head[jit.H_TRADE_COUNTER]
-        if version > 1:
-            for slot in jit.RISK_HEADER:
-                book._arena[slot] = head[slot]
         try:
             book.validate()
         except BookCorrupt as exc:
