@@ -57,13 +57,18 @@ class _View:
         self.trades: collections.deque[dict] = collections.deque(maxlen=TRADES_SHOWN)
         self.events: collections.deque[dict] = collections.deque(maxlen=EVENTS_SHOWN)
         self.trade_seq: int | None = None
+        self.open_orders: list[dict] | None = None  # the orders snapshot, when subscribed
         self.status = "connecting"
 
     def on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         channel = msg.get("channel")
-        if kind == "subscribed" and channel == "trades":
-            self.trade_seq = msg["seq"]
+        if kind == "subscribed":
+            self.status = "live"
+            if channel == "trades":
+                self.trade_seq = msg["seq"]
+        elif kind == "orders_snapshot":
+            self.open_orders = msg["orders"]
         elif kind == "trade":
             if self.trade_seq is not None and msg["seq"] != self.trade_seq + 1:
                 self.status = f"trades: gap before seq {msg['seq']}"
@@ -79,7 +84,7 @@ class _View:
 
     def render(self):
         parts = [Text(f"ringex watch {self.symbol or ''}  [{self.status}]", style="bold")]
-        if self.symbol and not self.events:
+        if self.symbol and self.open_orders is None:
             book = Table(title=f"{self.symbol} top {self.levels}", expand=False)
             for col in ("bid qty", "bid", "ask", "ask qty"):
                 book.add_column(col, justify="right")
@@ -96,6 +101,20 @@ class _View:
                 style = "green" if t["taker_side"] == "buy" else "red"
                 tape.add_row(str(t["seq"]), when, str(t["price"]), str(t["qty"]), Text(t["taker_side"], style=style))
             parts += [book, tape]
+        if self.open_orders is not None:
+            table = Table(title=f"open orders when subscribed ({len(self.open_orders)})", expand=False)
+            for col in ("symbol", "order", "client id", "side", "price", "remaining"):
+                table.add_column(col, justify="right")
+            for o in self.open_orders[:EVENTS_SHOWN]:
+                table.add_row(
+                    o["symbol"],
+                    str(o["order_id"]),
+                    str(o["client_order_id"]),
+                    o["side"],
+                    str(o["price"]),
+                    str(o["remaining"]),
+                )
+            parts.append(table)
         if self.events:
             table = Table(title="my orders", expand=False)
             for col in ("seq", "symbol", "event", "order", "client id", "side", "price", "qty", "remaining", "reason"):
@@ -105,8 +124,8 @@ class _View:
                     str(e["seq"]),
                     e["symbol"],
                     e["type"],
-                    str(e["order_id"]),
-                    str(e["client_order_id"]),
+                    str(e.get("order_id", "")),
+                    str(e.get("client_order_id", "")),
                     e.get("side", ""),
                     str(e.get("price", "")),
                     str(e.get("qty", "")),
