@@ -154,7 +154,10 @@ class LocalExchange(_Subprocess):
 
     def command(self, order: int, md: int, ws: int) -> list[str]:
         cmd = [sys.executable, "-m", "ringex", "up", "--data", str(self.data), "--durability", self.durability]
-        return cmd + ["--order-port", str(order), "--md-port", str(md), "--ws-port", str(ws), *self.extra]
+        cmd += ["--order-port", str(order), "--md-port", str(md), "--ws-port", str(ws)]
+        if "--fix-port" not in self.extra:  # never the default 7004: two runs must not collide
+            cmd += ["--fix-port", str(free_ports(1)[0])]
+        return cmd + self.extra
 
     def pids(self) -> dict[str, int]:
         out = subprocess.run(

@@ -26,6 +26,20 @@ __all__ = [
     "EventReason",
     "Stp",
     "RiskLimit",
+    "Tag",
+    "FixMsgType",
+    "FIX44_MSG_TYPES",
+    "FixSide",
+    "FixOrdType",
+    "FixTimeInForce",
+    "ExecInst",
+    "ExecType",
+    "OrdStatus",
+    "OrdRejReason",
+    "CxlRejReason",
+    "CxlRejResponseTo",
+    "SessionRejectReason",
+    "BusinessRejectReason",
 ]
 
 
@@ -181,3 +195,184 @@ class Stp(enum.IntEnum):
     @classmethod
     def from_name(cls, name: str) -> Stp:
         return cls[name.upper()]
+
+
+####################################################################################
+# FIX 4.4 (ringex.fix): tag numbers and the values of the fields the acceptor speaks,
+# as the FIX 4.4 specification (and QuickFIX's FIX44.xml) spell them. FIX values are
+# text on the wire, so these are ``StrEnum``s of their wire form.
+####################################################################################
+
+
+class Tag(enum.IntEnum):
+    """FIX 4.4 tag numbers of every field ringex reads or writes."""
+
+    Account = 1
+    AvgPx = 6
+    BeginSeqNo = 7
+    BeginString = 8
+    BodyLength = 9
+    CheckSum = 10
+    ClOrdID = 11
+    CumQty = 14
+    EndSeqNo = 16
+    ExecID = 17
+    ExecInst = 18
+    LastPx = 31
+    LastQty = 32
+    MsgSeqNum = 34
+    MsgType = 35
+    NewSeqNo = 36
+    OrderID = 37
+    OrderQty = 38
+    OrdStatus = 39
+    OrdType = 40
+    OrigClOrdID = 41
+    PossDupFlag = 43
+    Price = 44
+    RefSeqNum = 45
+    SenderCompID = 49
+    SendingTime = 52
+    Side = 54
+    Symbol = 55
+    TargetCompID = 56
+    Text = 58
+    TimeInForce = 59
+    TransactTime = 60
+    PossResend = 97
+    EncryptMethod = 98
+    CxlRejReason = 102
+    OrdRejReason = 103
+    HeartBtInt = 108
+    TestReqID = 112
+    OrigSendingTime = 122
+    GapFillFlag = 123
+    ResetSeqNumFlag = 141
+    ExecType = 150
+    LeavesQty = 151
+    RefTagID = 371
+    RefMsgType = 372
+    SessionRejectReason = 373
+    BusinessRejectRefID = 379
+    BusinessRejectReason = 380
+    CxlRejResponseTo = 434
+    Username = 553
+    Password = 554
+    LastLiquidityInd = 851
+
+
+class FixMsgType(enum.StrEnum):
+    """MsgType (35) of the messages ringex's FIX acceptor handles or sends."""
+
+    HEARTBEAT = "0"
+    TEST_REQUEST = "1"
+    RESEND_REQUEST = "2"
+    REJECT = "3"
+    SEQUENCE_RESET = "4"
+    LOGOUT = "5"
+    EXECUTION_REPORT = "8"
+    ORDER_CANCEL_REJECT = "9"
+    LOGON = "A"
+    NEW_ORDER_SINGLE = "D"
+    ORDER_CANCEL_REQUEST = "F"
+    ORDER_CANCEL_REPLACE_REQUEST = "G"
+    BUSINESS_MESSAGE_REJECT = "j"
+
+
+# Every MsgType FIX 4.4 defines: one outside this set is a session-level Reject
+# (SessionRejectReason 11); one inside it that ringex does not handle is answered with
+# a BusinessMessageReject (unsupported message type).
+FIX44_MSG_TYPES = frozenset(
+    [*"0123456789ABCDEFGHJKLMNPQRSTVWXYZabcdefghijklmnopqrstuvwxyz"]
+    + [f"A{c}" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    + [f"B{c}" for c in "ABCDEFGH"]
+)  # (FIX 4.4 has no MsgType "I", "O" or "U")
+
+
+class FixSide(enum.StrEnum):
+    BUY = "1"
+    SELL = "2"
+
+
+class FixOrdType(enum.StrEnum):
+    MARKET = "1"
+    LIMIT = "2"
+
+
+class FixTimeInForce(enum.StrEnum):
+    DAY = "0"
+    GOOD_TILL_CANCEL = "1"
+    IMMEDIATE_OR_CANCEL = "3"
+    FILL_OR_KILL = "4"
+
+
+class ExecInst(enum.StrEnum):
+    # "participate, do not initiate": FIX's post-only
+    PARTICIPATE_DONT_INITIATE = "6"
+
+
+class ExecType(enum.StrEnum):
+    NEW = "0"
+    CANCELED = "4"
+    REPLACED = "5"
+    REJECTED = "8"
+    TRADE = "F"
+
+
+class OrdStatus(enum.StrEnum):
+    NEW = "0"
+    PARTIALLY_FILLED = "1"
+    FILLED = "2"
+    CANCELED = "4"
+    REJECTED = "8"
+    PENDING_NEW = "A"
+
+
+class OrdRejReason(enum.StrEnum):
+    BROKER_OPTION = "0"
+    UNKNOWN_SYMBOL = "1"
+    EXCHANGE_CLOSED = "2"
+    ORDER_EXCEEDS_LIMIT = "3"
+    UNKNOWN_ORDER = "5"
+    DUPLICATE_ORDER = "6"
+    UNSUPPORTED_ORDER_CHARACTERISTIC = "11"
+    INCORRECT_QUANTITY = "13"
+    OTHER = "99"
+
+
+class CxlRejReason(enum.StrEnum):
+    TOO_LATE_TO_CANCEL = "0"
+    UNKNOWN_ORDER = "1"
+    BROKER_OPTION = "2"
+    ALREADY_PENDING = "3"
+    DUPLICATE_CL_ORD_ID = "6"
+    OTHER = "99"
+
+
+class CxlRejResponseTo(enum.StrEnum):
+    ORDER_CANCEL_REQUEST = "1"
+    ORDER_CANCEL_REPLACE_REQUEST = "2"
+
+
+class SessionRejectReason(enum.StrEnum):
+    INVALID_TAG_NUMBER = "0"
+    REQUIRED_TAG_MISSING = "1"
+    TAG_NOT_DEFINED_FOR_MESSAGE_TYPE = "2"
+    UNDEFINED_TAG = "3"
+    TAG_WITHOUT_VALUE = "4"
+    VALUE_INCORRECT = "5"
+    INCORRECT_DATA_FORMAT = "6"
+    COMP_ID_PROBLEM = "9"
+    SENDING_TIME_ACCURACY = "10"
+    INVALID_MSG_TYPE = "11"
+    TAG_APPEARS_MORE_THAN_ONCE = "13"
+    OTHER = "99"
+
+
+class BusinessRejectReason(enum.StrEnum):
+    OTHER = "0"
+    UNKNOWN_ID = "1"
+    UNKNOWN_SECURITY = "2"
+    UNSUPPORTED_MESSAGE_TYPE = "3"
+    APPLICATION_NOT_AVAILABLE = "4"
+    CONDITIONALLY_REQUIRED_FIELD_MISSING = "5"

@@ -12,7 +12,9 @@ Besides the top-level keys and ``[symbols.NAME]``, each process's tuning has a t
 of its own: ``[order_entry]`` (``OrderEntryLimits``: the gateway's sessions, rates,
 timeouts and failed logins), ``[market_data]`` (``MarketDataSettings``: the notifier's
 connections, queues, deadlines, failed logins and fan-out), ``[journal]``
-(``JournalSettings``: the LMDB map) and ``[scheduling]`` (who gets a core first).
+(``JournalSettings``: the LMDB map), ``[scheduling]`` (who gets a core first) and
+``[cluster]`` (``ClusterSettings``: copies on NATS JetStream) and ``[fix]``
+(``FixSettings``: the FIX 4.4 acceptor, ``docs/fix.md``).
 Pre-trade risk limits are ``[risk.NAME]`` (``SymbolRisk``: a symbol's limits, for
 every account) and ``[accounts.ID]`` (``AccountSettings``: an account's own limits and
 cancel-on-disconnect); ``ringex.engine.risk`` turns them into journaled commands at
@@ -42,10 +44,12 @@ __all__ = [
     "OrderEntryLimits",
     "MarketDataSettings",
     "JournalSettings",
+    "FixSettings",
     "SchedulingSettings",
     "SymbolRisk",
     "AccountSettings",
     "MAX_COLLAR_BPS",
+    "ClusterSettings",
     "Config",
     "DEFAULT_SYMBOLS",
     "load_config",
@@ -111,12 +115,16 @@ class SymbolSpec:
 
 def _check_positive(where: str, obj) -> None:
     """Every field of a settings table is a positive int or a positive finite number, by
-    its annotation (a few may be 0, ``_ZERO_ALLOWED``), or a string."""
+    its annotation (a few may be 0, ``_ZERO_ALLOWED``), a string or a bool."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if f.type in ("str", str):
             if not isinstance(value, str):
                 raise ConfigError(f"{where}.{f.name}: must be a string, got {value!r}")
+            continue
+        if f.type in ("bool", bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{f.name}: must be true or false, got {value!r}")
             continue
         least = -1 if f.name in _AUTO_ALLOWED else 0 if f.name in _ZERO_ALLOWED else 1
         what = "a non-negative" if least == 0 else "a positive"
@@ -322,6 +330,39 @@ class JournalSettings:
             raise ConfigError(f"journal.max_map_size: {self.max_map_size} is below map_size {self.map_size}")
 
 
+@dataclasses.dataclass(frozen=True)
+class FixSettings:
+    """``[fix]``: the FIX 4.4 acceptor (``ringex.fix``, ``docs/fix.md``); it listens on
+    the top-level ``fix_port``."""
+
+    # Run the acceptor at all (a process of its own, and a consumer of every out-ring).
+    enabled: bool = True
+    # Our CompID: the SenderCompID of what the acceptor sends, the TargetCompID it expects.
+    comp_id: str = "RINGEX"
+    # FIX sessions connected at once; more are refused at accept.
+    max_sessions: int = 200
+    # A connection must send its Logon within this (seconds).
+    logon_timeout_s: float = 5.0
+    # After a Logout, how long the other side gets to answer before the socket is closed.
+    logout_timeout_s: float = 2.0
+    # Largest message accepted (bytes, whole frame); a bigger BodyLength ends the session.
+    max_message_bytes: int = 16384
+    # Largest gap between a message's SendingTime and our clock (QuickFIX's MaxLatency).
+    max_latency_s: float = 120.0
+    # fsync the session store on every commit (QuickFIX/J's FileStoreSync; off by
+    # default there too): without it a process crash loses nothing, a power cut may
+    # lose the last commits (docs/fix.md, "Durability").
+    store_sync: bool = False
+    # The store's LMDB map (it grows in place up to this; ~1 KiB per order).
+    store_map_size: int = 4 << 30
+
+    def __post_init__(self) -> None:
+        _check_positive("fix", self)
+        comp = self.comp_id
+        if not comp or not comp.isascii() or not comp.isprintable() or "=" in comp or len(comp) > 64:
+            raise ConfigError(f"fix.comp_id: must be 1-64 printable ASCII characters without '=', got {comp!r}")
+
+
 def parse_policy(where: str, text: str) -> tuple[str, int]:
     """A scheduling policy as ``("nice", n)`` (the normal scheduler at niceness n, -20..19)
     or ``("fifo", p)`` (SCHED_FIFO at real-time priority p, 1..99)."""
@@ -351,6 +392,8 @@ class SchedulingSettings:
     journaler: str = "nice:0"
     matcher: str = "nice:0"
     notifier: str = "nice:0"
+    # the FIX acceptor (role fix-acceptor): a client of the gateway, like the notifier off the ack path
+    fix: str = "nice:0"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -362,7 +405,59 @@ class SchedulingSettings:
     def policy(self, role: str) -> tuple[str, int]:
         """The policy of process ``role`` (a matcher shard's is ``matcher``'s)."""
         name = role.partition("-")[0]
-        return parse_policy(f"scheduling.{name}", getattr(self, name))
+        # the cluster's roles (bridge, standby and follower feeders) are off the ack path
+        # in async replication and run at the normal priority
+        return parse_policy(f"scheduling.{name}", getattr(self, name, "nice:0"))
+
+
+REPLICATION_MODES = ("async", "sync")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]``: copies of the journal on NATS JetStream (``ringex.cluster``,
+    docs/scale-out.md). With ``nats`` set, ``ringex up`` also runs the bridge, which
+    publishes every durable command and event to the streams ``<name>_cmd`` and
+    ``<name>_evt`` (subjects ``<name>.cmd.<SYMBOL>``, ``<name>.evt.<SYMBOL>``), where
+    followers and standbys read them. ``replication``: ``async`` acknowledges an order
+    once the journal has it (JetStream gets it a moment later); ``sync`` only once
+    JetStream has it too, so a promoted standby has every acknowledged order."""
+
+    nats: str = ""  # nats://host:port[,nats://...]; "" runs no bridge
+    name: str = "ringex"
+    replication: str = "async"
+    # records per JetStream message: one message per batch, cut at this size; 2,048
+    # events are 256 KiB, well under nats-server's 1 MiB default max_payload
+    max_batch: int = 2048
+    # stream replicas (1 on a one-server NATS; 3 on a three-server cluster)
+    replicas: int = 1
+    # how long one publish waits for JetStream's ack before it is retried
+    publish_timeout_s: float = 2.0
+    # a follower's or standby's durable consumer name; "" derives one from the host name
+    # and data directory (stable across restarts, distinct per feeder)
+    consumer: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nats, str):
+            raise ConfigError(f"cluster.nats: must be a string like 'nats://127.0.0.1:4222', got {self.nats!r}")
+        if self.nats and not all(u.strip().startswith(("nats://", "tls://")) for u in self.nats.split(",")):
+            raise ConfigError(
+                f"cluster.nats: must be nats://host:port (comma-separated for several), got {self.nats!r}"
+            )
+        if not isinstance(self.name, str) or not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise ConfigError(f"cluster.name: letters, digits, '-' and '_' only, got {self.name!r}")
+        if self.replication not in REPLICATION_MODES:
+            raise ConfigError(
+                f"cluster.replication: must be one of {', '.join(REPLICATION_MODES)}, got {self.replication!r}"
+            )
+        for key in ("max_batch", "replicas"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"cluster.{key}: must be a positive integer, got {value!r}")
+        if not isinstance(self.consumer, str) or not all(c.isalnum() or c in "-_" for c in self.consumer):
+            raise ConfigError(f"cluster.consumer: letters, digits, '-' and '_' only, got {self.consumer!r}")
+        if not isinstance(self.publish_timeout_s, int | float) or self.publish_timeout_s <= 0:
+            raise ConfigError(f"cluster.publish_timeout_s: must be positive, got {self.publish_timeout_s!r}")
 
 
 # [table] name -> its settings class and the Config field that holds it
@@ -370,7 +465,9 @@ _TABLES = {
     "order_entry": OrderEntryLimits,
     "market_data": MarketDataSettings,
     "journal": JournalSettings,
+    "fix": FixSettings,
     "scheduling": SchedulingSettings,
+    "cluster": ClusterSettings,
 }
 
 
@@ -385,6 +482,7 @@ class Config:
     order_port: int = 7001
     md_port: int = 7002
     ws_port: int = 7003
+    fix_port: int = 7004
     durability: str = "fsync"
     wait_strategy: str = "blocking"
     ring_capacity: int = 1 << 16
@@ -400,7 +498,9 @@ class Config:
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
+    fix: FixSettings = FixSettings()
     scheduling: SchedulingSettings = SchedulingSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     def __post_init__(self) -> None:
         for key in ("data_dir", "host"):
@@ -422,7 +522,7 @@ class Config:
                 f"market_data_outage: must be one of {', '.join(MARKET_DATA_OUTAGE_POLICIES)},"
                 f" got {self.market_data_outage!r}"
             )
-        for key in ("order_port", "md_port", "ws_port"):
+        for key in ("order_port", "md_port", "ws_port", "fix_port"):
             port = getattr(self, key)
             if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
                 raise ConfigError(f"{key}: must be a port number 0-65535, got {port!r}")

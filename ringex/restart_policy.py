@@ -7,6 +7,8 @@ The halt policy (``docs/security.md`` explains it to operators)::
     journaler        restart at once, trading paused     HALT: no trading without a journal
     matcher-N        restart at once, trading paused     HALT: no trading without a book
     gateway          restart (backoff from the 2nd)      keep restarting with backoff
+    fix-acceptor     restart (backoff from the 2nd),     keep restarting with backoff;
+                     trading goes on                     trading goes on
     notifier         market_data_outage = "continue" (default):
                      restart (backoff from the 2nd),     keep restarting with backoff;
                      trading goes on                     trading goes on
@@ -16,7 +18,9 @@ The halt policy (``docs/security.md`` explains it to operators)::
 
 Why: the journaler and the matchers are on the path of every order; if they cannot
 stay up, an acknowledgement could outrun what is durable or matched, so trading stops
-and an operator looks. The gateway and the notifier face clients. Whatever a client
+and an operator looks. The gateway, the notifier and the FIX acceptor face clients
+(the FIX acceptor is itself a client of the gateway: its sessions reconnect and
+recover what they missed by ResendRequest once it is back). Whatever a client
 sends must not be able to halt the exchange (issue 18: six short lines on the market
 data port did), so their crash loops are answered with restarts spaced out by an
 exponential backoff (their restarts cost CPU: the notifier replays the journal to

@@ -67,12 +67,13 @@ replace_stale=True)`` and ``Ring.remove_stale`` replace or remove only such ring
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import mmap
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import posix_ipc
@@ -765,6 +766,11 @@ class Ring:
     def consumer_cursor(self, name: str) -> int:
         """The last sequence consumer ``name`` committed, read now."""
         return self._words[_w_cursor(self.consumer_index(name))]
+
+    def cursor_reader(self, name: str) -> Callable[[], int]:
+        """A function that reads consumer ``name``'s cursor: ``consumer_cursor`` without
+        the name lookup, for loops that read it every turn (one C call, ~0.1 µs)."""
+        return functools.partial(self._words.__getitem__, _w_cursor(self.consumer_index(name)))
 
     def statistics(self) -> RingStatistics:
         """A snapshot of the cursors and who is attached. Cursors are read one by one

@@ -2,9 +2,10 @@
 
 Each role of ``Topology.roles`` is a function ``(config, topology, control) -> exit
 status`` in the module that owns the job (``run_journaler``, ``run_shard``,
-``run_notifier``, ``run_gateway``). ``main`` is the body of every child process: it
-detaches the child from the terminal, sets up logging, attaches the control block the
-topology names and reports the child's pid on it, runs the role, and reports it not
+``run_notifier``, ``run_gateway``, ``run_fix_acceptor``, and the cluster's
+``run_bridge``, ``run_standby``, ``run_follower``). ``main`` is the body of every child
+process: it detaches the child from the terminal, sets up logging, attaches the control
+block the topology names and reports the child's pid on it, runs the role, and reports it not
 ready on the way out. ``spawn`` starts ``main`` in a fresh interpreter: never ``fork``
 after numba, LMDB or posix_ipc objects exist (``DESIGN.md``).
 
@@ -22,7 +23,7 @@ import signal
 import sys
 
 from ringex.config import Config
-from ringex.topology import GATEWAY, JOURNALER, MATCHER, NOTIFIER, Topology
+from ringex.topology import BRIDGE, FIX, FOLLOWER, GATEWAY, JOURNALER, MATCHER, NOTIFIER, STANDBY, Topology
 
 __all__ = ["main", "spawn", "run_role", "apply_scheduling"]
 
@@ -48,6 +49,22 @@ def run_role(role: str, config: Config, topology: Topology, control) -> int:
         from ringex.order_entry.gateway import run_gateway
 
         return run_gateway(config, topology, control)
+    if role == BRIDGE:
+        from ringex.cluster.bridge import run_bridge
+
+        return run_bridge(config, topology, control)
+    if role == STANDBY:
+        from ringex.cluster.standby import run_standby
+
+        return run_standby(config, topology, control)
+    if role == FOLLOWER:
+        from ringex.cluster.follower import run_follower
+
+        return run_follower(config, topology, control)
+    if role == FIX:
+        from ringex.fix.acceptor import run_fix_acceptor
+
+        return run_fix_acceptor(config, topology, control)
     raise ValueError(f"unknown role {role!r} (roles: {', '.join(topology.roles)})")
 
 

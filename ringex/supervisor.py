@@ -6,6 +6,7 @@
         │
         ├─ spawns (``ringex.roles``), in order, each waiting for the last to report ready:
         │    journaler ─► matcher shard(s) (recover first) ─► notifier ─► gateway
+        │    ─► FIX acceptor (if ``[fix]`` is enabled: it enters orders through the gateway)
         │
         └─ watches: a child that dies is restarted, when and with what effect on
            trading as ``ringex.restart_policy`` says: while a journaler or matcher
@@ -21,9 +22,12 @@ accepted before everything behind it runs.
 
 Stopping (SIGINT/SIGTERM): the exchange goes to STOPPING and the gateway stops (its
 clients' unacknowledged requests are not lost: whatever reached an in-ring is drained
-and journaled); the supervisor waits until the shards and the journaler have taken
-everything in the rings, then stops the shards (each leaves a snapshot), the notifier
-and the journaler (which commits a last round), unlinks the shared memory and exits 0.
+and journaled); the supervisor waits until the shards, the journaler and the FIX
+acceptor have taken everything in the rings, then stops the FIX acceptor (it logs its
+sessions out with their last reports sent), the shards (each leaves a snapshot), the
+notifier and the journaler (which commits a last round), unlinks the shared memory and
+exits 0. The FIX acceptor's death does not stop order entry (the exchange stays
+READY while it restarts): it is an edge of the exchange, like a client.
 
 Resource handling: one exchange per data directory, enforced with a lock file (a
 second ``ringex up`` on the same directory is refused and told the pid of the first).
@@ -50,7 +54,7 @@ from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
 from ringex.restart_policy import RESTART_WINDOW_S, RestartPolicy
 from ringex.ring import Ring
-from ringex.topology import GATEWAY, JOURNALER, MATCHER, NOTIFIER, SUPERVISOR, Topology
+from ringex.topology import BRIDGE, FIX, JOURNALER, MATCHER, NOTIFIER, PRIMARY, SUPERVISOR, Topology
 
 __all__ = ["Supervisor", "StartError", "prepare_journal", "RUN_FILE", "LOCK_FILE"]
 
@@ -95,9 +99,14 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, out=sys.stdout) -> None:
+    """``mode`` (``ringex.topology.MODES``): a primary runs the whole exchange (and the
+    bridge when ``[cluster] nats`` is set); a standby (``ringex standby``) runs it with
+    its feeder from JetStream in place of the gateway; a follower (``ringex follow``)
+    runs only its feeder and a notifier."""
+
+    def __init__(self, config: Config, *, out=sys.stdout, mode: str = PRIMARY) -> None:
         self.config = config
-        self.topology = Topology.for_config(config)
+        self.topology = Topology.for_config(config, mode=mode)
         self.data = Path(config.data_dir)
         self.out = out
         self.control: ControlBlock | None = None
@@ -168,8 +177,14 @@ class Supervisor:
             "started": time.time(),
             "topology": self.topology.to_json(),
             "host": self.config.host,
-            "ports": {"order": self.config.order_port, "md": self.config.md_port, "ws": self.config.ws_port},
+            "ports": {
+                "order": self.config.order_port,
+                "md": self.config.md_port,
+                "ws": self.config.ws_port,
+                **({"fix": self.config.fix_port} if self.topology.fix else {}),
+            },
             "durability": self.config.durability,
+            "mode": self.topology.mode,
         }
         tmp = self.data / (RUN_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2))
@@ -184,7 +199,8 @@ class Supervisor:
         setup_logging(self.config, SUPERVISOR)
         log.info("starting on %s (durability %s)", self.data.resolve(), self.config.durability)
         prepare_journal(self.config)
-        self.demo_accounts = create_demo_accounts(self.data)
+        # a standby or follower takes the primary's accounts file, copied by the operator
+        self.demo_accounts = create_demo_accounts(self.data) if self.topology.mode == PRIMARY else {}
         self._make_shared_memory()
         self._write_run_file()
         self._plan_children()
@@ -198,10 +214,26 @@ class Supervisor:
     def _banner(self) -> None:
         c = self.config
         first = c.symbols[0]
+        if self.topology.mode != PRIMARY:
+            lines = [
+                f"ringex {self.topology.mode} is up: {len(c.symbols)} symbols from {c.cluster.nats}, data in {self.data}",
+                f"  market data   {c.host}:{c.md_port} (TCP, JSON lines)  ws://{c.host}:{c.ws_port}/ (WebSocket)",
+                "stop with Ctrl-C",
+            ]
+            print("\n".join(lines), file=self.out, flush=True)
+            return
         lines = [
             f"ringex is up: {len(c.symbols)} symbols, durability {c.durability}, data in {self.data}",
             f"  order entry   {c.host}:{c.order_port}  (binary protocol v1, docs/protocol.md)",
             f"  market data   {c.host}:{c.md_port} (TCP, JSON lines)  ws://{c.host}:{c.ws_port}/ (WebSocket)",
+            f"  web view      http://{c.host if ':' not in c.host else f'[{c.host}]'}:{c.ws_port}/  (the market in a browser)",
+        ]
+        if self.topology.fix:
+            lines.append(
+                f"  FIX 4.4       {c.host}:{c.fix_port}  (TargetCompID {c.fix.comp_id}, Username = account,"
+                " Password = token; docs/fix.md)"
+            )
+        lines += [
             "  symbols       "
             + ", ".join(f"{s.name} (tick {s.tick}, {s.price_min}..{s.price_max})" for s in c.symbols),
         ]
@@ -317,20 +349,26 @@ class Supervisor:
             return  # never started: the data directory is someone else's
         if self.control is not None:
             self.control.set_state(ExchangeState.STOPPING)
-        self._terminate(self._child(GATEWAY))
+        entry = self.topology.entry
+        self._terminate(self._child(entry))
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        behind = [c for c in self.children if c.role != entry]
         while self.rings and not self._drained():
-            if time.monotonic() > deadline or not all(c.process and c.process.is_alive() for c in self.children[:-1]):
+            if time.monotonic() > deadline or not all(c.process and c.process.is_alive() for c in behind):
                 log.warning("rings not drained at shutdown; recovery will replay the journal")
                 break
             time.sleep(POLL_S)
-        # The shards first (each leaves a snapshot), the journaler last (it commits a
-        # last round after everyone upstream of it has stopped).
+        # The FIX acceptor (its sessions have had every report), the shards (each leaves
+        # a snapshot), the journaler last (it commits a last round after everyone
+        # upstream of it has stopped).
+        self._terminate(self._child(FIX))
         for role in self.topology.roles:
             if role.startswith(MATCHER):
                 self._terminate(self._child(role))
         self._terminate(self._child(NOTIFIER))
         self._terminate(self._child(JOURNALER))
+        # last: on SIGTERM the bridge publishes what the journaler's last round committed
+        self._terminate(self._child(BRIDGE))
         for ring in self.rings:
             ring.close()
         self.rings = []

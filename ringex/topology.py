@@ -3,10 +3,11 @@
 ::
 
     gateway ──► in-ring[SYM] ──(gated on the journaler)──► matcher-N ──► out-ring[SYM] ──► notifier
-                     │                                                       │
-                     └───────────────────────► journaler ◄───────────────────┘
-                                                   │
-                                                 LMDB
+       ▲             │                                                       │  └──► fix (when configured)
+       │             └───────────────────────► journaler ◄───────────────────┘          │
+       │                                           │                                      │
+       └──────────── protocol v1 (loopback) ◄──── LMDB                                   │
+                     one session per FIX session ◄────────────────────────────────────────┘
 
 Every process finds its rings here, by name, and the supervisor creates exactly what
 this module describes; ``ringex status`` reads it back from the run file. Nothing else
@@ -15,16 +16,21 @@ spells a ring or consumer name.
 - **Rings.** Per symbol an in-ring of ``COMMAND`` (produced by the gateway; consumed by
   the journaler and by its matcher shard, which is gated on the journaler: as at LMAX,
   the business logic sees a command only once it is durable) and an out-ring of
-  ``EVENT`` (produced by the shard; consumed by the notifier and the journaler). Every
+  ``EVENT`` (produced by the shard; consumed by the notifier, the journaler and, when
+  ``[fix]`` is enabled, the FIX acceptor, which turns its sessions' events into
+  execution reports: ``ringex.fix``). Every
   event is caused by a durable command, so the notifier publishes it at once: the
   events are a deterministic function of the journaled commands, which recovery can
   always reproduce, and the journaler records them off the critical path.
 - **Doorbells.** One per waiting process, shared by every ring it waits on, so it
   sleeps once for all of them (``ringex.wait.Doorbell``): a semaphore for the
-  journaler and each shard, a FIFO (``PipeDoorbell``) for the two event loops, the
-  gateway (waiting for the journaler's cursor on its in-rings) and the notifier.
+  journaler and each shard, a FIFO (``PipeDoorbell``) for the event loops, the
+  gateway (waiting for the journaler's cursor on its in-rings), the notifier and the
+  FIX acceptor.
 - **Roles.** The processes ``ringex up`` runs, in start order (journaler, shards,
-  notifier, gateway); each role's name is also its line in the control block.
+  notifier, gateway, then the FIX acceptor if configured: it enters its orders through
+  the gateway, so the single-producer rule of the in-rings holds); each role's name is
+  also its line in the control block.
 - **Bases.** A ring numbers its slots from 0; the journal numbers a symbol's commands
   and events from its first ever. The journaler records per ring the journal sequence
   of slot 0 (the *base*) with the ring's creation time; ``journaled_base`` reads it
@@ -52,6 +58,12 @@ __all__ = [
     "NOTIFIER",
     "GATEWAY",
     "SUPERVISOR",
+    "BRIDGE",
+    "STANDBY",
+    "FOLLOWER",
+    "PRIMARY",
+    "MODES",
+    "FIX",
     "CMD",
     "EVT",
     "Topology",
@@ -67,8 +79,22 @@ MATCHER = "matcher"
 NOTIFIER = "notifier"
 # The in-rings' producer (a role, not a consumer).
 GATEWAY = "gateway"
+# The FIX 4.4 acceptor: a role, and a consumer of the out-rings when configured.
+FIX = "fix-acceptor"
 # Not a ring party: the name the supervisor logs under.
 SUPERVISOR = "supervisor"
+# The cluster's roles (``ringex.cluster``). The bridge publishes the journal to NATS
+# JetStream; in ``sync`` replication it is also an in-ring consumer gated on the
+# journaler, and the gateway acks on its cursor instead of the journaler's. A standby's
+# feeder is its in-rings' producer (in place of the gateway); a follower's feeder is its
+# out-rings' producer and journals what it feeds (in place of the matcher and journaler).
+BRIDGE = "bridge"
+STANDBY = "standby"
+FOLLOWER = "follower"
+# What an exchange on a data directory is: the primary (takes orders), a standby (replays
+# the primary's commands) or a market data follower (serves the primary's events).
+PRIMARY = "primary"
+MODES = (PRIMARY, STANDBY, FOLLOWER)
 # The journal's names for what an in-ring and an out-ring carry.
 CMD = "cmd"
 EVT = "evt"
@@ -94,19 +120,32 @@ class Topology:
     symbols: tuple[str, ...]
     shards: tuple[tuple[str, ...], ...]  # symbols per matcher shard
     capacity: int
+    mode: str = PRIMARY  # one of MODES
+    # "" (no bridge), "async" or "sync": the config's [cluster] replication when
+    # [cluster] nats is set; only a primary runs a bridge (a promoted standby restarts
+    # as a primary, rings and all)
+    replication: str = ""
+    # whether the FIX acceptor runs (it is then a consumer of every out-ring)
+    fix: bool = False
 
     @classmethod
-    def for_config(cls, config: Config, prefix: str | None = None) -> Topology:
+    def for_config(cls, config: Config, prefix: str | None = None, mode: str = PRIMARY) -> Topology:
         """The exchange of ``config``: its symbols dealt round robin over
         ``config.shards`` matcher shards; ``prefix`` defaults to one derived from the
-        data directory (tests pass their own)."""
+        data directory (tests pass their own); ``mode`` one of ``MODES``."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         names = tuple(s.name for s in config.symbols)
         n = min(config.shards, len(names))
+        cluster = config.cluster
         return cls(
             prefix=prefix or prefix_for(config.data_dir),
             symbols=names,
             shards=tuple(names[i::n] for i in range(n)),
             capacity=config.ring_capacity,
+            mode=mode,
+            replication=cluster.replication if cluster.nats and mode == PRIMARY else "",
+            fix=config.fix.enabled and mode == PRIMARY,
         )
 
     # -- names ---------------------------------------------------------------------------
@@ -133,14 +172,42 @@ class Topology:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """Every process role, in the order they start (see ``ringex.supervisor``)."""
-        return (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER, GATEWAY)
+        """Every process role, in the order they start (see ``ringex.supervisor``). The
+        first role of a standby or a follower is the one that feeds it from JetStream;
+        a primary starts the gateway after the rest (nothing is accepted before they
+        run), then the FIX acceptor if configured (it enters its orders through the
+        gateway)."""
+        if self.mode == FOLLOWER:
+            return (FOLLOWER, NOTIFIER)
+        stages = (JOURNALER, *(matcher_role(i) for i in range(len(self.shards))), NOTIFIER)
+        if self.mode == STANDBY:
+            return (*stages, STANDBY)
+        bridge = (BRIDGE,) if self.replication else ()
+        fix = (FIX,) if self.fix else ()
+        return (*stages, *bridge, GATEWAY, *fix)
+
+    @property
+    def entry(self) -> str:
+        """The role that puts records into this exchange (stopped first on shutdown)."""
+        return {PRIMARY: GATEWAY, STANDBY: STANDBY, FOLLOWER: FOLLOWER}[self.mode]
+
+    @property
+    def ack_consumer(self) -> str:
+        """The in-ring consumer whose cursor means "acknowledge": the journaler's, or in
+        ``sync`` replication the bridge's (gated on the journaler: JetStream has the
+        command as well as the journal)."""
+        return BRIDGE if self.replication == "sync" else JOURNALER
+
+    @property
+    def out_consumers(self) -> tuple[str, ...]:
+        """The consumers of every out-ring."""
+        return (JOURNALER, NOTIFIER, FIX) if self.fix else (JOURNALER, NOTIFIER)
 
     def doorbell(self, role: str) -> str | PipeDoorbell:
         """What process ``role`` sleeps on for all its rings: an event loop polls a FIFO,
         any other process sleeps on a semaphore."""
         name = f"{self.prefix}.bell.{role}"
-        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER) else name
+        return PipeDoorbell(name) if role in (GATEWAY, NOTIFIER, BRIDGE, FIX) else name
 
     # -- the rings -------------------------------------------------------------------------
 
@@ -151,16 +218,24 @@ class Topology:
         self.remove()
         rings: list[Ring] = []
         journaler = self.doorbell(JOURNALER)
+        # sync replication: the bridge reads behind the journaler, and the gateway acks on it
+        bridged = self.replication == "sync"
         try:
             for symbol in self.symbols:
+                consumers, gating = [MATCHER, JOURNALER], {MATCHER: [JOURNALER]}
+                doorbells = {MATCHER: self.doorbell(matcher_role(self.shard_of(symbol))), JOURNALER: journaler}
+                if bridged:
+                    consumers.append(BRIDGE)
+                    gating[BRIDGE] = [JOURNALER]
+                    doorbells[BRIDGE] = self.doorbell(BRIDGE)
                 rings.append(
                     Ring.create(
                         self.in_ring(symbol),
                         COMMAND,
                         self.capacity,
-                        consumers=[MATCHER, JOURNALER],
-                        gating={MATCHER: [JOURNALER]},
-                        doorbells={MATCHER: self.doorbell(matcher_role(self.shard_of(symbol))), JOURNALER: journaler},
+                        consumers=consumers,
+                        gating=gating,
+                        doorbells=doorbells,
                         producer_doorbell=self.doorbell(GATEWAY),
                     )
                 )
@@ -169,8 +244,10 @@ class Topology:
                         self.out_ring(symbol),
                         EVENT,
                         self.capacity,
-                        consumers=[JOURNALER, NOTIFIER],
-                        doorbells={JOURNALER: journaler, NOTIFIER: self.doorbell(NOTIFIER)},
+                        consumers=list(self.out_consumers),
+                        doorbells={
+                            role: journaler if role == JOURNALER else self.doorbell(role) for role in self.out_consumers
+                        },
                     )
                 )
         except BaseException:
@@ -185,7 +262,7 @@ class Topology:
         them are not hurt)."""
         for _, _, name in self.ring_names():
             Ring.remove(name)
-        for role in self.roles:
+        for role in {*self.roles, *(matcher_role(i) for i in range(len(self.shards))), JOURNALER, GATEWAY, BRIDGE}:
             Ring.remove_doorbell(self.doorbell(role))
 
     def attach_in(self, symbol: str, *, readonly: bool = False) -> Ring:
@@ -206,6 +283,9 @@ class Topology:
             symbols=tuple(doc["symbols"]),
             shards=tuple(tuple(s) for s in doc["shards"]),
             capacity=int(doc["capacity"]),
+            mode=doc.get("mode", PRIMARY),
+            replication=doc.get("replication", ""),
+            fix=bool(doc.get("fix", False)),
         )
 
 

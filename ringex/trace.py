@@ -58,6 +58,9 @@ class NullTracer:
 
     every = 0
 
+    def samples(self, first_seq: int, last_seq: int) -> bool:
+        return False
+
     def span(self, stage: Stage, symbol: int, first_seq: int, n: int, t_ns: int | None = None) -> None:
         pass
 
@@ -82,6 +85,13 @@ class Tracer:
         self._buf = np.zeros(BUFFER, TRACE)
         self._n = 0
         self._first_at = 0.0
+
+    def samples(self, first_seq: int, last_seq: int) -> bool:
+        """Whether any sequence in ``first_seq .. last_seq`` is sampled: two integer
+        operations, so a stage asks this before it builds the list of sampled sequences
+        (most batches have none, and tracing must not cost what it measures)."""
+        every = self.every
+        return last_seq // every * every >= first_seq
 
     def span(self, stage: Stage, symbol: int, first_seq: int, n: int, t_ns: int | None = None) -> None:
         """Note ``stage`` for the sampled sequences among ``first_seq .. first_seq + n - 1``."""

@@ -338,16 +338,17 @@ class Waker:
         self._acquire()
         self._release()
         words = self._words
+        # Producers first, as in ``collect``.
+        for flag, sem, watch, bit in self._watched:
+            if words[flag] and words[watch] & bit:
+                words[flag] = 0
+                sem.release()
         for flag, sem in self._targets:
             if words[flag]:
                 # Clear before posting: one post per announced sleep. Posting on every
                 # publish while the waiter sleeps would pile up counts that later
                 # sleeps consume at once, a loop of system calls on both sides. Should
                 # this clear erase a newer announcement, the post that follows wakes it.
-                words[flag] = 0
-                sem.release()
-        for flag, sem, watch, bit in self._watched:
-            if words[flag] and words[watch] & bit:
                 words[flag] = 0
                 sem.release()
 
@@ -357,12 +358,15 @@ class Waker:
         self._acquire()
         self._release()
         words = self._words
-        for flag, sem in self._targets:
-            if words[flag]:
-                words[flag] = 0
-                posts[sem.name] = sem
+        # The watching producers first: they are the ack path (a gateway waiting for
+        # the journaler), and the first post gets the idle core; the consumers gated
+        # behind (a matcher) only make trade prints.
         for flag, sem, watch, bit in self._watched:
             if words[flag] and words[watch] & bit:
+                words[flag] = 0
+                posts[sem.name] = sem
+        for flag, sem in self._targets:
+            if words[flag]:
                 words[flag] = 0
                 posts[sem.name] = sem
 

@@ -9,7 +9,8 @@ def test_embedded_defaults_list_the_demo_symbols():
     assert {"ACME", "BOLT"} <= set(names)
     acme = config.symbol("ACME")
     assert (acme.tick, acme.price_min, acme.price_max) == (1, 1, 1_000_000)
-    assert (config.order_port, config.md_port, config.ws_port) == (7001, 7002, 7003)
+    assert (config.order_port, config.md_port, config.ws_port, config.fix_port) == (7001, 7002, 7003, 7004)
+    assert config.fix.enabled and config.fix.comp_id == "RINGEX"
     assert config.data_dir == "./ringex-data"
     assert config.durability == "fsync"
     assert config.wait_strategy == "blocking"
@@ -51,6 +52,10 @@ def test_file_then_environment_then_overrides(tmp_path):
         ("[market_data]\nheartbeat_s = -1\n", "market_data.heartbeat_s"),
         ("[market_data]\nstats_out = 3\n", "market_data.stats_out"),
         ("[journal]\nmap_size = 1024\nmax_map_size = 512\n", "journal.max_map_size"),
+        ("fix_port = -1\n", "fix_port"),
+        ('[fix]\nenabled = "yes"\n', "fix.enabled"),
+        ('[fix]\ncomp_id = "A=B"\n', "fix.comp_id"),
+        ("[fix]\nlogon_timeout_s = 0\n", "fix.logon_timeout_s"),
     ],
 )
 def test_bad_config_names_the_key_and_the_problem(tmp_path, text, named):
@@ -92,3 +97,4 @@ def test_the_example_config_loads():
     assert config.symbol("BOLT").stp == "cancel_newest"
     # it documents every table's defaults: the ones it shows are the embedded ones
     assert config.order_entry == Config().order_entry and config.journal == Config().journal
+    assert config.fix == Config().fix and config.fix_port == Config().fix_port

@@ -19,7 +19,8 @@ from support.inprocess import ACCOUNT, OTHER, OTHER_TOKEN, TOKEN, InProcessGatew
 from support.md_load import MdExchange
 
 from ringex.market_data.messages import Subscribe
-from ringex.market_data.notifier import Notifier, RingEventSource
+from ringex.market_data.notifier import Notifier
+from ringex.market_data.sources import RingEventSource
 from ringex.order_entry.client import OrderClient, SessionClosed
 from ringex.order_entry.session import Session as OrderSession
 
@@ -201,7 +202,7 @@ async def test_a_subscriber_that_resets_while_its_queue_is_flushed_ends_only_its
                     # fill its socket so the rest waits in its queue for the writer task
                     events = notifier.statistics().events + len(ex.cross_burst("ACME", 300))
                     trades += 300
-                    while notifier.statistics().events < events or notifier._backlog:
+                    while notifier.statistics().events < events or notifier.fan_out.pending:
                         await trio.sleep(0.005)
                     assert any(s.queued_bytes for s in notifier.sessions)
                     await _send(rude, False, {"op": "login", "account": 1, "token": 2})

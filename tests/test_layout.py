@@ -22,6 +22,9 @@ PACKAGE = ROOT / "ringex"
 # Names that only the topology may spell: the consumers and roles, and the parts of
 # ring and doorbell names.
 RESERVED = {topology.JOURNALER, topology.MATCHER, topology.NOTIFIER, topology.GATEWAY, topology.SUPERVISOR}
+# the cluster's roles (STANDBY is also the name of the `ringex standby` command)
+RESERVED |= {topology.BRIDGE, topology.FOLLOWER}
+RESERVED |= {topology.FIX}
 NAME_PARTS = (".in.", ".out.", ".bell.")
 # ord("A") .. ord("Z"): the range every letter code lives in
 LETTERS = range(ord("A"), ord("Z") + 1)

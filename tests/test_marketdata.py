@@ -370,3 +370,41 @@ def test_mass_cancel_and_limit_events_reach_the_owners_private_stream():
     }
     for payload in messages:
         assert encode(payload) == encode(json.loads(encode(payload)))
+
+
+def test_trade_and_bbo_seqs_depend_only_on_the_history_not_on_the_batches():
+    """A follower on another host, or a restarted notifier, reads the same events in
+    other batches: cut on command boundaries (``command_end``), the trades and bbo
+    streams are numbered the same, message for message."""
+    from ringex.market_data.sources import command_end
+
+    rng = random.Random(7)
+    matcher = Matcher(ACME)
+    stream = CommandStream(ACME, rng)
+    history = np.concatenate([matcher.apply(stream.batch("ACME", 8), i * 8) for i in range(80)])
+    assert (history["kind"] == EventKind.TRADE).sum() > 20
+
+    def published(cuts: list[int]) -> list[dict]:
+        md = MarketData(SYMBOLS)
+        md.subscribe("t", Subscribe("trades", "ACME"), None)
+        md.subscribe("b", Subscribe("bbo", "ACME"), None)
+        out, lo = [], 0
+        for hi in [*cuts, len(history)]:
+            events = history[lo:hi]
+            lo = hi
+            if len(events):
+                for _, payloads in md.apply(events):
+                    out += _messages(payloads)
+        return sorted(out, key=lambda m: (m["channel"], m["seq"]))
+
+    one_batch = published([])
+    # batches of random sizes, each trimmed back to a command boundary as the ring
+    # source and the journal replay trim them
+    cuts, at = [], 0
+    while at < len(history):
+        end = min(len(history), at + rng.randint(1, 40))
+        at += command_end(history[at:end]) if end < len(history) else end - at
+        cuts.append(at)
+    assert published(cuts[:-1]) == one_batch
+    bbos = [m for m in one_batch if m["channel"] == "bbo"]
+    assert [m["seq"] for m in bbos] == list(range(1, len(bbos) + 1))

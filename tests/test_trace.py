@@ -32,6 +32,17 @@ def test_a_tracer_notes_only_the_sampled_sequences_and_flushes_them(tmp_path):
     ]
 
 
+def test_a_tracer_says_whether_a_range_holds_a_sampled_sequence(tmp_path):
+    tracer = Tracer(trace_dir(tmp_path) / "journaler.trace", every=4)
+    assert tracer.samples(8, 8) and tracer.samples(5, 9) and tracer.samples(0, 0)
+    assert not tracer.samples(5, 7) and not tracer.samples(9, 11)
+    # brute force agrees on every small range
+    assert all(
+        tracer.samples(a, b) == any(s % 4 == 0 for s in range(a, b + 1)) for a in range(0, 30) for b in range(a, 30)
+    )
+    tracer.close()
+
+
 def test_stage_latencies_join_the_processes_records_per_request(tmp_path):
     gateway = Tracer(trace_dir(tmp_path) / "gateway.trace", every=1)
     journaler = Tracer(trace_dir(tmp_path) / "journaler.trace", every=1)

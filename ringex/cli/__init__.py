@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("ringex.cli.watch", "live view of trades and the top of the book"),
     "trace": ("ringex.cli.trace", "where the time goes: each stage's delay for the sampled requests"),
     "bench": ("ringex.cli.bench", "end-to-end latency benchmark"),
+    "follow": ("ringex.cli.follow", "serve market data on this host from a primary's JetStream copy"),
+    "standby": ("ringex.cli.standby", "keep a warm standby of a primary from its JetStream copy"),
+    "promote": ("ringex.cli.promote", "turn the standby on a data directory into the primary"),
 }
 
 

@@ -9,7 +9,9 @@ against a loaded exchange without disturbing it:
 - the durable journal position per symbol (the journaler's in-ring cursor mapped to
   journal sequences: what the gateway may acknowledge);
 - the exchange state (and why, if halted) and each process: pid, alive, ready,
-  restarts.
+  restarts;
+- with a bridge (``[cluster] nats``): how far JetStream's copy is behind the journal,
+  per symbol, in records and seconds (what the bridge last wrote to ``bridge.json``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ringex.config import load_config
 from ringex.control import ControlBlock
 from ringex.ring import Ring, RingError
 from ringex.supervisor import RUN_FILE
-from ringex.topology import CMD, JOURNALER, Topology, journaled_base
+from ringex.topology import BRIDGE, CMD, JOURNALER, Topology, journaled_base
 
 __all__ = ["add_arguments", "run", "collect"]
 
@@ -65,6 +67,11 @@ def collect(data_dir: str | os.PathLike[str]) -> dict:
     finally:
         control.close()
     reading["rings"], reading["durable"] = _rings(info["data_dir"], topology)
+    reading["mode"] = topology.mode
+    if topology.replication:
+        from ringex.cluster.bridge import read_status  # noqa: PLC0415
+
+        reading[BRIDGE] = read_status(info["data_dir"])
     return reading
 
 
@@ -168,7 +175,31 @@ def render(now: dict, before: dict | None = None) -> Group:
     durable.add_column("next seq not yet durable", justify="right")
     for symbol, seq in now["durable"].items():
         durable.add_row(symbol, f"{seq:,}")
-    return Group(head, procs, rings, durable)
+    parts = [head, procs, rings, durable]
+    if BRIDGE in now:
+        parts.append(_bridge_table(now[BRIDGE]))
+    return Group(*parts)
+
+
+def _bridge_table(bridge: dict | None) -> Table:
+    """JetStream's copy: per symbol and kind, records and seconds behind the journal."""
+    if bridge is None:
+        table = Table(title="bridge to JetStream: no report yet", title_justify="left")
+        return table
+    age = time.time() - bridge["updated"]
+    link = "connected" if bridge["connected"] else "[red]NOT connected[/red]"
+    stale = f", [red]report {age:.0f} s old[/red]" if age > 5 else ""
+    table = Table(
+        title=f"bridge to JetStream {bridge['nats']} ({bridge['replication']}): {link}, {bridge['errors']} errors{stale}",
+        title_justify="left",
+    )
+    for col in ("symbol", "kind", "published up to", "durable up to", "lag", "lag s"):
+        table.add_column(col, justify="left" if col in ("symbol", "kind") else "right")
+    for symbol, kinds in bridge["lanes"].items():
+        for kind, lane in kinds.items():
+            lag = "?" if lane["lag"] is None else f"{lane['lag']:,}"
+            table.add_row(symbol, kind, f"{lane['published']:,}", f"{lane['durable']:,}", lag, f"{lane['lag_s']:.3f}")
+    return table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,19 +1,28 @@
-"""``ringex up``: start the whole exchange in the foreground (``bin/start`` runs it)."""
+"""``ringex up``: start the whole exchange in the foreground (``bin/start`` runs it).
+
+``ringex standby`` and ``ringex follow`` run the same supervisor in their modes
+(``ringex.topology.MODES``) with the same flags, through ``serve`` here."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from ringex.config import ConfigError, load_config
+from ringex.config import Config, ConfigError, load_config
 from ringex.supervisor import StartError, Supervisor
+from ringex.topology import PRIMARY
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "config_from", "serve", "DEFAULT_NATS_PORT"]
+
+# nats-server's own default port, for `--with-nats` without a port
+DEFAULT_NATS_PORT = 4222
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, with_nats: bool = True) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML config (embedded defaults without it)")
     parser.add_argument("--data", metavar="DIR", dest="data_dir", help="data directory (default ./ringex-data)")
     parser.add_argument("--durability", choices=("fsync", "async"), help="journal durability mode")
@@ -21,29 +30,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order-port", type=int, help="order entry port (default 7001)")
     parser.add_argument("--md-port", type=int, help="market data TCP port (default 7002)")
     parser.add_argument("--ws-port", type=int, help="market data WebSocket port (default 7003)")
+    parser.add_argument("--fix-port", type=int, help="FIX 4.4 acceptor port (default 7004; docs/fix.md)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--nats", metavar="URL", help="NATS JetStream to replicate to/from ([cluster] nats)")
+    parser.add_argument("--replication", choices=("async", "sync"), help="[cluster] replication")
+    if with_nats:
+        parser.add_argument(
+            "--with-nats",
+            nargs="?",
+            const=DEFAULT_NATS_PORT,
+            type=int,
+            metavar="PORT",
+            help=f"start a local nats-server (JetStream, store in DATA/nats) on PORT (default {DEFAULT_NATS_PORT})"
+            " and replicate to it: a one-box demo",
+        )
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from(args: argparse.Namespace, command: str) -> Config | None:
+    """The config the flags ask for (None: a bad one, said on stderr)."""
     overrides = {
         key: getattr(args, key)
-        for key in ("data_dir", "durability", "host", "order_port", "md_port", "ws_port", "log_level")
+        for key in ("data_dir", "durability", "host", "order_port", "md_port", "ws_port", "fix_port", "log_level")
     }
     try:
         config = load_config(args.config, overrides=overrides)
+        cluster = {
+            key: value
+            for key, value in (
+                ("nats", args.nats),
+                ("replication", args.replication),
+                ("consumer", getattr(args, "consumer", None)),
+            )
+            if value
+        }
+        if cluster:
+            config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, **cluster))
     except ConfigError as exc:
-        print(f"ringex up: bad configuration: {exc}", file=sys.stderr)
-        return 2
-    supervisor = Supervisor(config)
+        print(f"ringex {command}: bad configuration: {exc}", file=sys.stderr)
+        return None
+    return config
+
+
+def serve(config: Config, command: str, mode: str = PRIMARY) -> int:
+    """Run the supervisor in ``mode`` until SIGINT/SIGTERM."""
+    supervisor = Supervisor(config, mode=mode)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: supervisor.stop())
     try:
         supervisor.start()
         supervisor.serve_forever()
     except StartError as exc:
-        print(f"ringex up: {exc}", file=sys.stderr)
+        print(f"ringex {command}: {exc}", file=sys.stderr)
         logging.getLogger("ringex.supervisor").error("%s", exc)
         return 1
     finally:
         supervisor.shutdown()
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from(args, "up")
+    if config is None:
+        return 2
+    if getattr(args, "with_nats", None) is None:
+        return serve(config, "up")
+    from ringex.cluster.server import NatsServer  # noqa: PLC0415
+
+    server = NatsServer(Path(config.data_dir) / "nats", args.with_nats, log=str(Path(config.data_dir) / "nats.log"))
+    config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, nats=server.url))
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        print(f"ringex up: cannot start nats-server: {exc}", file=sys.stderr)
+        return 1
+    print(f"nats-server (JetStream) on {server.url}, store in {server.store}", flush=True)
+    try:
+        return serve(config, "up")
+    finally:
+        server.stop()

@@ -168,6 +168,10 @@ class _Feed:
         rows: list = []
         self.segments(rows)
         for _, _, _, block in rows:
+            # events are in command order: the first and last name the range they cover
+            first, last = (int.from_bytes(block[i, EVENT_SEQ_OFFSET : EVENT_SEQ_OFFSET + 8], "little") for i in (0, -1))
+            if not tracer.samples(first, last):
+                continue
             seqs = block[:, EVENT_SEQ_OFFSET : EVENT_SEQ_OFFSET + 8].copy().view("<u8").ravel()
             tracer.seqs(Stage.EVENTS, self.index, np.unique(seqs[seqs % tracer.every == 0]).tolist())
 

@@ -10,7 +10,9 @@ Streams. Every server message belongs to one stream and carries that stream's
 
 - ``("trades", symbol)``: one ``trade`` per TRADE event.
 - ``("bbo", symbol)``: one ``bbo`` whenever the best bid or ask (price or qty)
-  changed after a batch of events.
+  changed after the events of one command: so its seq, like a trade's, depends only
+  on the symbol's history, not on how the events were batched (a market data
+  follower on another host numbers it the same, ``ringex.cluster.follower``).
 - ``("depth", symbol, levels)``: ``depth_update`` with absolute quantities for every
   price level that changed *within the top ``levels`` of each side* after a batch
   (qty 0: the level left the view). Each ``levels`` value is its own stream because
@@ -617,11 +619,18 @@ class MarketData:
         subscribed = self.subscribers
         private = self._private_accounts
         touched: dict[str, int] = {}
+        # the command whose events were applied last, per symbol: the bbo is compared at
+        # every command's end, so its stream counts the same changes whatever batches
+        # the events came in (a follower's numbers equal the primary's)
+        caused_by: dict[str, int] = {}
         for row in rows:
             symbol = self._symbol(row[_SYM])
             view = self.views.get(symbol)
             if view is None:
                 continue
+            if caused_by.get(symbol, row[_SEQ]) != row[_SEQ] and symbol in touched:
+                self._publish_bbo(symbol, touched[symbol], out)
+            caused_by[symbol] = row[_SEQ]
             kind = row[_KIND]
             if kind == _TRADE:
                 stream = ("trades", symbol)
@@ -768,9 +777,8 @@ class MarketData:
             }
         )
 
-    def _publish_book(self, symbol: str, ts: int, out: dict) -> None:
-        view = self.views[symbol]
-        bbo = view.bbo()
+    def _publish_bbo(self, symbol: str, ts: int, out: dict) -> None:
+        bbo = self.views[symbol].bbo()
         if bbo != self._bbo[symbol]:
             self._bbo[symbol] = bbo
             self._bbo_ts[symbol] = ts
@@ -778,6 +786,10 @@ class MarketData:
             seq = self._next(stream)
             if stream in self.subscribers:
                 out.setdefault(stream, []).append(self._bbo_message(symbol, seq))
+
+    def _publish_book(self, symbol: str, ts: int, out: dict) -> None:
+        view = self.views[symbol]
+        self._publish_bbo(symbol, ts, out)
         sizes = [(levels, old) for (sym, levels), old in self._depth.items() if sym == symbol]
         if not sizes:
             return

@@ -1,9 +1,12 @@
-"""The server side of one market data WebSocket connection, sans-IO.
+"""The server side of one connection to the market data WebSocket port, sans-IO.
 
 wsproto speaks the protocol (the HTTP upgrade, frames, masking, fragments, close);
 ``WebSocketServer`` decides what the notifier does with what a client sends, so the
 notifier's WebSocket reader is a loop over ``receive_data`` and this whole path is
-fuzzed without a socket (``tests/test_hostile_input.py``). Bytes in, actions out:
+fuzzed without a socket (``tests/test_hostile_input.py``, ``tests/test_web.py``).
+The port also serves the web view over plain HTTP: a request head that is not a
+WebSocket upgrade becomes one ``HttpGet`` for ``ringex.market_data.web`` to answer.
+Bytes in, actions out:
 
 - ``Send(data)``: write these bytes (the handshake's answer, a close reply);
 - ``Pong(data)``: write these bytes, the answer to a ping (a request like any other
@@ -14,6 +17,8 @@ fuzzed without a socket (``tests/test_hostile_input.py``). Bytes in, actions out
 - ``End(reason, tell)``: the connection is over; with ``tell`` the client still speaks
   WebSocket and gets a final ``error`` before the close, without it there is nobody
   to tell (a failed handshake, a client that closed).
+- ``HttpGet(request)``: a plain HTTP request (``web.HttpRequest``, any method): answer
+  it and close the connection. Nothing comes after it either.
 
 Error handling: every failure a client can cause ends up as an action, at this one
 boundary. wsproto raises ``RemoteProtocolError`` for a bad handshake and reports a bad
@@ -28,10 +33,12 @@ the connection as soon as that many bytes of it have arrived, so nothing unbound
 held. ``incomplete`` says when bytes have arrived that did not complete a message or
 control frame, for the notifier's deadline on partial input (slowloris).
 
-wsproto 1.3's server drops whatever the client sent after its upgrade request in the
-same segment (a first frame sent without waiting for the 101: ``_accept`` does not
-pass h11's trailing data on). So until the handshake is done, only the bytes up to the
-end of the request (``\r\n\r\n``) go to wsproto; the rest follows once it is open.
+The request head is read here, whole, before wsproto sees any of it: it is at most
+``web.MAX_HEAD_BYTES`` (a longer one is answered 431), and ``web.parse_head`` says
+whether it is an upgrade. That also keeps a first frame sent without waiting for the
+101: wsproto 1.3's server drops whatever follows the upgrade request in the same
+segment (``_accept`` does not pass h11's trailing data on), so it gets the head alone
+and the rest once it is open.
 """
 
 from __future__ import annotations
@@ -44,8 +51,9 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ringex.market_data.messages import MAX_LINE_BYTES
+from ringex.market_data.web import MAX_HEAD_BYTES, BadRequest, HttpRequest, bad_request_response, parse_head
 
-__all__ = ["Send", "Pong", "Request", "Refuse", "End", "Action", "WebSocketServer"]
+__all__ = ["Send", "Pong", "Request", "Refuse", "End", "HttpGet", "Action", "WebSocketServer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +82,12 @@ class End:
     tell: bool
 
 
-Action = Send | Pong | Request | Refuse | End
+@dataclasses.dataclass(frozen=True)
+class HttpGet:
+    request: HttpRequest
+
+
+Action = Send | Pong | Request | Refuse | End | HttpGet
 
 # RFC 6455 7.4.1: 1008 "policy violation" (our limits), 1009 "message too big".
 # The end of an HTTP request's head.
@@ -87,8 +100,9 @@ class WebSocketServer:
     """One connection's WebSocket state. See the module docstring.
 
     Use: ``receive_data(data)`` for each ``recv`` (non-empty), act on the returned
-    actions in order; after an ``End`` nothing more comes out. ``close_frame(reason)``
-    is the frame to send when the server ends an open connection.
+    actions in order; after an ``End`` or ``HttpGet`` nothing more comes out.
+    ``close_frame(reason)`` is the frame to send when the server ends an open
+    connection.
     """
 
     def __init__(self, max_message_bytes: int = MAX_LINE_BYTES) -> None:
@@ -98,7 +112,7 @@ class WebSocketServer:
         self._size = 0  # bytes of the message being received (text or binary)
         self._ended = False
         self._close_code = POLICY_VIOLATION
-        self._head = bytearray()  # the upgrade request so far, to find its end
+        self._head: bytearray | None = bytearray()  # the request head so far; None once read
         self.incomplete = False
 
     @property
@@ -115,7 +129,25 @@ class WebSocketServer:
             return []
         actions: list[Action] = []
         completed = False
-        chunks = (data,) if self.open else self._split_head(data)
+        if self._head is None:
+            chunks: tuple[bytes, ...] = (data,)
+        else:
+            head, rest = self._split_head(data)
+            if head is None:
+                self.incomplete = True
+                if len(self._head) > MAX_HEAD_BYTES:
+                    self._refuse(BadRequest(431, f"request head longer than {MAX_HEAD_BYTES} bytes"), actions)
+                return actions
+            try:
+                request = parse_head(head)
+            except BadRequest as exc:
+                self._refuse(exc, actions)
+                return actions
+            if not request.is_websocket_upgrade:
+                self._ended = True
+                actions.append(HttpGet(request))
+                return actions
+            chunks = (head, rest)
         try:
             for chunk in chunks:
                 if not chunk:
@@ -134,17 +166,27 @@ class WebSocketServer:
             self.incomplete = True
         return actions
 
-    def _split_head(self, data: bytes) -> tuple[bytes, bytes]:
-        """``data`` cut after the end of the upgrade request, if it is in there."""
+    def _split_head(self, data: bytes) -> tuple[bytes | None, bytes]:
+        """The whole request head and what follows it, once its end has arrived; else
+        ``(None, b"")`` with ``data`` kept (the caller bounds what is kept)."""
+        assert self._head is not None
         searched = max(0, len(self._head) - len(_END_OF_HEAD) + 1)
         self._head += data
         end = self._head.find(_END_OF_HEAD, searched)
         if end < 0:
-            # h11 refuses a head over 16 KiB, which ends the connection: _head stays bounded
-            return (data, b"")
-        cut = end + len(_END_OF_HEAD) - (len(self._head) - len(data))
-        self._head = bytearray()
-        return (data[:cut], data[cut:])
+            return (None, b"")
+        cut = end + len(_END_OF_HEAD)
+        head, rest = bytes(self._head[:cut]), bytes(self._head[cut:])
+        self._head = None
+        return (head, rest)
+
+    def _refuse(self, exc: BadRequest, actions: list[Action]) -> None:
+        """Answer a request head we cannot take with its 4xx, and end: the peer does not
+        speak WebSocket (yet), so a text frame would mean nothing to it."""
+        self._ended = True
+        self._head = None
+        actions.append(Send(bad_request_response(exc)))
+        actions.append(End(f"websocket handshake failed: {exc.reason}", tell=False))
 
     def _on_event(self, event: wse.Event, actions: list[Action]) -> bool:
         """Act on one wsproto event; True if it completed a message or control frame."""

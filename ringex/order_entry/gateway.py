@@ -201,9 +201,11 @@ class Gateway:
                 ring = topology.attach_in(spec.name)
                 self.rings.append(ring)
                 producer = ring.producer()
-                producer.watch(JOURNALER)  # only the journaler's commits mean acks to send
+                # only the ack consumer's commits mean acks to send: the journaler's, or
+                # in sync replication the bridge's (``Topology.ack_consumer``)
+                producer.watch(topology.ack_consumer)
                 self.producers.append(producer)
-            self._journal_probes = [functools.partial(r.consumer_cursor, JOURNALER) for r in self.rings]
+            self._journal_probes = [r.cursor_reader(topology.ack_consumer) for r in self.rings]
             self._bell = Doorbell([p.sleeper for p in self.producers])
             self.sel.register(self._bell.semaphore.fileno(), selectors.EVENT_READ, "durable")
             # A previous gateway on these rings may have issued ids the journal has not
@@ -219,6 +221,9 @@ class Gateway:
             self._everywhere: collections.deque[np.ndarray] = collections.deque()
             self._everywhere_published = 0
             self._cancel_on_disconnect_accounts = risk.cancel_on_disconnect_accounts(config)
+            self._bases_plus_one = self.bases + 1
+            self._journaled: list[int] = []
+            self._trace_due = False
             self._refresh_durable()
             self.listener = socket.create_server(
                 (config.host, config.order_port),
@@ -253,10 +258,19 @@ class Gateway:
 
     def _refresh_durable(self) -> None:
         # cursor = last durable ring sequence; durable count = cursor + 1, in journal terms
-        for i, probe in enumerate(self._journal_probes):
-            self.durable[i] = self.bases[i] + probe() + 1
+        before = self._journaled
+        self._journaled = journaled = [probe() for probe in self._journal_probes]
+        rings = len(self.rings)
+        self.durable[:rings] = journaled
+        self.durable[:rings] += self._bases_plus_one
         if self._everywhere:
             self._advance_everywhere()
+        if self.tracer.every:
+            # acks of sampled commands can go out only once one of those became durable
+            self._trace_due = any(
+                self.tracer.samples(base + old + 1, base + new)
+                for base, old, new in zip(self.bases.tolist(), before or journaled, journaled, strict=True)
+            )
 
     def _advance_everywhere(self) -> None:
         # in publication order: a request for every symbol counts as durable once each
@@ -267,8 +281,8 @@ class Gateway:
             self.durable[rings] += 1
 
     def _durable_moved(self) -> bool:
-        durable, bases = self.durable, self.bases
-        return any(bases[i] + probe() + 1 > durable[i] for i, probe in enumerate(self._journal_probes))
+        # plain ints, compared as one list: this runs several times per loop turn
+        return [probe() for probe in self._journal_probes] != self._journaled
 
     def _publish(self, sym: int, commands: np.ndarray) -> int | None:
         if sym == len(self.producers):
@@ -607,7 +621,7 @@ class Gateway:
             self._send(conn)
             if conn.sock.fileno() < 0:
                 return
-        if data and self.tracer.every:
+        if data and self._trace_due:
             self._trace_acks(data)
         owed = len(conn.out) + FRAME_SIZE * session.queued_replies
         if owed > self.limits.max_output_bytes:

@@ -28,7 +28,7 @@ class RunningExchange:
         self.durability = durability
         self.config = config
         self.extra = list(extra)
-        self.order_port, self.md_port, self.ws_port = free_ports(3)
+        self.order_port, self.md_port, self.ws_port, self.fix_port = free_ports(4)
         self.proc: subprocess.Popen | None = None
         self.accounts: dict[int, int] = {}
         self.output = ""
@@ -36,6 +36,7 @@ class RunningExchange:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "ringex", "up", "--data", str(self.data), "--durability", self.durability]
         cmd += ["--order-port", str(self.order_port), "--md-port", str(self.md_port), "--ws-port", str(self.ws_port)]
+        cmd += ["--fix-port", str(self.fix_port)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         return cmd + self.extra

@@ -16,6 +16,7 @@ can stop, pause (SIGSTOP), kill -9 and restart any stage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -28,7 +29,7 @@ from ringex.order_entry.accounts import AccountStore
 from ringex.ring import Ring
 from ringex.roles import spawn
 from ringex.supervisor import prepare_journal
-from ringex.topology import GATEWAY, JOURNALER, NOTIFIER, Topology, matcher_role
+from ringex.topology import FIX, GATEWAY, JOURNALER, NOTIFIER, Topology, matcher_role
 
 from .net import free_ports
 
@@ -45,16 +46,21 @@ class Stages:
     ``overrides`` are ``load_config`` overrides (``durability``, ``ring_capacity``...).
     Ports are free loopback ports. The control block starts READY, so a gateway
     accepts orders as soon as it runs; tests move it to see the gateway refuse them.
+    The FIX acceptor (and its consumer of the out-rings) is left out unless ``fix``:
+    the tests of the other stages do not pay for a process they do not use.
     """
 
-    def __init__(self, data: Path, toml: str = "", **overrides) -> None:
+    def __init__(self, data: Path, toml: str = "", *, fix: bool = False, **overrides) -> None:
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
         config_path = self.data / "ringex.toml"
         config_path.write_text(toml)
-        order, md, ws = free_ports(3)
-        values = {"data_dir": str(self.data), "order_port": order, "md_port": md, "ws_port": ws, **overrides}
-        self.config: Config = load_config(config_path, environ={}, overrides=values)
+        order, md, ws, fix_port = free_ports(4)
+        values = {"data_dir": str(self.data), "order_port": order, "md_port": md, "ws_port": ws, "fix_port": fix_port}
+        config = load_config(config_path, environ={}, overrides={**values, **overrides})
+        if config.fix.enabled != fix:
+            config = dataclasses.replace(config, fix=dataclasses.replace(config.fix, enabled=fix))
+        self.config: Config = config
         self.topology = Topology.for_config(self.config, prefix=f"rxt{os.getpid()}{secrets.token_hex(3)}")
         self.procs: dict = {}
         self._attached: dict[str, Ring] = {}
@@ -188,7 +194,7 @@ class Stages:
     def close(self) -> None:
         """Stop every stage still running (the gateway first, the journaler last, as the
         supervisor does) and remove the shared memory."""
-        order = [GATEWAY, NOTIFIER, *(matcher_role(i) for i in range(len(self.topology.shards))), JOURNALER]
+        order = [FIX, GATEWAY, NOTIFIER, *(matcher_role(i) for i in range(len(self.topology.shards))), JOURNALER]
         for role in [r for r in order if r in self.procs] + [r for r in self.procs if r not in order]:
             with contextlib.suppress(AssertionError):
                 self.stop(role)
