@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
@@ -49,18 +48,26 @@ import sys
 import time
 from pathlib import Path
 
-from ringex import roles
+from ringex import preflight, roles, runfile
 from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
+from ringex.order_entry.accounts import (
+    DEMO_OPERATOR,
+    AccountError,
+    create_demo_accounts,
+    demo_accounts,
+    mark_demo_shown,
+    unshown_demo_accounts,
+)
 from ringex.restart_policy import RESTART_WINDOW_S, RestartPolicy
 from ringex.ring import Ring
+from ringex.runfile import RUN_FILE
 from ringex.topology import BRIDGE, FIX, JOURNALER, MATCHER, NOTIFIER, PRIMARY, SUPERVISOR, Topology
 
 __all__ = ["Supervisor", "StartError", "prepare_journal", "RUN_FILE", "LOCK_FILE"]
 
 log = logging.getLogger("ringex.supervisor")
 
-RUN_FILE = "ringex.run.json"
 LOCK_FILE = "ringex.lock"
 # How long a stage gets to recover and report ready. A first start on a new machine
 # compiles the numba kernels (about a minute); later starts load them from the cache.
@@ -115,11 +122,12 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._stopping = False
         self.policy = RestartPolicy(config.market_data_outage)
+        self.demo_accounts: dict[int, int] = {}
+        self._started = time.time()
 
     # -- start ---------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -170,11 +178,12 @@ class Supervisor:
     def _ready(self, child: _Child) -> bool:
         return any(r["role"] == child.role and r["ready"] for r in self.control.roles())
 
-    def _write_run_file(self) -> None:
+    def _write_run_file(self, state: str) -> None:
         info = {
             "pid": os.getpid(),
             "data_dir": str(self.data.resolve()),
-            "started": time.time(),
+            "started": self._started,
+            "state": state,
             "topology": self.topology.to_json(),
             "host": self.config.host,
             "ports": {
@@ -185,31 +194,46 @@ class Supervisor:
             },
             "durability": self.config.durability,
             "mode": self.topology.mode,
+            "log": str((self.data / "ringex.log").resolve()),
         }
-        tmp = self.data / (RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.data / RUN_FILE)
+        runfile.write_run_file(self.data, info)
 
     def start(self) -> None:
-        from ringex.order_entry.accounts import create_demo_accounts
-
-        self._lock()
+        """Check, then start every stage; ``StartError`` says what went wrong in one line.
+        The data directory and every port are checked (``ringex.preflight``) before
+        anything is created or spawned; the demo accounts' tokens are kept until a
+        banner has shown them (``ringex.order_entry.accounts``)."""
+        self._started = time.time()
+        try:
+            preflight.check_data_dir(self.config)
+            self._lock()
+            preflight.check_ports(self.config, self.topology)
+        except preflight.PreflightError as exc:
+            raise StartError(str(exc)) from None
         from ringex.logs import setup_logging
 
         setup_logging(self.config, SUPERVISOR)
         log.info("starting on %s (durability %s)", self.data.resolve(), self.config.durability)
         prepare_journal(self.config)
         # a standby or follower takes the primary's accounts file, copied by the operator
-        self.demo_accounts = create_demo_accounts(self.data) if self.topology.mode == PRIMARY else {}
+        if self.topology.mode == PRIMARY:
+            self.demo_accounts = create_demo_accounts(self.data) or unshown_demo_accounts(self.data)
         self._make_shared_memory()
-        self._write_run_file()
+        self._write_run_file("starting")
         self._plan_children()
         for child in self.children:
             self._spawn(child)
             self._wait_ready(child)
         self.control.set_state(ExchangeState.READY)
         log.info("ready: accepting orders")
+        self._write_run_file("ready")
         self._banner()
+
+    def _has_demo_accounts(self) -> bool:
+        try:
+            return bool(demo_accounts(self.data))
+        except AccountError:
+            return False
 
     def _banner(self) -> None:
         c = self.config
@@ -238,11 +262,16 @@ class Supervisor:
             + ", ".join(f"{s.name} (tick {s.tick}, {s.price_min}..{s.price_max})" for s in c.symbols),
         ]
         if self.demo_accounts:
-            lines.append("  demo accounts (their tokens are shown only now; `ringex accounts add ID` resets one):")
-            lines += [f"    account {a}  token {t}" for a, t in self.demo_accounts.items()]
-            account, token = next(iter(self.demo_accounts.items()))
+            lines.append("  demo accounts (shown here once; `ringex accounts demo` shows them again):")
+            lines += [
+                f"    {'operator' if a == DEMO_OPERATOR else 'account'} {a}  token {t}"
+                for a, t in self.demo_accounts.items()
+            ]
+            account, token = next((a, t) for a, t in self.demo_accounts.items() if a != DEMO_OPERATOR)
         else:
             account, token = "ACCOUNT", "TOKEN"
+            if self._has_demo_accounts():
+                lines.append("  demo accounts: `ringex accounts demo` shows their tokens")
         lines += [
             "try, in another terminal (after `. .venv/bin/activate`):",
             f"  export RINGEX_ACCOUNT={account} RINGEX_TOKEN={token}",
@@ -253,6 +282,8 @@ class Supervisor:
             "stop with Ctrl-C",
         ]
         print("\n".join(lines), file=self.out, flush=True)
+        if self.demo_accounts:
+            mark_demo_shown(self.data)
 
     # -- watch -----------------------------------------------------------------------------
 
@@ -377,7 +408,8 @@ class Supervisor:
             self.control.close()
             self.control.unlink()
             self.control = None
-        (self.data / RUN_FILE).unlink(missing_ok=True)
+        if self._lock_fd is not None:  # the run file is ours only while we hold the lock
+            runfile.remove_run_file(self.data)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -81,7 +81,15 @@ def serve(config: Config, command: str, mode: str = PRIMARY) -> int:
         supervisor.serve_forever()
     except StartError as exc:
         print(f"ringex {command}: {exc}", file=sys.stderr)
-        logging.getLogger("ringex.supervisor").error("%s", exc)
+        if logging.getLogger().handlers:  # not before the log is set up: the line above says it
+            logging.getLogger("ringex.supervisor").error("%s", exc)
+        if supervisor.demo_accounts:
+            # created by this start, never shown: say where they are (the next start shows them)
+            print(
+                f"ringex {command}: the demo accounts' tokens are kept; `ringex accounts demo --data {config.data_dir}`"
+                " shows them",
+                file=sys.stderr,
+            )
         return 1
     finally:
         supervisor.shutdown()

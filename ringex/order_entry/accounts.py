@@ -19,8 +19,10 @@ switches (the ``Y`` request, ``ringex risk``). The gateway asks ``is_operator`` 
 Demo accounts (the first start of a data directory): their tokens are also kept in
 ``demo-accounts.json`` next to the account file, readable by its owner only, and written
 *before* the accounts are, so a first start that fails or is interrupted never loses
-them: the next start uses the same tokens, and every banner shows them
-(``demo_accounts``). That file is the one exception to "never the token": it is a
+them: the next start uses the same tokens. The file also says whether a banner has
+shown them (``mark_demo_shown``): a start that fails before its banner leaves them
+unshown, and the next banner shows them (``unshown_demo_accounts``); after that,
+``ringex accounts demo`` does (``demo_accounts``). That file is the one exception to "never the token": it is a
 convenience for the local operator of a demo; ``ringex accounts add``/``remove`` of a
 demo account drop it from the file, so what it shows always works.
 
@@ -35,6 +37,8 @@ Public API used by the gateway and the notifier::
     store.is_operator(account) -> bool
     create_demo_accounts(data_dir, count=3) -> dict[int, int]  # {account: token}, only if none exist
     demo_accounts(data_dir) -> dict[int, int]  # the demo tokens still valid
+    unshown_demo_accounts(data_dir) -> dict[int, int]  # ... that no banner has shown yet
+    mark_demo_shown(data_dir)
     check_executor() -> ThreadPoolExecutor    # one low-priority thread to run ``verify`` on
 """
 
@@ -62,6 +66,8 @@ __all__ = [
     "parse_account_id",
     "demo_accounts",
     "forget_demo_account",
+    "unshown_demo_accounts",
+    "mark_demo_shown",
 ]
 
 ACCOUNTS_FILE = "accounts.json"
@@ -313,23 +319,31 @@ def _demo_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DEMO_FILE
 
 
-def _read_demo(data_dir: str | os.PathLike[str]) -> dict[int, int]:
+def _read_demo_doc(data_dir: str | os.PathLike[str]) -> tuple[dict[int, int], bool]:
+    """(tokens, shown) from the demo file; ({}, False) when there is none."""
     try:
         doc = json.loads(_demo_path(data_dir).read_text("utf-8"))
-        return {int(acct): int(token) for acct, token in doc["tokens"].items()}
+        return {int(acct): int(token) for acct, token in doc["tokens"].items()}, bool(doc.get("shown", False))
     except FileNotFoundError:
-        return {}
+        return {}, False
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise AccountError(f"demo account file {_demo_path(data_dir)}: unreadable: {exc}") from None
 
 
-def _write_demo(data_dir: str | os.PathLike[str], tokens: dict[int, int]) -> None:
+def _read_demo(data_dir: str | os.PathLike[str]) -> dict[int, int]:
+    return _read_demo_doc(data_dir)[0]
+
+
+def _write_demo(data_dir: str | os.PathLike[str], tokens: dict[int, int], shown: bool | None = None) -> None:
     path = _demo_path(data_dir)
+    if shown is None:
+        shown = _read_demo_doc(data_dir)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".demo-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"operator": DEMO_OPERATOR, "tokens": {str(a): t for a, t in tokens.items()}}, fh, indent=1)
+            doc = {"operator": DEMO_OPERATOR, "shown": shown, "tokens": {str(a): t for a, t in tokens.items()}}
+            json.dump(doc, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)
@@ -352,7 +366,7 @@ def create_demo_accounts(data_dir: str | os.PathLike[str], count: int = 3) -> di
     if not tokens:
         wanted = [DEMO_OPERATOR, *range(DEMO_FIRST_ACCOUNT, DEMO_FIRST_ACCOUNT + count)]
         tokens = {acct: secrets.randbelow(U64_MAX) + 1 for acct in wanted}
-        _write_demo(data_dir, tokens)
+        _write_demo(data_dir, tokens, shown=False)
     for acct, token in tokens.items():
         store.add(acct, token, operator=acct == DEMO_OPERATOR)
     return tokens
@@ -376,3 +390,18 @@ def forget_demo_account(data_dir: str | os.PathLike[str], account: int) -> bool:
     del tokens[account]
     _write_demo(data_dir, tokens)
     return True
+
+
+def unshown_demo_accounts(data_dir: str | os.PathLike[str]) -> dict[int, int]:
+    """The demo accounts still valid whose tokens no banner has shown yet (a first start
+    that failed or was interrupted before it was ready)."""
+    if _read_demo_doc(data_dir)[1]:
+        return {}
+    return demo_accounts(data_dir)
+
+
+def mark_demo_shown(data_dir: str | os.PathLike[str]) -> None:
+    """A banner has shown the demo tokens: later banners point to ``ringex accounts demo``."""
+    tokens, shown = _read_demo_doc(data_dir)
+    if tokens and not shown:
+        _write_demo(data_dir, tokens, shown=True)
