@@ -33,6 +33,8 @@ __all__ = [
     "data_dir_of",
     "credentials",
     "parse_int",
+    "FeedRefused",
+    "orders_feed",
 ]
 
 # What a client connects to when the exchange listens on every address.
@@ -135,7 +137,7 @@ def find_exchange(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         if len(others) == 1:
             run = others[0]
             data = Path(run["data_dir"])
-        elif len(others) > 1:
+        elif len(others) > 1 and getattr(args, "port", None) is None and getattr(args, "md_port", None) is None:
             where = ", ".join(o["data_dir"] for o in others)
             raise ExchangeNotFound(f"{len(others)} exchanges are running ({where}); choose one with --data DIR")
 
@@ -166,3 +168,29 @@ def data_dir_of(args: argparse.Namespace) -> Path:
         return find_exchange(args).data_dir
     except ExchangeNotFound as exc:
         raise SystemExit(f"ringex: {exc}") from None
+
+
+class FeedRefused(Exception):
+    """The notifier refused the login or the subscription; the message says why."""
+
+
+def orders_feed(exchange: Exchange, account: int, token: int, symbol: str | None = None, timeout: float = 10.0):
+    """A market data connection logged in as ``account`` and subscribed to its private
+    ``orders`` channel (``symbol``, None: every symbol), with its ``orders_snapshot``
+    read: returns ``(client, snapshot)``. ``OSError`` if the notifier cannot be reached,
+    ``FeedRefused`` if it says no."""
+    from ringex.market_data.client import MdClient
+
+    md = MdClient(exchange.host, exchange.md_port, timeout=timeout)
+    try:
+        md.login(account, token)
+        md.subscribe("orders", symbol)
+        while True:
+            msg = md.recv()
+            if msg.get("type") == "error":
+                raise FeedRefused(f"the notifier refused: {msg.get('reason')}")
+            if msg.get("type") == "orders_snapshot":
+                return md, msg
+    except BaseException:
+        md.close()
+        raise
