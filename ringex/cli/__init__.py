@@ -15,6 +15,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("ringex.cli.up", "start the whole exchange (embedded defaults without --config)"),
+    "stop": ("ringex.cli.stop", "stop a running exchange cleanly (as Ctrl-C in its terminal)"),
     "status": ("ringex.cli.status", "show ring cursors, consumer lag and live processes"),
     "match": ("ringex.cli.match", "match a CSV of orders offline and print the events as JSON lines"),
     "recover": ("ringex.cli.recover", "rebuild every book from the journal; --verify replays it byte for byte"),
