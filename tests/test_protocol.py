@@ -266,3 +266,29 @@ def test_jitted_validate_matches_the_numpy_reference_on_random_mass_cancels_and_
     got = validate(frames, TABLE, logged_in)
     assert np.array_equal(got, validate_reference(frames, TABLE, logged_in))
     assert {0, 3, 4, 16} <= set(got.tolist()) if logged_in else set(got.tolist()) == {1}
+
+
+def test_the_users_docs_name_every_reason_code():
+    """Every reason an ``X``/``J``/``E`` or a private message can carry is in the docs,
+    with its code for the order entry reasons and the risk refusals."""
+    from pathlib import Path
+
+    from ringex.codes import EventReason
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    protocol = (docs / "protocol.md").read_text()
+    market_data = (docs / "market-data.md").read_text()
+    for reason in Reason:
+        if reason != Reason.OK:
+            assert f"| {int(reason)} | {reason.name} |" in protocol, reason
+    for reason in EventReason:
+        if reason == EventReason.NONE:
+            continue
+        name = reason.name.lower()
+        assert f"`{name}`" in protocol or f"| {name} |" in protocol, reason
+        if reason.name.startswith("RISK_"):
+            assert f"| {int(reason)} | {name} |" in protocol, reason
+            if reason != EventReason.RISK_TABLE_FULL:
+                assert f"`{name}`" in market_data, reason
+        else:
+            assert f"`{name}`" in market_data, reason
