@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.order_entry import ACCOUNT, OPERATOR, OPERATOR_TOKEN, OTHER, OTHER_TOKEN, OrderEntry
+from support.order_entry import ACCOUNT, OPERATOR, OPERATOR_TOKEN, OTHER, OTHER_TOKEN, TOKEN, OrderEntry
 
 from ringex.cli import main as cli_main
 from ringex.codes import EventKind, EventReason, Op, Reason, RiskLimit
@@ -215,3 +215,56 @@ def test_an_exchange_without_limits_journals_none(tmp_path):
         assert not (ex.data / LIMITS_USED).exists()
     finally:
         ex.close()
+
+
+def _cli(ex: OrderEntry, *args: str, account: int = ACCOUNT, token: int = TOKEN):
+    import os
+    import subprocess
+    import sys
+
+    from support.running import ROOT
+
+    env = {**os.environ, "RINGEX_ACCOUNT": str(account), "RINGEX_TOKEN": str(token)}
+    ports = ["--host", "127.0.0.1", "--port", str(ex.port)]
+    if args[0] == "order":
+        ports += ["--md-port", str(ex.stages.config.md_port)]
+    return subprocess.run(
+        [sys.executable, "-m", "ringex", *args, *ports], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+    )
+
+
+def test_cancel_all_and_the_risk_command_line(exchange, capsys):
+    assert _cli(exchange, "order", "buy", "ACME", "1", "500").returncode == 0
+    assert _cli(exchange, "order", "sell", "BOLT", "2", "900").returncode == 0
+    assert _cli(exchange, "order", "sell", "BOLT", "1", "950").returncode == 0
+    out = _cli(exchange, "order", "cancel-all", "--wait")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:] == [
+        "ACME: cancelled 1 order",
+        "BOLT: cancelled 2 orders",
+        "cancelled 3 orders in 2 symbols",
+    ], out.stdout
+
+    refused = _cli(exchange, "risk", "kill", str(ACCOUNT))
+    assert refused.returncode == 1 and "NOT_PERMITTED" in refused.stdout and "--operator" in refused.stdout
+    op = {"account": OPERATOR, "token": OPERATOR_TOKEN}
+    killed = _cli(exchange, "risk", "kill", str(ACCOUNT), **op)
+    assert killed.returncode == 0 and killed.stdout.startswith(
+        f"ACK kill switch engaged for account {ACCOUNT} in every"
+    )
+    assert (
+        _cli(exchange, "order", "buy", "ACME", "1", "500", "--wait").stdout.splitlines()[1]
+        == "rejected: risk_kill_switch"
+    )
+    assert _cli(exchange, "risk", "release", str(ACCOUNT), **op).returncode == 0
+    assert (
+        _cli(exchange, "order", "buy", "ACME", "1", "500", "--wait").stdout.splitlines()[1] == "rested: 1 open at 500"
+    )
+    limited = _cli(exchange, "risk", "set", "max_order_qty", "5", "--for", str(ACCOUNT), "--symbol", "BOLT", **op)
+    assert limited.stdout.startswith(f"ACK max_order_qty = 5 for account {ACCOUNT} in BOLT"), limited.stdout
+    assert (
+        _cli(exchange, "order", "buy", "BOLT", "6", "10", "--wait").stdout.splitlines()[1] == "rejected: risk_max_qty"
+    )
+    bad = _cli(exchange, "risk", "set", "collar_bps", "100", "--for", str(ACCOUNT), **op)
+    assert bad.returncode == 1 and "BAD_LIMIT" in bad.stdout
+    verify(exchange, capsys)

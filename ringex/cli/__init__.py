@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "journal": ("ringex.cli.journal", "print journaled commands and events as JSON lines"),
     "accounts": ("ringex.cli.accounts", "manage order entry accounts and their secrets"),
     "order": ("ringex.cli.order", "send an order, cancel or replace to a running exchange"),
+    "risk": ("ringex.cli.risk", "operators: set risk limits and kill switches at run time"),
     "orders": ("ringex.cli.orders", "list your open orders"),
     "book": ("ringex.cli.book", "print the current book of a symbol and its last trade"),
     "watch": ("ringex.cli.watch", "live view of trades and the top of the book"),

@@ -10,6 +10,7 @@ about one of your orders.
     ringex order cancel 1732000000000001 --symbol ACME
     ringex order replace 1732000000000001 110 8 --symbol ACME
     ringex order status 1732000000000001    # open (and how much), or not
+    ringex order cancel-all [--symbol ACME] [--side buy|sell] [--wait]   # every order of yours
 
 The account and token come from ``--account``/``--token`` or the environment
 (``RINGEX_ACCOUNT``, ``RINGEX_TOKEN``); the exchange is found as every client command
@@ -82,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("qty", type=_int, help="the new open quantity")
     p.add_argument("--symbol", required=True, help="the order's symbol (routes the replace to its book)")
     _connection_args(p)
+    p = sub.add_parser("cancel-all", help="cancel every order of your account (--symbol, --side to narrow)")
+    p.add_argument("--symbol", default=None, help="only this symbol's orders (default: every symbol)")
+    p.add_argument("--side", choices=("buy", "sell"), default=None, help="only this side's orders")
+    _connection_args(p)
     p = sub.add_parser("status", help="status ORDER_ID: whether one of your orders is open, and how much")
     p.add_argument("order_id", type=_int)
     p.add_argument("--symbol", default=None, help="look only in this symbol")
@@ -124,6 +129,30 @@ def _outcome(md, action: str, order_id: int, deadline: float) -> int:
             return 0
 
 
+def _mass_outcome(md, client_order_id: int, symbols: int | None, deadline: float) -> int:
+    """Print what a mass cancel cancelled, from its ``mass_cancelled`` message in each
+    book: ``symbols`` of them (None: as many as come before a short quiet spell)."""
+    total = seen = 0
+    while symbols is None or seen < symbols:
+        left = deadline - time.monotonic()
+        quiet = 0.5 if symbols is None and seen else left
+        try:
+            msg = md.recv(max(0.0, min(left, quiet)))
+        except TimeoutError:
+            if symbols is None and seen:
+                break
+            print("no outcome within the timeout (ringex watch --orders shows it)")
+            return 1
+        if msg.get("type") != "mass_cancelled" or msg.get("client_order_id") != client_order_id:
+            continue
+        seen += 1
+        total += msg["cancelled"]
+        print(f"{msg['symbol']}: cancelled {msg['cancelled']} order{'s' if msg['cancelled'] != 1 else ''}")
+    if seen > 1:
+        print(f"cancelled {total} order{'s' if total != 1 else ''} in {seen} symbols")
+    return 0
+
+
 def _status(exchange, account: int, token: int, args: argparse.Namespace) -> int:
     md, snapshot = orders_feed(exchange, account, token, args.symbol, timeout=args.timeout)
     md.close()
@@ -163,11 +192,16 @@ def run(args: argparse.Namespace) -> int:
                 )
             elif args.action == "cancel":
                 reply = client.cancel(args.symbol, args.order_id)
+            elif args.action == "cancel-all":
+                reply = client.mass_cancel(args.symbol, args.side or 0)
             else:
                 reply = client.replace(args.symbol, args.order_id, args.price, args.qty)
         print(reply, flush=True)
         if not reply.ok:
             return 1
+        if md is not None and args.action == "cancel-all":
+            books = 1 if args.symbol else (len(exchange.symbols) if exchange.running else None)
+            return _mass_outcome(md, reply.client_order_id, books, time.monotonic() + args.timeout)
         if md is not None:
             return _outcome(md, args.action, reply.order_id, time.monotonic() + args.timeout)
         return 0
