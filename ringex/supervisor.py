@@ -78,6 +78,25 @@ EXIT_TIMEOUT_S = 30.0
 # MAX_RESTARTS, RESTART_WINDOW_S: ringex.restart_policy says what a crash loop is and
 # which stages halt trading when they are in one.
 POLL_S = 0.05
+# A stage not ready after this long is most likely compiling its kernels (numba's cache
+# is missing or stale): say so rather than sit silent. Warm starts take ~1 s a stage.
+STILL_STARTING_S = 5.0
+# The modules with numba kernels, each cached in its own __pycache__ (``kernels_cached``).
+JIT_MODULES = ("matcher_jit", "wal", "order_entry/protocol", "order_entry/session")
+
+
+def kernels_cached(package: Path | None = None) -> bool:
+    """Whether numba's cache holds every kernel module's code (else a start compiles
+    them, about a minute on two cores). With ``NUMBA_CACHE_DIR`` set the cache is
+    elsewhere: assume so, and let ``STILL_STARTING_S`` tell a slow start."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return True
+    package = Path(__file__).resolve().parent if package is None else package
+    for module in JIT_MODULES:
+        path = package / module
+        if not any((path.parent / "__pycache__").glob(f"{path.name}.*.nbi")):
+            return False
+    return True
 
 
 class StartError(RuntimeError):
@@ -162,8 +181,18 @@ class Supervisor:
         log.info("started %s (pid %d)", child.role, process.pid)
 
     def _wait_ready(self, child: _Child) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        began = time.monotonic()
+        deadline = began + READY_TIMEOUT_S
+        told = False
         while not self._ready(child):
+            if not told and time.monotonic() - began > STILL_STARTING_S:
+                told = True
+                print(
+                    f"  {child.role}: still starting after {STILL_STARTING_S:.0f} s (compiling its kernels: a first"
+                    " start, or the first after an upgrade; later starts take seconds)",
+                    file=self.out,
+                    flush=True,
+                )
             if self._stopping:
                 raise StartError("stopped while starting")
             if not child.process.is_alive():
@@ -173,6 +202,8 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise StartError(f"{child.role} did not become ready within {READY_TIMEOUT_S:.0f} s")
             time.sleep(POLL_S)
+        if told:
+            print(f"  {child.role}: ready after {time.monotonic() - began:.0f} s", file=self.out, flush=True)
         log.info("%s ready", child.role)
 
     def _ready(self, child: _Child) -> bool:
@@ -218,6 +249,13 @@ class Supervisor:
         # a standby or follower takes the primary's accounts file, copied by the operator
         if self.topology.mode == PRIMARY:
             self.demo_accounts = create_demo_accounts(self.data) or unshown_demo_accounts(self.data)
+        if not kernels_cached():
+            print(
+                "compiling the matching kernels: first start only, about a minute on two cores"
+                " (later starts take seconds)...",
+                file=self.out,
+                flush=True,
+            )
         self._make_shared_memory()
         self._write_run_file("starting")
         self._plan_children()

@@ -174,3 +174,17 @@ def test_an_interrupted_first_start_keeps_the_demo_tokens_and_the_next_start_sho
         assert "`ringex accounts demo` shows their tokens" in ex.output
     finally:
         ex.stop()
+
+
+def test_a_start_knows_when_the_kernels_must_be_compiled(tmp_path, monkeypatch):
+    from ringex.supervisor import JIT_MODULES, kernels_cached
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    for module in JIT_MODULES:
+        assert not kernels_cached(tmp_path)
+        path = tmp_path / module
+        (path.parent / "__pycache__").mkdir(parents=True, exist_ok=True)
+        (path.parent / "__pycache__" / f"{path.name}.some_kernel-12.py311.nbi").write_bytes(b"")
+    assert kernels_cached(tmp_path)
+    (tmp_path / "__pycache__" / "matcher_jit.some_kernel-12.py311.nbi").unlink()
+    assert not kernels_cached(tmp_path)
