@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -120,3 +121,32 @@ def test_stop_from_anywhere_stops_the_running_exchange_cleanly(exchange, tmp_pat
     again = _ringex("stop", "--data", str(exchange.data), cwd=tmp_path)
     assert again.returncode == 1 and "no exchange is running on" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_up_detach_returns_once_ready_and_stop_ends_it(tmp_path, run_dir):
+    from ringex.runfile import pid_alive, read_run_file
+
+    ex = RunningExchange(tmp_path / "data", durability="async")
+    try:
+        out = subprocess.run([*ex.command(), "--detach"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "ringex is up" in out.stdout and "stop with `ringex stop`" in out.stdout
+        assert "running in the background (pid " in out.stdout and "ringex-up.out" in out.stdout
+        assert re.search(r"account 1001\s+token \d+", out.stdout), "the first banner shows the demo tokens"
+        run = read_run_file(ex.data)
+        assert run is not None and run["state"] == "ready"
+        with ex.subscribed("trades", "ACME"):
+            pass  # it serves while the command that started it is gone
+        again = subprocess.run([*ex.command(), "--detach"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 1 and "already running" in again.stderr
+        stopped = _ringex("stop", "--data", str(ex.data))
+        assert stopped.returncode == 0, stopped.stderr
+        deadline = time.monotonic() + 30
+        while pid_alive(run["pid"]):
+            assert time.monotonic() < deadline, "the detached exchange did not exit"
+            time.sleep(0.1)
+        assert ex.shared_memory() == []
+    finally:
+        left = read_run_file(ex.data)
+        if left is not None:
+            os.kill(left["pid"], signal.SIGKILL)
