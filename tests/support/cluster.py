@@ -56,6 +56,8 @@ class ClusterNode(RunningExchange):
         cmd = [sys.executable, "-m", "ringex", self.subcommand, "--data", str(self.data)]
         cmd += ["--durability", self.durability, "--config", str(self.config)]
         cmd += ["--order-port", str(self.order_port), "--md-port", str(self.md_port), "--ws-port", str(self.ws_port)]
+        if self.subcommand == "up":  # the FIX acceptor runs in a primary only
+            cmd += ["--fix-port", str(self.fix_port)]
         return cmd + self.extra
 
     def pids(self) -> list[int]:
