@@ -11,6 +11,7 @@ loopback ports, plus the readers a test checks them with.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import subprocess
@@ -107,7 +108,10 @@ class Recorder:
         while not any(m["seq"] >= seq for m in self.trades()):
             if time.monotonic() > deadline or self.closed:
                 have = self.trades()[-1]["seq"] if self.trades() else None
-                raise AssertionError(f"{self.symbol}: trade seq {seq} never came (last {have}, closed {self.closed})")
+                kinds = collections.Counter(m["type"] for m in self.messages)
+                raise AssertionError(
+                    f"{self.symbol}: trade seq {seq} never came (last {have}, closed {self.closed}; got {dict(kinds)})"
+                )
             time.sleep(0.05)
 
     def close(self) -> None:
