@@ -181,11 +181,6 @@
       case "rejected":
         if (m.channel === "orders") onOrderEvent(m);
         return;
-      case "orders_snapshot": // the open orders when subscribed, before any event after them
-        for (const o of m.orders) {
-          onOrderEvent({ ...o, type: "accepted", account: m.account, qty: o.remaining, ts_ns: 0 });
-        }
-        return;
       case "error":
         return onError(m);
       default:
