@@ -110,6 +110,32 @@ def test_journal_tail_follow_prints_new_commands_each_followed_by_its_events(exc
     assert len({json.dumps(x, sort_keys=True) for x in lines}) == len(lines), "nothing printed twice"
 
 
+def test_client_commands_find_the_running_exchange_from_any_directory(exchange, tmp_path):
+    status = _ringex("status", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["data_dir"] == str(exchange.data.resolve())
+    book = _ringex("book", "ACME", cwd=tmp_path)
+    assert book.returncode == 0 and book.stdout.startswith("ACME  last trade 2 @ 100"), book.stdout + book.stderr
+    tail = _ringex("journal", "tail", "ACME", "-n", "1", cwd=tmp_path)
+    assert tail.returncode == 0 and json.loads(tail.stdout.splitlines()[0])["type"] == "command"
+    account, token = next(iter(exchange.accounts.items()))
+    env = {**os.environ, "RINGEX_ACCOUNT": str(account), "RINGEX_TOKEN": str(token)}
+    orders = subprocess.run(
+        [sys.executable, "-m", "ringex", "orders"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert orders.returncode == 0 and orders.stdout.startswith(f"account {account}: 1 open order"), orders.stdout
+    # the variables win over the run file, as over the config
+    wrong = subprocess.run(
+        [sys.executable, "-m", "ringex", "book", "ACME"],
+        cwd=tmp_path,
+        env={**env, "RINGEX_MD_PORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "cannot reach the notifier at 127.0.0.1:1" in wrong.stderr
+
+
 def test_stop_from_anywhere_stops_the_running_exchange_cleanly(exchange, tmp_path):
     # from a directory with no ringex-data and no flags: the run file's pointer finds it
     out = _ringex("stop", cwd=tmp_path)
