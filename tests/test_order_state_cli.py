@@ -70,7 +70,7 @@ def test_wait_prints_the_matchers_outcome_of_each_kind(exchange):
     )
     assert cancel.returncode == 1
     assert (
-        cancel.stdout.startswith(f"ACK ACME order {gone}")
+        cancel.stdout.startswith(f"ACK cancel ACME order {gone}")
         and cancel.stdout.splitlines()[1] == "rejected: unknown_order"
     )
 

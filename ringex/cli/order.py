@@ -196,7 +196,12 @@ def run(args: argparse.Namespace) -> int:
                 reply = client.mass_cancel(args.symbol, args.side or 0)
             else:
                 reply = client.replace(args.symbol, args.order_id, args.price, args.qty)
-        print(reply, flush=True)
+        text = str(reply)
+        if args.action in ("cancel", "replace", "cancel-all"):
+            # the reply does not say what it answers: name the request (ACK cancel ..., REJECT replace ...)
+            kind, _, rest = text.partition(" ")
+            text = f"{kind} {args.action} {rest}"
+        print(text, flush=True)
         if not reply.ok:
             return 1
         if md is not None and args.action == "cancel-all":
