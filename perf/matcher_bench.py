@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the reference book lives with the tests
+sys.path.insert(0, str(ROOT / "tests"))  # the reference book lives in tests/support
 
 import numba  # noqa: E402
 from numba import njit  # noqa: E402
@@ -211,7 +211,7 @@ def latency(cmds: np.ndarray, batch: int) -> dict:
 
 
 def reference(cmds: np.ndarray, batch: int) -> tuple[dict, bytes]:
-    from reference_book import ReferenceBook
+    from support.reference_book import ReferenceBook
 
     book = ReferenceBook(SPEC)
     out = []

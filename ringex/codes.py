@@ -25,6 +25,7 @@ __all__ = [
     "EventKind",
     "EventReason",
     "Stp",
+    "RiskLimit",
     "Tag",
     "FixMsgType",
     "FIX44_MSG_TYPES",
@@ -50,6 +51,9 @@ class MsgType(enum.IntEnum):
     CANCEL = ord("C")
     REPLACE = ord("R")
     HEARTBEAT = ord("H")
+    # project additions (docs/protocol.md, "Beyond version 1"):
+    MASS_CANCEL = ord("M")  # every order of the session's account: symbol blank = every symbol, side 0 = both
+    RISK = ord("Y")  # operator sessions only: set one ``RiskLimit`` of an account or a symbol
 
 
 class Op(enum.IntEnum):
@@ -59,6 +63,25 @@ class Op(enum.IntEnum):
     NEW = MsgType.NEW.value
     CANCEL = MsgType.CANCEL.value
     REPLACE = MsgType.REPLACE.value
+    MASS_CANCEL = MsgType.MASS_CANCEL.value
+    RISK = MsgType.RISK.value
+    # Made by the gateway, never accepted from a client: cancel every order of
+    # ``account`` because its last session went away (cancel-on-disconnect).
+    DISCONNECT = ord("D")
+
+
+class RiskLimit(enum.IntEnum):
+    """Which limit an ``Op.RISK`` command sets, in its ``side`` byte; the value is in its
+    ``price`` field and the account it applies to in ``order_id`` (0: the symbol's
+    limit, for every account). A value of 0 removes the limit."""
+
+    MAX_ORDER_QTY = ord("Q")  # largest quantity of one order (account or symbol)
+    MAX_NOTIONAL = ord("V")  # largest price x quantity of one order (account or symbol)
+    MAX_OPEN_ORDERS = ord("O")  # most resting orders of one account in the book (account or symbol)
+    COLLAR_BPS = ord("C")  # symbol only: orders may not be priced further than this from the reference
+    REFERENCE_PRICE = ord("P")  # symbol only: the collar's centre until the first trade
+    KILL_SWITCH = ord("K")  # account only: 1 cancels its orders and refuses new ones, 0 lets it trade again
+    CLEAR = ord("X")  # symbol only, value 0: remove every limit of the book (kill switches stay)
 
 
 class Side(enum.IntEnum):
@@ -108,6 +131,9 @@ class Reason(enum.IntEnum):
     # project additions: only ever sent with ``E``, just before the close
     IDLE_TIMEOUT = 13
     SESSION_LIMIT = 14
+    # project additions for the ``M`` and ``Y`` requests
+    NOT_PERMITTED = 15  # ``Y`` from a session whose account is not an operator
+    BAD_LIMIT = 16  # ``Y`` naming an unknown limit, a negative value, or a limit the target cannot have
 
 
 class EventKind(enum.IntEnum):
@@ -118,11 +144,16 @@ class EventKind(enum.IntEnum):
     CANCELLED = ord("C")
     REPLACED = ord("R")
     REJECTED = ord("J")
+    # after a mass cancel or a cancel-on-disconnect: how many orders it cancelled
+    MASS_CANCELLED = ord("M")
+    # an ``Op.RISK`` command took effect
+    LIMIT_SET = ord("L")
 
 
 class EventReason(enum.IntEnum):
     """``EVENT.reason``, grouped by range: 0 none, 1-19 why an order was cancelled,
-    20-39 why the matcher rejected a command."""
+    20-39 why the matcher rejected a command, 40-59 which pre-trade risk check refused
+    it (``ringex.engine.risk``)."""
 
     NONE = 0
     # cancelled
@@ -131,6 +162,9 @@ class EventReason(enum.IntEnum):
     FOK_UNFILLED = 3
     SELF_TRADE = 4
     NO_LIQUIDITY = 5
+    MASS_CANCEL = 6
+    KILL_SWITCH = 7
+    DISCONNECT = 8
     # rejected
     UNKNOWN_ORDER = 20
     NOT_OWNER = 21
@@ -140,6 +174,13 @@ class EventReason(enum.IntEnum):
     BAD_QTY = 25
     BAD_ORDER_TYPE = 26
     DUPLICATE_ORDER_ID = 27
+    # refused by pre-trade risk
+    RISK_MAX_QTY = 40
+    RISK_MAX_NOTIONAL = 41
+    RISK_PRICE_COLLAR = 42
+    RISK_MAX_OPEN_ORDERS = 43
+    RISK_KILL_SWITCH = 44
+    RISK_TABLE_FULL = 45
 
 
 class Stp(enum.IntEnum):

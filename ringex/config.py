@@ -15,6 +15,11 @@ connections, queues, deadlines, failed logins and fan-out), ``[journal]``
 (``JournalSettings``: the LMDB map), ``[scheduling]`` (who gets a core first) and
 ``[cluster]`` (``ClusterSettings``: copies on NATS JetStream) and ``[fix]``
 (``FixSettings``: the FIX 4.4 acceptor, ``docs/fix.md``).
+Pre-trade risk limits are ``[risk.NAME]`` (``SymbolRisk``: a symbol's limits, for
+every account) and ``[accounts.ID]`` (``AccountSettings``: an account's own limits and
+cancel-on-disconnect); ``ringex.engine.risk`` turns them into journaled commands at
+start-up, so they are not part of a symbol's journaled spec and may change between
+starts.
 ``market_data_outage`` says what the supervisor does when the notifier keeps dying
 (``docs/security.md``, "Halt policy"). ``examples/ringex.toml`` lists every key with
 its default; the limiters that enforce the limits are in ``ringex.limits``.
@@ -41,6 +46,9 @@ __all__ = [
     "JournalSettings",
     "FixSettings",
     "SchedulingSettings",
+    "SymbolRisk",
+    "AccountSettings",
+    "MAX_COLLAR_BPS",
     "ClusterSettings",
     "Config",
     "DEFAULT_SYMBOLS",
@@ -134,6 +142,69 @@ def _check_positive(where: str, obj) -> None:
             or value > 1e9  # a rate or a time this large (31 years of seconds) is a typo
         ):
             raise ConfigError(f"{where}.{f.name}: must be {what} number (at most 1e9), got {value!r}")
+
+
+# The widest price collar: 100x the reference. Wider means no collar (0), and the bound
+# keeps reference x bps far from overflowing an i64 in the matcher.
+MAX_COLLAR_BPS = 1_000_000
+# Largest value of any limit: what an i64 holds with room to spare.
+MAX_LIMIT = 1 << 62
+
+
+@dataclasses.dataclass(frozen=True)
+class SymbolRisk:
+    """``[risk.NAME]``: pre-trade limits of one symbol, for every account (0: none).
+    ``docs/protocol.md`` ("Pre-trade risk") says how each is checked."""
+
+    symbol: str
+    max_order_qty: int = 0  # largest quantity of one order
+    max_notional: int = 0  # largest price x quantity of one order
+    max_open_orders: int = 0  # most resting orders one account may have in the symbol
+    collar_bps: int = 0  # a limit price may lie at most this far (1/10,000ths) from the reference
+    reference_price: int = 0  # the collar's centre until the symbol's first trade
+
+    def __post_init__(self) -> None:
+        _check_limits(f"risk.{self.symbol}", self)
+        if self.collar_bps > MAX_COLLAR_BPS:
+            raise ConfigError(f"risk.{self.symbol}.collar_bps: at most {MAX_COLLAR_BPS}, got {self.collar_bps}")
+
+    def limits(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "symbol"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AccountSettings:
+    """``[accounts.ID]``: one order entry account's own limits, in every symbol (0: none;
+    a symbol's limit applies too, the tighter wins), and whether its orders are
+    cancelled when its last session disconnects."""
+
+    account: int
+    max_order_qty: int = 0
+    max_notional: int = 0
+    max_open_orders: int = 0
+    cancel_on_disconnect: bool = False
+
+    def __post_init__(self) -> None:
+        _check_limits(f"accounts.{self.account}", self)
+        if not isinstance(self.cancel_on_disconnect, bool):
+            raise ConfigError(
+                f"accounts.{self.account}.cancel_on_disconnect: must be true or false, got {self.cancel_on_disconnect!r}"
+            )
+
+    def limits(self) -> dict[str, int]:
+        return {
+            "max_order_qty": self.max_order_qty,
+            "max_notional": self.max_notional,
+            "max_open_orders": self.max_open_orders,
+        }
+
+
+def _check_limits(where: str, obj) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.type in ("int", int) and f.name not in ("account",):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LIMIT:
+                raise ConfigError(f"{where}.{f.name}: must be an integer from 0 (none) to 2**62, got {value!r}")
 
 
 # Settings for which 0 means "none", "off" or "the system's choice" (said per field).
@@ -422,6 +493,8 @@ class Config:
     # whose journal sequence is a multiple of this; 0: off.
     trace_every: int = 0
     market_data_outage: str = "continue"
+    risk: tuple[SymbolRisk, ...] = ()
+    accounts: tuple[AccountSettings, ...] = ()
     order_entry: OrderEntryLimits = OrderEntryLimits()
     market_data: MarketDataSettings = MarketDataSettings()
     journal: JournalSettings = JournalSettings()
@@ -462,6 +535,9 @@ class Config:
                 raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
         if not isinstance(self.trace_every, int) or self.trace_every < 0:
             raise ConfigError(f"trace_every: must be 0 (off) or a positive integer, got {self.trace_every!r}")
+        for limits in self.risk:
+            if limits.symbol not in names:
+                raise ConfigError(f"risk.{limits.symbol}: not a listed symbol (symbols: {', '.join(names)})")
 
     def symbol(self, name: str) -> SymbolSpec:
         for spec in self.symbols:
@@ -474,7 +550,9 @@ class Config:
         return Path(self.data_dir)
 
 
-_SCALAR_KEYS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "symbols" and f.name not in _TABLES}
+_SCALAR_KEYS = {
+    f.name: f.type for f in dataclasses.fields(Config) if f.name not in ("symbols", "risk", "accounts", *_TABLES)
+}
 
 
 def _coerce(key: str, raw: str) -> Any:
@@ -500,6 +578,32 @@ def _symbols_from_toml(table: Any) -> tuple[SymbolSpec, ...]:
                 raise ConfigError(f"symbols.{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
         specs.append(SymbolSpec(name, **fields))
     return tuple(specs)
+
+
+def _keyed_tables(name: str, table: Any, cls, key_field: str, key_of) -> tuple:
+    """``[name.KEY]`` tables as ``cls(key_field=key_of(KEY), **fields)``, each key checked."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{name}: must be a table of [{name}.KEY] tables")
+    known = {f.name for f in dataclasses.fields(cls)} - {key_field}
+    out = []
+    for key, fields in table.items():
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{name}.{key}: must be a table")
+        for field in fields:
+            if field not in known:
+                raise ConfigError(f"{name}.{key}.{field}: unknown key (known: {', '.join(sorted(known))})")
+        out.append(cls(**{key_field: key_of(key)}, **fields))
+    return tuple(out)
+
+
+def _account_id(key: str) -> int:
+    try:
+        account = int(key)
+    except ValueError:
+        account = 0
+    if not 0 < account < 1 << 64:
+        raise ConfigError(f"accounts.{key}: not an account id (an integer from 1 to 2**64-1)")
+    return account
 
 
 def _table_from_toml(name: str, table: Any):
@@ -538,12 +642,16 @@ def load_config(
         for key, value in doc.items():
             if key == "symbols":
                 values["symbols"] = _symbols_from_toml(value)
+            elif key == "risk":
+                values["risk"] = _keyed_tables("risk", value, SymbolRisk, "symbol", str)
+            elif key == "accounts":
+                values["accounts"] = _keyed_tables("accounts", value, AccountSettings, "account", _account_id)
             elif key in _TABLES:
                 values[key] = _table_from_toml(key, value)
             elif key in _SCALAR_KEYS:
                 values[key] = value
             else:
-                known = ", ".join(["symbols", *_TABLES, *sorted(_SCALAR_KEYS)])
+                known = ", ".join(["symbols", "risk", "accounts", *_TABLES, *sorted(_SCALAR_KEYS)])
                 raise ConfigError(f"{key}: unknown key (known: {known})")
     env = os.environ if environ is None else environ
     for key in _SCALAR_KEYS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ringex.codes import EventKind, EventReason, OrderType, Side, Tif
+from ringex.codes import EventKind, EventReason, OrderType, RiskLimit, Side, Tif
 from ringex.records import decode_symbol
 
 __all__ = ["event_to_dict", "EVENT_NAMES", "REASON_NAMES"]
@@ -20,6 +20,7 @@ REASON_NAMES = {int(r): r.name.lower() for r in EventReason}
 SIDE_NAMES = {int(Side.BUY): "buy", int(Side.SELL): "sell"}
 ORDER_TYPE_NAMES = {int(OrderType.LIMIT): "limit", int(OrderType.MARKET): "market"}
 TIF_NAMES = {int(Tif.GTC): "gtc", int(Tif.IOC): "ioc", int(Tif.FOK): "fok", int(Tif.POST_ONLY): "post_only"}
+LIMIT_NAMES = {int(limit): limit.name.lower() for limit in RiskLimit}
 
 
 def _name(table: dict[int, str], code: int) -> str:
@@ -53,6 +54,25 @@ def event_to_dict(record: np.void) -> dict:
             maker_client_order_id=int(record["contra_client_order_id"]),
             maker_account=int(record["contra_account"]),
             maker_remaining=int(record["contra_remaining"]),
+        )
+        return out
+    if kind == EventKind.MASS_CANCELLED:
+        out.update(
+            account=int(record["account"]),
+            client_order_id=int(record["client_order_id"]),
+            side=_name(SIDE_NAMES, int(record["side"])) or "both",
+            cancelled=int(record["qty"]),
+            reason=_name(REASON_NAMES, int(record["reason"])),
+        )
+        return out
+    if kind == EventKind.LIMIT_SET:
+        out.update(
+            limit=_name(LIMIT_NAMES, int(record["side"])),
+            account=int(record["account"]),  # 0: the symbol's own limit
+            value=int(record["price"]),
+            cancelled=int(record["qty"]),  # orders an engaged kill switch cancelled
+            operator=int(record["contra_account"]),
+            client_order_id=int(record["client_order_id"]),
         )
         return out
     out.update(

@@ -24,7 +24,27 @@ Arena layout (``int64`` words; offsets of the three regions are in the header):
   FIFO (next doubles as the free-list link), flags (side | order_type << 8 | tif << 16);
 - index, ``2 * index_size`` words: open addressing with linear probing and
   backward-shift deletion (no tombstones, so probe lengths do not grow with churn),
-  pairs of (order id, pool slot) with slot -1 for an empty bucket.
+  pairs of (order id, pool slot) with slot -1 for an empty bucket;
+- accounts, ``account_slots * ACCOUNT_WORDS``: one record per account that has limits of
+  its own, or resting orders while open orders are counted (account, open orders, its
+  limits, kill switch, free-list link, in use), and their index, pairs of (account,
+  record) like the order index.
+
+Open orders are counted per account only once a book has had a max-open-orders limit
+(``H_TRACK_OPEN``): setting the first one counts the resting orders from the book, and
+from then on a resting order keeps its account's record number + 1 in its flags (bits
+24 and up), so counting costs no lookup when it rests or leaves. A book that never had
+such a limit, or any limit, runs the matching path of a book without risk: no lookup,
+no count.
+
+Pre-trade risk (``ringex.engine.risk`` says what each limit means): the header holds the
+symbol's limits, the last trade price and the reference price; an account's own limits
+and kill switch are in its record. Limits change only by ``Op.RISK`` commands from the
+journal, never from the config directly, so replaying the journal replays every
+decision. Records of accounts with limits are never swept; the others are recycled
+when the free list runs dry (only when an order must rest), so there are at most
+``capacity`` records with orders plus ``RISK_ACCOUNTS`` with limits: never a full table
+for an order.
 
 Bounded output: a kernel never stops in the middle of a command. Before each command
 ``match_batch`` checks that the event buffer has room for the worst case of one command
@@ -42,7 +62,7 @@ import time
 import numpy as np
 from numba import njit
 
-from ringex.codes import EventKind, EventReason, Op, OrderType, Side, Stp, Tif
+from ringex.codes import EventKind, EventReason, Op, OrderType, RiskLimit, Side, Stp, Tif
 from ringex.records import COMMAND, EVENT
 
 __all__ = [
@@ -53,12 +73,14 @@ __all__ = [
     "collect_orders",
     "collect_depth",
     "load_orders",
+    "collect_accounts",
+    "load_accounts",
     "warm_up",
     "CHECK_MESSAGES",
 ]
 
 ARENA_MAGIC = 0x52494E47424F4F4B  # "RINGBOOK"
-ARENA_VERSION = 1
+ARENA_VERSION = 2  # 2: pre-trade risk (accounts, limits, last trade price)
 
 # ---- header slots -------------------------------------------------------------------
 H_MAGIC = 0
@@ -83,7 +105,30 @@ H_TRADE_COUNTER = 18  # the last trade id issued; trade ids are 1, 2, 3... per b
 H_OFF_LADDER = 19
 H_OFF_POOL = 20
 H_OFF_INDEX = 21
-HEADER_WORDS = 32
+H_LAST_PRICE = 22  # price of the last trade, 0 before the first
+H_REFERENCE_PRICE = 23  # the collar's centre until the first trade, 0: none
+H_COLLAR_BPS = 24  # the symbol's risk limits (0: none) ...
+H_LIMIT_QTY = 25
+H_LIMIT_NOTIONAL = 26
+H_LIMIT_OPEN = 27  # ... the most resting orders one account may have here
+H_OFF_ACCOUNTS = 28
+H_OFF_ACCOUNT_INDEX = 29
+H_ACCOUNT_MASK = 30
+H_ACCOUNT_SLOTS = 31
+H_ACCOUNT_FREE = 32  # head of the free list of account records
+H_PINNED = 33  # records kept for their limits or kill switch (at most RISK_ACCOUNTS)
+H_TRACK_OPEN = 34  # 1 once open orders are counted per account (see the module docstring)
+HEADER_WORDS = 48
+# The risk words a snapshot carries over (the rest of the header is the spec or derived).
+RISK_HEADER = (
+    H_LAST_PRICE,
+    H_REFERENCE_PRICE,
+    H_COLLAR_BPS,
+    H_LIMIT_QTY,
+    H_LIMIT_NOTIONAL,
+    H_LIMIT_OPEN,
+    H_TRACK_OPEN,
+)
 
 # ---- ladder and pool fields -----------------------------------------------------------
 L_HEAD = 0
@@ -98,13 +143,39 @@ P_LEVEL = 3
 P_QTY = 4
 P_PREV = 5
 P_NEXT = 6
-P_FLAGS = 7
+P_FLAGS = 7  # side | order_type << 8 | tif << 16 | (account record + 1, or 0) << 24
 ORDER_WORDS = 8
+FLAG_BITS = 24
+FLAG_MASK = (1 << FLAG_BITS) - 1
+
+A_ACCOUNT = 0
+A_OPEN = 1  # resting orders
+A_MAX_QTY = 2  # the account's own limits, 0: none
+A_MAX_NOTIONAL = 3
+A_MAX_OPEN = 4
+A_KILLED = 5
+A_NEXT = 6  # free-list link
+A_IN_USE = 7
+ACCOUNT_WORDS = 8
+# Accounts per book that may hold limits or a kill switch of their own. Picked: more
+# members than a small venue has; ~0.5 MB of arena.
+RISK_ACCOUNTS = 4096
+BPS = 10_000  # basis points in one
 
 # ---- codes (ringex.codes, copied into plain ints: numba freezes module globals) -----
 MSG_NEW = int(Op.NEW)
 MSG_CANCEL = int(Op.CANCEL)
 MSG_REPLACE = int(Op.REPLACE)
+MSG_MASS_CANCEL = int(Op.MASS_CANCEL)
+MSG_RISK = int(Op.RISK)
+MSG_DISCONNECT = int(Op.DISCONNECT)
+LIMIT_QTY = int(RiskLimit.MAX_ORDER_QTY)
+LIMIT_NOTIONAL = int(RiskLimit.MAX_NOTIONAL)
+LIMIT_OPEN = int(RiskLimit.MAX_OPEN_ORDERS)
+LIMIT_COLLAR = int(RiskLimit.COLLAR_BPS)
+LIMIT_REFERENCE = int(RiskLimit.REFERENCE_PRICE)
+LIMIT_KILL = int(RiskLimit.KILL_SWITCH)
+LIMIT_CLEAR = int(RiskLimit.CLEAR)
 SIDE_BUY = int(Side.BUY)
 SIDE_SELL = int(Side.SELL)
 TYPE_LIMIT = int(OrderType.LIMIT)
@@ -119,6 +190,8 @@ EV_TRADE = int(EventKind.TRADE)
 EV_CANCELLED = int(EventKind.CANCELLED)
 EV_REPLACED = int(EventKind.REPLACED)
 EV_REJECTED = int(EventKind.REJECTED)
+EV_MASS_CANCELLED = int(EventKind.MASS_CANCELLED)
+EV_LIMIT_SET = int(EventKind.LIMIT_SET)
 
 R_NONE = int(EventReason.NONE)
 R_USER_REQUEST = int(EventReason.USER_REQUEST)
@@ -126,6 +199,9 @@ R_IOC_REMAINDER = int(EventReason.IOC_REMAINDER)
 R_FOK_UNFILLED = int(EventReason.FOK_UNFILLED)
 R_SELF_TRADE = int(EventReason.SELF_TRADE)
 R_NO_LIQUIDITY = int(EventReason.NO_LIQUIDITY)
+R_MASS_CANCEL = int(EventReason.MASS_CANCEL)
+R_KILL_SWITCH = int(EventReason.KILL_SWITCH)
+R_DISCONNECT = int(EventReason.DISCONNECT)
 R_UNKNOWN_ORDER = int(EventReason.UNKNOWN_ORDER)
 R_NOT_OWNER = int(EventReason.NOT_OWNER)
 R_BOOK_FULL = int(EventReason.BOOK_FULL)
@@ -134,6 +210,12 @@ R_BAD_PRICE = int(EventReason.BAD_PRICE)
 R_BAD_QTY = int(EventReason.BAD_QTY)
 R_BAD_ORDER_TYPE = int(EventReason.BAD_ORDER_TYPE)
 R_DUPLICATE_ORDER_ID = int(EventReason.DUPLICATE_ORDER_ID)
+R_RISK_MAX_QTY = int(EventReason.RISK_MAX_QTY)
+R_RISK_MAX_NOTIONAL = int(EventReason.RISK_MAX_NOTIONAL)
+R_RISK_PRICE_COLLAR = int(EventReason.RISK_PRICE_COLLAR)
+R_RISK_MAX_OPEN_ORDERS = int(EventReason.RISK_MAX_OPEN_ORDERS)
+R_RISK_KILL_SWITCH = int(EventReason.RISK_KILL_SWITCH)
+R_RISK_TABLE_FULL = int(EventReason.RISK_TABLE_FULL)
 
 STP_OFF = int(Stp.OFF)
 STP_CANCEL_NEWEST = int(Stp.CANCEL_NEWEST)
@@ -141,8 +223,9 @@ STP_CANCEL_OLDEST = int(Stp.CANCEL_OLDEST)
 STP_CANCEL_BOTH = int(Stp.CANCEL_BOTH)
 
 # A command emits at most one event per resting order it meets (a trade or a
-# self-trade cancel) plus: REPLACED first, and a final ACCEPTED/CANCELLED (two with
-# cancel_both). 3 covers that with one to spare.
+# self-trade cancel, or a mass cancel's or kill switch's cancel) plus: REPLACED first,
+# and a final ACCEPTED/CANCELLED (two with cancel_both), MASS_CANCELLED or LIMIT_SET.
+# 3 covers that with one to spare.
 EVENT_SLACK = 3
 
 COMMAND_WORDS = COMMAND.itemsize // 8
@@ -161,7 +244,15 @@ def _index_size(capacity: int) -> int:
 
 def arena_words(levels: int, capacity: int) -> int:
     """Length of the arena of a book with ``levels`` per side and ``capacity`` orders."""
-    return HEADER_WORDS + 2 * levels * LEVEL_WORDS + capacity * ORDER_WORDS + 2 * _index_size(capacity)
+    slots = capacity + RISK_ACCOUNTS
+    return (
+        HEADER_WORDS
+        + 2 * levels * LEVEL_WORDS
+        + capacity * ORDER_WORDS
+        + 2 * _index_size(capacity)
+        + slots * ACCOUNT_WORDS
+        + 2 * _index_size(slots)
+    )
 
 
 def make_book(
@@ -176,10 +267,14 @@ def make_book(
 ) -> np.ndarray:
     """A fresh, empty book arena (``int64[::1]``), with every sentinel filled in."""
     index_size = _index_size(capacity)
+    account_slots = capacity + RISK_ACCOUNTS
+    account_index_size = _index_size(account_slots)
     off_ladder = HEADER_WORDS
     off_pool = off_ladder + 2 * levels * LEVEL_WORDS
     off_index = off_pool + capacity * ORDER_WORDS
-    arena = np.zeros(off_index + 2 * index_size, dtype=np.int64)
+    off_accounts = off_index + 2 * index_size
+    off_account_index = off_accounts + account_slots * ACCOUNT_WORDS
+    arena = np.zeros(off_account_index + 2 * account_index_size, dtype=np.int64)
     head = arena[:HEADER_WORDS]
     head[H_MAGIC] = ARENA_MAGIC
     head[H_VERSION] = ARENA_VERSION
@@ -198,6 +293,11 @@ def make_book(
     head[H_OFF_LADDER] = off_ladder
     head[H_OFF_POOL] = off_pool
     head[H_OFF_INDEX] = off_index
+    head[H_OFF_ACCOUNTS] = off_accounts
+    head[H_OFF_ACCOUNT_INDEX] = off_account_index
+    head[H_ACCOUNT_MASK] = account_index_size - 1
+    head[H_ACCOUNT_SLOTS] = account_slots
+    head[H_ACCOUNT_FREE] = 0
     ladder = arena[off_ladder:off_pool].reshape(2 * levels, LEVEL_WORDS)
     ladder[:, L_HEAD] = -1
     ladder[:, L_TAIL] = -1
@@ -206,7 +306,11 @@ def make_book(
     pool[:, P_PREV] = -1
     pool[:, P_NEXT] = np.arange(1, capacity + 1)
     pool[-1, P_NEXT] = -1
-    arena[off_index + 1 :: 2] = -1
+    arena[off_index + 1 : off_accounts : 2] = -1
+    accounts = arena[off_accounts:off_account_index].reshape(account_slots, ACCOUNT_WORDS)
+    accounts[:, A_NEXT] = np.arange(1, account_slots + 1)
+    accounts[-1, A_NEXT] = -1
+    arena[off_account_index + 1 :: 2] = -1
     return arena
 
 
@@ -221,11 +325,9 @@ def _home(key, mask):
     return (h ^ (h >> 32)) & mask
 
 
-@njit(cache=True)
-def _index_find(arena, key):
-    """Pool slot of the live order ``key``, or -1."""
-    off = arena[H_OFF_INDEX]
-    mask = arena[H_INDEX_MASK]
+@njit(cache=True, inline="always")
+def _table_find(arena, off, mask, key):
+    """Value of ``key`` in the table of ``mask + 1`` (key, value) pairs at ``off``, or -1."""
     b = _home(key, mask)
     while True:
         slot = arena[off + 2 * b + 1]
@@ -236,10 +338,8 @@ def _index_find(arena, key):
         b = (b + 1) & mask
 
 
-@njit(cache=True)
-def _index_insert(arena, key, slot):
-    off = arena[H_OFF_INDEX]
-    mask = arena[H_INDEX_MASK]
+@njit(cache=True, inline="always")
+def _table_insert(arena, off, mask, key, slot):
     b = _home(key, mask)
     while arena[off + 2 * b + 1] >= 0:
         b = (b + 1) & mask
@@ -248,10 +348,24 @@ def _index_insert(arena, key, slot):
 
 
 @njit(cache=True)
+def _index_find(arena, key):
+    """Pool slot of the live order ``key``, or -1."""
+    return _table_find(arena, arena[H_OFF_INDEX], arena[H_INDEX_MASK], key)
+
+
+@njit(cache=True)
+def _index_insert(arena, key, slot):
+    _table_insert(arena, arena[H_OFF_INDEX], arena[H_INDEX_MASK], key, slot)
+
+
+@njit(cache=True)
 def _index_delete(arena, key):
+    _table_delete(arena, arena[H_OFF_INDEX], arena[H_INDEX_MASK], key)
+
+
+@njit(cache=True)
+def _table_delete(arena, off, mask, key):
     """Remove ``key``; later entries of its probe run shift back into the hole."""
-    off = arena[H_OFF_INDEX]
-    mask = arena[H_INDEX_MASK]
     i = _home(key, mask)
     while arena[off + 2 * i] != key or arena[off + 2 * i + 1] < 0:
         if arena[off + 2 * i + 1] < 0:
@@ -274,6 +388,106 @@ def _index_delete(arena, key):
         i = j
     arena[off + 2 * i] = 0
     arena[off + 2 * i + 1] = -1
+
+
+# =====================================================================================
+# account records
+# =====================================================================================
+
+
+@njit(cache=True, inline="always")
+def _account_base(arena, rec):
+    return arena[H_OFF_ACCOUNTS] + rec * ACCOUNT_WORDS
+
+
+@njit(cache=True)
+def _account_find(arena, account):
+    """Record of ``account``, or -1 when it has neither resting orders nor limits here."""
+    return _table_find(arena, arena[H_OFF_ACCOUNT_INDEX], arena[H_ACCOUNT_MASK], account)
+
+
+@njit(cache=True, inline="always")
+def _pinned(arena, ab):
+    """Whether a record must outlive its orders: it holds a limit or a kill switch."""
+    return (arena[ab + A_MAX_QTY] | arena[ab + A_MAX_NOTIONAL] | arena[ab + A_MAX_OPEN] | arena[ab + A_KILLED]) != 0
+
+
+@njit(cache=True)
+def _sweep_accounts(arena):
+    """Return every record with no resting orders and no limits to the free list.
+
+    Only called when the free list is empty, so a record is recycled rarely; which
+    records go first is never observable (no event names a record)."""
+    off = arena[H_OFF_ACCOUNT_INDEX]
+    mask = arena[H_ACCOUNT_MASK]
+    for rec in range(arena[H_ACCOUNT_SLOTS]):
+        ab = _account_base(arena, rec)
+        if arena[ab + A_IN_USE] and arena[ab + A_OPEN] == 0 and not _pinned(arena, ab):
+            _table_delete(arena, off, mask, arena[ab + A_ACCOUNT])
+            arena[ab + A_IN_USE] = 0
+            arena[ab + A_NEXT] = arena[H_ACCOUNT_FREE]
+            arena[H_ACCOUNT_FREE] = rec
+
+
+@njit(cache=True)
+def _account_get(arena, account):
+    """Record of ``account``, made if it has none; -1 only if every record is held by an
+    account with orders or limits, which the bounds on both rule out (module docstring)."""
+    rec = _account_find(arena, account)
+    if rec >= 0:
+        return rec
+    if arena[H_ACCOUNT_FREE] < 0:
+        _sweep_accounts(arena)
+        if arena[H_ACCOUNT_FREE] < 0:
+            return -1
+    rec = arena[H_ACCOUNT_FREE]
+    ab = _account_base(arena, rec)
+    arena[H_ACCOUNT_FREE] = arena[ab + A_NEXT]
+    arena[ab + A_ACCOUNT] = account
+    arena[ab + A_OPEN] = 0
+    arena[ab + A_MAX_QTY] = 0
+    arena[ab + A_MAX_NOTIONAL] = 0
+    arena[ab + A_MAX_OPEN] = 0
+    arena[ab + A_KILLED] = 0
+    arena[ab + A_NEXT] = -1
+    arena[ab + A_IN_USE] = 1
+    _table_insert(arena, arena[H_OFF_ACCOUNT_INDEX], arena[H_ACCOUNT_MASK], account, rec)
+    return rec
+
+
+@njit(cache=True)
+def _track_open(arena):
+    """Start counting open orders per account: give every resting order its account's
+    record and count it. Called when the book gets its first max-open-orders limit;
+    the counts are a function of the book, so a replay starts them alike."""
+    if arena[H_TRACK_OPEN]:
+        return
+    for side_ix in range(2):
+        level = arena[H_BEST_BID + side_ix]
+        step = -1 if side_ix == 0 else 1
+        remaining = arena[H_COUNT_BID + side_ix]
+        base = arena[H_OFF_LADDER] + side_ix * arena[H_LEVELS] * LEVEL_WORDS
+        while remaining > 0:
+            slot = arena[base + level * LEVEL_WORDS + L_HEAD]
+            while slot >= 0:
+                ob = arena[H_OFF_POOL] + slot * ORDER_WORDS
+                rec = _account_get(arena, arena[ob + P_ACCOUNT])
+                arena[ob + P_FLAGS] = (arena[ob + P_FLAGS] & FLAG_MASK) | ((rec + 1) << FLAG_BITS)
+                arena[_account_base(arena, rec) + A_OPEN] += 1
+                remaining -= 1
+                slot = arena[ob + P_NEXT]
+            level += step
+    arena[H_TRACK_OPEN] = 1
+
+
+@njit(cache=True, inline="always")
+def _tighter(a, b):
+    """The tighter of two limits where 0 means none."""
+    if a == 0:
+        return b
+    if b == 0 or a < b:
+        return a
+    return b
 
 
 # =====================================================================================
@@ -314,6 +528,8 @@ def _append(arena, slot, side_ix, level):
     arena[lb + L_QTY] += qty
     arena[H_COUNT_BID + side_ix] += 1
     arena[H_QTY_BID + side_ix] += qty
+    if arena[H_TRACK_OPEN]:
+        arena[_account_base(arena, (arena[ob + P_FLAGS] >> FLAG_BITS) - 1) + A_OPEN] += 1
     if side_ix == 0:
         if level > arena[H_BEST_BID]:
             arena[H_BEST_BID] = level
@@ -343,6 +559,8 @@ def _unlink(arena, slot, side_ix):
     arena[lb + L_QTY] -= qty
     arena[H_COUNT_BID + side_ix] -= 1
     arena[H_QTY_BID + side_ix] -= qty
+    if arena[H_TRACK_OPEN]:
+        arena[_account_base(arena, (arena[ob + P_FLAGS] >> FLAG_BITS) - 1) + A_OPEN] -= 1
     arena[ob + P_LEVEL] = -1
     arena[ob + P_PREV] = -1
     arena[ob + P_NEXT] = -1
@@ -391,13 +609,20 @@ def _release(arena, slot):
 # events
 # =====================================================================================
 
+# Explicit signatures on the helpers that many call sites use: numba compiles a callee
+# once per combination of *literal* arguments it is called with from jitted code (each
+# event kind and reason constant), which made ``_emit_command`` alone 27 specialisations
+# and the first start's compile twice as long. Fixed types compile each once, when the
+# module is imported (from numba's cache after the first time); so they must be
+# defined after whatever they call.
+
 
 @njit(cache=True, inline="always")
 def _word0(kind, side, reason, order_type, tif):
     return kind | (side << 8) | (reason << 16) | (order_type << 24) | (tif << 32)
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)", cache=True)
 def _emit(arena, ev, n, word0, seq, ts, oid, coid, acct, price, qty, remaining, trade_id, c_oid, c_coid, c_acct, c_rem):
     row = ev[n]
     row[0] = word0
@@ -419,7 +644,7 @@ def _emit(arena, ev, n, word0, seq, ts, oid, coid, acct, price, qty, remaining, 
     return n + 1
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[:, ::1], i8, i8[::1], i8, i8, i8, i8, i8)", cache=True)
 def _emit_command(arena, ev, n, cmd, seq, kind, reason, qty, remaining):
     """An event about the command itself: its ids and fields as it gave them."""
     w0 = cmd[0]
@@ -427,7 +652,7 @@ def _emit_command(arena, ev, n, cmd, seq, kind, reason, qty, remaining):
     return _emit(arena, ev, n, word0, seq, cmd[7], cmd[3], cmd[2], cmd[6], cmd[4], qty, remaining, 0, 0, 0, 0, 0)
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8)", cache=True)
 def _emit_order(arena, ev, n, slot, seq, ts, kind, reason, coid, qty, remaining):
     """An event about a pool order: its side, type, tif, id, account and price."""
     ob = _order_base(arena, slot)
@@ -487,7 +712,7 @@ def _fok_fillable(arena, side_ix, limit_level, is_market, qty, account):
     return avail >= qty
 
 
-@njit(cache=True)
+@njit("Tuple((i8, i8, b1))(i8[::1], i8[:, ::1], i8, i8, i8, i8, i8, i8, b1, i8, i8, i8, i8)", cache=True)
 def _take(arena, ev, n, seq, ts, t_word0, side_ix, limit_level, is_market, qty, oid, coid, acct):
     """Match a taker against the opposite side in price-time priority.
 
@@ -531,8 +756,10 @@ def _take(arena, ev, n, seq, ts, t_word0, side_ix, limit_level, is_market, qty, 
         arena[H_QTY_BID + opp] -= fill
         trade_id = arena[H_TRADE_COUNTER] + 1
         arena[H_TRADE_COUNTER] = trade_id
+        trade_price = price_min + best * tick
+        arena[H_LAST_PRICE] = trade_price
         n = _emit(
-            arena, ev, n, t_word0, seq, ts, oid, coid, acct, price_min + best * tick, fill, qty,
+            arena, ev, n, t_word0, seq, ts, oid, coid, acct, trade_price, fill, qty,
             trade_id, arena[mb + P_ORDER_ID], arena[mb + P_CLIENT_ORDER_ID], arena[mb + P_ACCOUNT], mq,
         )  # fmt: skip
         if mq == 0:
@@ -557,6 +784,118 @@ def _price_level(arena, price):
 
 
 @njit(cache=True)
+def _reference(arena):
+    """The price risk checks measure against: the last trade's, else the reference price
+    (0: neither)."""
+    last = arena[H_LAST_PRICE]
+    return last if last > 0 else arena[H_REFERENCE_PRICE]
+
+
+@njit(cache=True)
+def _outside_collar(arena, side_ix, price):
+    """Whether a limit price lies beyond the collar: a buy above, or a sell below, the
+    reference by more than ``collar_bps`` of it."""
+    bps = arena[H_COLLAR_BPS]
+    ref = _reference(arena)
+    if bps == 0 or ref <= 0:
+        return False
+    band = ref * bps // BPS
+    return price > ref + band if side_ix == 0 else price < ref - band
+
+
+@njit(cache=True)
+def _collar_level(arena, side_ix):
+    """The furthest level a market order may trade at under the collar, or -1 when no
+    collar applies (the order then takes any price)."""
+    bps = arena[H_COLLAR_BPS]
+    ref = _reference(arena)
+    if bps == 0 or ref <= 0:
+        return -1
+    band = ref * bps // BPS
+    tick = arena[H_TICK]
+    top = arena[H_LEVELS] - 1
+    if side_ix == 0:
+        rel = ref + band - arena[H_PRICE_MIN]  # a buy may pay up to here, rounded down to a tick
+        if rel < 0:
+            return 0
+        level = rel // tick
+        return level if level < top else top
+    rel = ref - band - arena[H_PRICE_MIN]  # a sell may go down to here, rounded up to a tick
+    if rel <= 0:
+        return 0
+    level = (rel + tick - 1) // tick
+    return level if level < top else top
+
+
+@njit("b1(i8[::1], i8, i8, b1, i8, i8)", cache=True)
+def _over_notional(arena, rec, side_ix, is_market, price, qty):
+    """Whether price x qty exceeds the tighter notional limit. A market order is
+    priced at the reference (last trade, else reference price), else at the best
+    opposite price; with none of them it has nothing to trade against and passes."""
+    limit = arena[H_LIMIT_NOTIONAL]
+    if rec >= 0:
+        limit = _tighter(limit, arena[_account_base(arena, rec) + A_MAX_NOTIONAL])
+    if limit == 0:
+        return False
+    if is_market:
+        price = _reference(arena)
+        if price <= 0:
+            best = arena[H_BEST_BID + 1 - side_ix]
+            if best < 0:
+                return False
+            price = arena[H_PRICE_MIN] + best * arena[H_TICK]
+    return qty > limit // price  # qty * price > limit, without the product overflowing
+
+
+@njit(cache=True, inline="always")
+def _risk_applies(arena, rec):
+    """Whether any limit could refuse an order of the account with record ``rec`` (-1:
+    none): the symbol's limits are four header words and an account's are in its
+    record, so with none set the checks cost four loads and no lookup."""
+    if (arena[H_LIMIT_QTY] | arena[H_LIMIT_NOTIONAL] | arena[H_LIMIT_OPEN] | arena[H_COLLAR_BPS]) != 0:
+        return True
+    return rec >= 0 and _pinned(arena, _account_base(arena, rec))
+
+
+@njit(cache=True, inline="always")
+def _risk_record(arena, account):
+    """The record risk checks need for ``account``: -1 without a lookup when no account
+    has limits of its own and the symbol has no open-order limit (which needs the count)."""
+    if arena[H_PINNED] == 0 and arena[H_LIMIT_OPEN] == 0:
+        return -1
+    return _account_find(arena, account)
+
+
+@njit("i8(i8[::1], i8, i8, b1, i8, i8, b1)", cache=True)
+def _risk_refusal(arena, rec, side_ix, is_market, price, qty, rests):
+    """The first pre-trade check a new order fails, as a reject reason, or R_NONE.
+
+    In order: the account's kill switch, the largest order quantity, the price collar
+    (limit orders; a market order is bounded by it instead, ``_collar_level``), the
+    largest notional, and, for an order that may rest, the most open orders. Account
+    and symbol limits both apply (``_tighter``)."""
+    max_qty = arena[H_LIMIT_QTY]
+    max_open = arena[H_LIMIT_OPEN]
+    open_orders = 0
+    if rec >= 0:
+        ab = _account_base(arena, rec)
+        if arena[ab + A_KILLED]:
+            return R_RISK_KILL_SWITCH
+        max_qty = _tighter(max_qty, arena[ab + A_MAX_QTY])
+        max_open = _tighter(max_open, arena[ab + A_MAX_OPEN])
+        open_orders = arena[ab + A_OPEN]
+    if max_qty and qty > max_qty:
+        return R_RISK_MAX_QTY
+    if not is_market and _outside_collar(arena, side_ix, price):
+        return R_RISK_PRICE_COLLAR
+    if _over_notional(arena, rec, side_ix, is_market, price, qty):
+        return R_RISK_MAX_NOTIONAL
+    if rests and max_open and open_orders >= max_open:
+        return R_RISK_MAX_OPEN_ORDERS
+    return R_NONE
+
+
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _new_order(arena, cmd, seq, ev, n):
     w0 = cmd[0]
     side = (w0 >> 8) & 0xFF
@@ -589,18 +928,29 @@ def _new_order(arena, cmd, seq, ev, n):
     if _index_find(arena, oid) >= 0:
         return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_DUPLICATE_ORDER_ID, qty, 0)
     rests = tif == TIF_GTC or tif == TIF_POST_ONLY
+    side_ix = _side_ix(side)
+    rec = _risk_record(arena, acct)
+    if _risk_applies(arena, rec):
+        refusal = _risk_refusal(arena, rec, side_ix, is_market, price, qty, rests)
+        if refusal != R_NONE:
+            return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, refusal, qty, 0)
     # Checked before matching so a rejected order has had no effect at all.
     if rests and arena[H_COUNT_BID] + arena[H_COUNT_ASK] >= arena[H_CAPACITY]:
         return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_BOOK_FULL, qty, 0)
-    side_ix = _side_ix(side)
+    sweeps = is_market  # whether the taker may trade at any price
+    if is_market:
+        bound = _collar_level(arena, side_ix)
+        if bound >= 0:
+            level = bound
+            sweeps = False
     opp_best = arena[H_BEST_BID + 1 - side_ix]
     if tif == TIF_POST_ONLY and opp_best >= 0:
         if (side_ix == 0 and opp_best <= level) or (side_ix == 1 and opp_best >= level):
             return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_WOULD_TRADE, qty, 0)
-    if tif == TIF_FOK and not _fok_fillable(arena, side_ix, level, is_market, qty, acct):
+    if tif == TIF_FOK and not _fok_fillable(arena, side_ix, level, sweeps, qty, acct):
         return _emit_command(arena, ev, n, cmd, seq, EV_CANCELLED, R_FOK_UNFILLED, qty, 0)
     t_word0 = _word0(EV_TRADE, side, 0, order_type, tif)
-    rem, n, stopped = _take(arena, ev, n, seq, ts, t_word0, side_ix, level, is_market, qty, oid, coid, acct)
+    rem, n, stopped = _take(arena, ev, n, seq, ts, t_word0, side_ix, level, sweeps, qty, oid, coid, acct)
     if rem == 0:
         return n
     if stopped:
@@ -611,19 +961,22 @@ def _new_order(arena, cmd, seq, ev, n):
         return _emit_command(arena, ev, n, cmd, seq, EV_CANCELLED, R_IOC_REMAINDER, rem, 0)
     if tif == TIF_FOK:  # unreachable after _fok_fillable; kept so no remainder ever rests
         return _emit_command(arena, ev, n, cmd, seq, EV_CANCELLED, R_FOK_UNFILLED, rem, 0)
+    owner = 0  # record + 1 while open orders are counted
+    if arena[H_TRACK_OPEN]:
+        owner = (rec if rec >= 0 else _account_get(arena, acct)) + 1
     slot = _alloc(arena)
     ob = _order_base(arena, slot)
     arena[ob + P_ORDER_ID] = oid
     arena[ob + P_CLIENT_ORDER_ID] = coid
     arena[ob + P_ACCOUNT] = acct
     arena[ob + P_QTY] = rem
-    arena[ob + P_FLAGS] = side | (order_type << 8) | (tif << 16)
+    arena[ob + P_FLAGS] = side | (order_type << 8) | (tif << 16) | (owner << FLAG_BITS)
     _append(arena, slot, side_ix, level)
     _index_insert(arena, oid, slot)
     return _emit_order(arena, ev, n, slot, seq, ts, EV_ACCEPTED, R_NONE, coid, rem, rem)
 
 
-@njit(cache=True)
+@njit("UniTuple(i8, 2)(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _owned_order(arena, cmd, seq, ev, n):
     """The pool slot of the order a cancel/replace targets, or -1 after emitting a reject."""
     slot = _index_find(arena, cmd[3])
@@ -634,7 +987,7 @@ def _owned_order(arena, cmd, seq, ev, n):
     return slot, n
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _cancel(arena, cmd, seq, ev, n):
     slot, n = _owned_order(arena, cmd, seq, ev, n)
     if slot < 0:
@@ -647,7 +1000,7 @@ def _cancel(arena, cmd, seq, ev, n):
     return n
 
 
-@njit(cache=True)
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
 def _replace(arena, cmd, seq, ev, n):
     slot, n = _owned_order(arena, cmd, seq, ev, n)
     if slot < 0:
@@ -664,6 +1017,14 @@ def _replace(arena, cmd, seq, ev, n):
     flags = arena[ob + P_FLAGS]
     side = flags & 0xFF
     side_ix = _side_ix(side)
+    rec = (flags >> FLAG_BITS) - 1
+    if rec < 0:
+        rec = _risk_record(arena, arena[ob + P_ACCOUNT])
+    if _risk_applies(arena, rec):
+        # The order is open already, so the open-order limit does not apply; the others do.
+        refusal = _risk_refusal(arena, rec, side_ix, False, cmd[4], qty, False)
+        if refusal != R_NONE:
+            return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, refusal, qty, 0)
     old_qty = arena[ob + P_QTY]
     arena[ob + P_CLIENT_ORDER_ID] = coid  # later events about the order carry the replace's id
     if level == arena[ob + P_LEVEL] and qty < old_qty:
@@ -692,6 +1053,138 @@ def _replace(arena, cmd, seq, ev, n):
     return n
 
 
+@njit("UniTuple(i8, 2)(i8[::1], i8, i8, i8, i8, i8, i8[:, ::1], i8)", cache=True)
+def _cancel_account(arena, account, side_filter, seq, ts, reason, ev, n):
+    """Cancel every resting order of ``account`` (one side, or both when ``side_filter``
+    is 0) in priority order: bids best first, then asks best first, FIFO within a level,
+    so a replay cancels in the same order. Returns (orders cancelled, events written)."""
+    if arena[H_TRACK_OPEN]:
+        rec = _account_find(arena, account)
+        if rec < 0 or arena[_account_base(arena, rec) + A_OPEN] == 0:
+            return 0, n
+    cancelled = 0
+    for side_ix in range(2):
+        if side_filter != 0 and side_filter != (SIDE_BUY if side_ix == 0 else SIDE_SELL):
+            continue
+        total = arena[H_COUNT_BID + side_ix]  # orders on the side before any is cancelled
+        level = arena[H_BEST_BID + side_ix]
+        step = -1 if side_ix == 0 else 1
+        base = _level_base(arena, side_ix, 0)
+        seen = 0
+        while seen < total:
+            slot = arena[base + level * LEVEL_WORDS + L_HEAD]
+            while slot >= 0:
+                ob = _order_base(arena, slot)
+                nxt = arena[ob + P_NEXT]
+                seen += 1
+                if arena[ob + P_ACCOUNT] == account:
+                    qty = arena[ob + P_QTY]
+                    n = _emit_order(arena, ev, n, slot, seq, ts, EV_CANCELLED, reason, arena[ob + P_CLIENT_ORDER_ID], qty, 0)  # fmt: skip
+                    _unlink(arena, slot, side_ix)
+                    _release(arena, slot)
+                    cancelled += 1
+                slot = nxt
+            level += step
+    return cancelled, n
+
+
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8, i8)", cache=True)
+def _mass_cancel(arena, cmd, seq, ev, n, reason):
+    """``Op.MASS_CANCEL`` (the account's own request; ``side`` 0 for both sides) or
+    ``Op.DISCONNECT`` (the gateway's, both sides). Ends with MASS_CANCELLED carrying the
+    number of orders cancelled; a cancel-on-disconnect that found none says nothing."""
+    w0 = cmd[0]
+    side_filter = (w0 >> 8) & 0xFF if reason == R_MASS_CANCEL else 0
+    if side_filter != 0 and side_filter != SIDE_BUY and side_filter != SIDE_SELL:
+        return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_BAD_ORDER_TYPE, 0, 0)
+    account = cmd[6]
+    cancelled, n = _cancel_account(arena, account, side_filter, seq, cmd[7], reason, ev, n)
+    if cancelled == 0 and reason != R_MASS_CANCEL:
+        return n
+    word0 = _word0(EV_MASS_CANCELLED, side_filter, reason, 0, 0)
+    return _emit(arena, ev, n, word0, seq, cmd[7], 0, cmd[2], account, 0, cancelled, 0, 0, 0, 0, 0, 0)
+
+
+@njit(cache=True)
+def _clear_limits(arena):
+    """Every limit of the book back to none; kill switches stay."""
+    for slot in (H_COLLAR_BPS, H_REFERENCE_PRICE, H_LIMIT_QTY, H_LIMIT_NOTIONAL, H_LIMIT_OPEN):
+        arena[slot] = 0
+    pinned = 0
+    for rec in range(arena[H_ACCOUNT_SLOTS]):
+        ab = _account_base(arena, rec)
+        if arena[ab + A_IN_USE]:
+            arena[ab + A_MAX_QTY] = 0
+            arena[ab + A_MAX_NOTIONAL] = 0
+            arena[ab + A_MAX_OPEN] = 0
+            if arena[ab + A_KILLED]:
+                pinned += 1
+    arena[H_PINNED] = pinned
+
+
+@njit("i8(i8[::1], i8[::1], i8, i8[:, ::1], i8)", cache=True)
+def _set_limit(arena, cmd, seq, ev, n):
+    """``Op.RISK``: set the limit named by the ``side`` byte (a ``RiskLimit``) to the
+    ``price`` word, for the account in the ``order_id`` word (0: the symbol's own
+    limit). Engaging a kill switch cancels the account's orders first. Ends with
+    LIMIT_SET (``qty``: orders the kill switch cancelled; ``contra_account``: who asked)."""
+    limit = (cmd[0] >> 8) & 0xFF
+    target = cmd[3]
+    value = cmd[4]
+    ts = cmd[7]
+    symbol_wide = limit == LIMIT_COLLAR or limit == LIMIT_REFERENCE or limit == LIMIT_CLEAR
+    per_account = limit == LIMIT_KILL
+    known = symbol_wide or per_account or limit == LIMIT_QTY or limit == LIMIT_NOTIONAL or limit == LIMIT_OPEN
+    if (
+        not known
+        or value < 0
+        or (symbol_wide and target != 0)
+        or (per_account and (target == 0 or value > 1))
+        or (limit == LIMIT_CLEAR and value != 0)
+    ):
+        return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_BAD_ORDER_TYPE, 0, 0)
+    cancelled = 0
+    if limit == LIMIT_OPEN and value != 0:
+        _track_open(arena)
+    if target == 0:
+        if limit == LIMIT_CLEAR:
+            _clear_limits(arena)
+        elif limit == LIMIT_COLLAR:
+            arena[H_COLLAR_BPS] = value
+        elif limit == LIMIT_REFERENCE:
+            arena[H_REFERENCE_PRICE] = value
+        elif limit == LIMIT_QTY:
+            arena[H_LIMIT_QTY] = value
+        elif limit == LIMIT_NOTIONAL:
+            arena[H_LIMIT_NOTIONAL] = value
+        else:
+            arena[H_LIMIT_OPEN] = value
+    else:
+        rec = _account_find(arena, target)
+        was_pinned = rec >= 0 and _pinned(arena, _account_base(arena, rec))
+        if value != 0 and not was_pinned:
+            # a record kept for limits must never crowd out one an order needs
+            if arena[H_PINNED] >= RISK_ACCOUNTS:
+                return _emit_command(arena, ev, n, cmd, seq, EV_REJECTED, R_RISK_TABLE_FULL, 0, 0)
+            if rec < 0:
+                rec = _account_get(arena, target)
+        if rec >= 0:
+            ab = _account_base(arena, rec)
+            if limit == LIMIT_KILL:
+                if value:
+                    cancelled, n = _cancel_account(arena, target, 0, seq, ts, R_KILL_SWITCH, ev, n)
+                arena[ab + A_KILLED] = value
+            elif limit == LIMIT_QTY:
+                arena[ab + A_MAX_QTY] = value
+            elif limit == LIMIT_NOTIONAL:
+                arena[ab + A_MAX_NOTIONAL] = value
+            else:
+                arena[ab + A_MAX_OPEN] = value
+            arena[H_PINNED] += int(_pinned(arena, ab)) - int(was_pinned)
+    word0 = _word0(EV_LIMIT_SET, limit, 0, 0, 0)
+    return _emit(arena, ev, n, word0, seq, ts, 0, cmd[2], target, value, cancelled, 0, 0, 0, 0, cmd[6], 0)
+
+
 @njit(cache=True)
 def match_batch(arena, commands, first_seq, events):
     """Apply ``commands`` (``int64[n, 8]``, COMMAND words) to the book, writing events.
@@ -716,6 +1209,12 @@ def match_batch(arena, commands, first_seq, events):
             n = _cancel(arena, cmd, seq, events, n)
         elif msg == MSG_REPLACE:
             n = _replace(arena, cmd, seq, events, n)
+        elif msg == MSG_MASS_CANCEL:
+            n = _mass_cancel(arena, cmd, seq, events, n, R_MASS_CANCEL)
+        elif msg == MSG_DISCONNECT:
+            n = _mass_cancel(arena, cmd, seq, events, n, R_DISCONNECT)
+        elif msg == MSG_RISK:
+            n = _set_limit(arena, cmd, seq, events, n)
         else:
             n = _emit_command(arena, events, n, cmd, seq, EV_REJECTED, R_BAD_ORDER_TYPE, cmd[5], 0)
         arena[H_LAST_SEQ] = seq
@@ -741,6 +1240,8 @@ CHECK_MESSAGES = {
     10: "an order's id does not find its own slot in the index",
     11: "the index holds a different number of entries than the book has orders",
     12: "the free list is broken (cycle, wrong length, or holds a live slot)",
+    13: "an order's account record is not its account's, or an open-order count is wrong",
+    14: "the account records are broken (index, free list, or the count of records with limits)",
 }
 
 
@@ -811,6 +1312,61 @@ def check_book(arena):
         slot = arena[_order_base(arena, slot) + P_NEXT]
     if free + live != capacity:
         return 12
+    return _check_accounts(arena)
+
+
+@njit(cache=True)
+def _check_accounts(arena):
+    slots = arena[H_ACCOUNT_SLOTS]
+    counted = np.zeros(slots, np.int64)
+    for side_ix in range(2):
+        for level in range(arena[H_LEVELS]):
+            slot = arena[_level_base(arena, side_ix, level) + L_HEAD]
+            while slot >= 0:
+                ob = _order_base(arena, slot)
+                rec = (arena[ob + P_FLAGS] >> FLAG_BITS) - 1
+                if not arena[H_TRACK_OPEN]:
+                    if rec != -1:
+                        return 13
+                    slot = arena[ob + P_NEXT]
+                    continue
+                if rec < 0 or rec >= slots:
+                    return 13
+                ab = _account_base(arena, rec)
+                if not arena[ab + A_IN_USE] or arena[ab + A_ACCOUNT] != arena[ob + P_ACCOUNT]:
+                    return 13
+                counted[rec] += 1
+                slot = arena[ob + P_NEXT]
+    in_use = 0
+    pinned = 0
+    for rec in range(slots):
+        ab = _account_base(arena, rec)
+        if arena[ab + A_IN_USE]:
+            in_use += 1
+            if counted[rec] != arena[ab + A_OPEN]:
+                return 13
+            if _account_find(arena, arena[ab + A_ACCOUNT]) != rec:
+                return 14
+            if _pinned(arena, ab):
+                pinned += 1
+    if pinned != arena[H_PINNED]:
+        return 14
+    off = arena[H_OFF_ACCOUNT_INDEX]
+    entries = 0
+    for b in range(arena[H_ACCOUNT_MASK] + 1):
+        if arena[off + 2 * b + 1] >= 0:
+            entries += 1
+    free = 0
+    rec = arena[H_ACCOUNT_FREE]
+    while rec >= 0:
+        if rec >= slots or arena[_account_base(arena, rec) + A_IN_USE]:
+            return 14
+        free += 1
+        if free > slots:
+            return 14
+        rec = arena[_account_base(arena, rec) + A_NEXT]
+    if entries != in_use or free + in_use != slots:
+        return 14
     return 0
 
 
@@ -860,7 +1416,7 @@ def collect_orders(arena, out):
                 out[k, 0] = arena[ob + P_ORDER_ID]
                 out[k, 1] = arena[ob + P_CLIENT_ORDER_ID]
                 out[k, 2] = arena[ob + P_ACCOUNT]
-                out[k, 3] = arena[ob + P_FLAGS]
+                out[k, 3] = arena[ob + P_FLAGS] & FLAG_MASK  # the record number is this book's business
                 out[k, 4] = arena[H_PRICE_MIN] + level * arena[H_TICK]
                 out[k, 5] = arena[ob + P_QTY]
                 out[k, 6] = 0
@@ -875,15 +1431,21 @@ def collect_orders(arena, out):
 @njit(cache=True)
 def load_orders(arena, orders, count):
     """Rest ``orders[:count]`` (rows as ``collect_orders`` writes them, in priority
-    order) in an empty book; used to restore a snapshot. Returns 0, or -1 if a row is
-    out of the band or the pool is full (a damaged snapshot)."""
+    order) in an empty book (whose ``H_TRACK_OPEN`` is set first, if the snapshot's
+    was); used to restore a snapshot. Returns 0, or -1 if a row is out of the band or
+    the pool is full (a damaged snapshot)."""
     for k in range(count):
         if arena[H_FREE_HEAD] < 0:
             return -1
-        flags = orders[k, 3]
         level = _price_level(arena, orders[k, 4])
-        if level < 0 or orders[k, 5] <= 0:
+        if level < 0 or orders[k, 5] <= 0 or orders[k, 3] >> FLAG_BITS != 0:
             return -1
+        flags = orders[k, 3]
+        if arena[H_TRACK_OPEN]:
+            rec = _account_get(arena, orders[k, 2])
+            if rec < 0:
+                return -1
+            flags |= (rec + 1) << FLAG_BITS
         slot = _alloc(arena)
         ob = _order_base(arena, slot)
         arena[ob + P_ORDER_ID] = orders[k, 0]
@@ -896,20 +1458,63 @@ def load_orders(arena, orders, count):
     return 0
 
 
+@njit(cache=True)
+def collect_accounts(arena, out):
+    """Fill ``out`` (``int64[n, 5]``, n at least ``arena[H_PINNED]``) with every account
+    that has limits or a kill switch of its own: account, max order qty, max notional,
+    max open orders, killed. Returns the number of rows (in record order: sort them for
+    anything compared)."""
+    k = 0
+    for rec in range(arena[H_ACCOUNT_SLOTS]):
+        ab = _account_base(arena, rec)
+        if arena[ab + A_IN_USE] and _pinned(arena, ab):
+            out[k, 0] = arena[ab + A_ACCOUNT]
+            out[k, 1] = arena[ab + A_MAX_QTY]
+            out[k, 2] = arena[ab + A_MAX_NOTIONAL]
+            out[k, 3] = arena[ab + A_MAX_OPEN]
+            out[k, 4] = arena[ab + A_KILLED]
+            k += 1
+    return k
+
+
+@njit(cache=True)
+def load_accounts(arena, rows, count):
+    """Give the accounts of ``rows[:count]`` (as ``collect_accounts`` writes them) their
+    limits in a book with no orders yet; used to restore a snapshot. Returns 0, or -1
+    for a damaged row or more rows than ``RISK_ACCOUNTS``."""
+    if count > RISK_ACCOUNTS:
+        return -1
+    for k in range(count):
+        if rows[k, 1] < 0 or rows[k, 2] < 0 or rows[k, 3] < 0 or not 0 <= rows[k, 4] <= 1:
+            return -1
+        rec = _account_get(arena, rows[k, 0])
+        if rec < 0:
+            return -1
+        ab = _account_base(arena, rec)
+        was_pinned = _pinned(arena, ab)
+        arena[ab + A_MAX_QTY] = rows[k, 1]
+        arena[ab + A_MAX_NOTIONAL] = rows[k, 2]
+        arena[ab + A_MAX_OPEN] = rows[k, 3]
+        arena[ab + A_KILLED] = rows[k, 4]
+        arena[H_PINNED] += int(_pinned(arena, ab)) - int(was_pinned)
+    return 0
+
+
 def warm_up() -> float:
     """Compile (first start) or load from numba's cache (later starts) every kernel by
     running a tiny book through all of them. Returns the seconds it took; call before a
     process reports ready."""
     started = time.perf_counter()
     arena = make_book(levels=8, capacity=4, price_min=1, tick=1, max_qty=100, stp=STP_CANCEL_OLDEST, symbol_word=0)
-    commands = np.zeros(4, COMMAND)
-    commands["msg_type"] = [MSG_NEW, MSG_NEW, MSG_REPLACE, MSG_CANCEL]
-    commands["side"] = [SIDE_BUY, SIDE_SELL, 0, 0]
-    commands["order_type"] = [TYPE_LIMIT, TYPE_LIMIT, 0, 0]
-    commands["tif"] = [TIF_GTC, TIF_FOK, 0, 0]
-    commands["order_id"] = [1, 2, 1, 1]
-    commands["price"] = [3, 3, 4, 0]
-    commands["qty"] = [5, 1, 4, 0]
+    commands = np.zeros(8, COMMAND)
+    commands["msg_type"] = [MSG_RISK, MSG_NEW, MSG_NEW, MSG_REPLACE, MSG_CANCEL, MSG_MASS_CANCEL, MSG_DISCONNECT, MSG_RISK]  # fmt: skip
+    commands["side"] = [LIMIT_QTY, SIDE_BUY, SIDE_SELL, 0, 0, 0, 0, LIMIT_KILL]
+    commands["order_type"] = [0, TYPE_LIMIT, TYPE_LIMIT, 0, 0, 0, 0, 0]
+    commands["tif"] = [0, TIF_GTC, TIF_FOK, 0, 0, 0, 0, 0]
+    commands["order_id"] = [7, 1, 2, 1, 1, 0, 0, 7]
+    commands["account"] = [0, 7, 0, 7, 7, 7, 7, 0]
+    commands["price"] = [10, 3, 3, 4, 0, 0, 0, 1]
+    commands["qty"] = [0, 5, 1, 4, 0, 0, 0, 0]
     events = np.zeros(64, EVENT)
     match_batch(
         arena, commands.view(np.int64).reshape(-1, COMMAND_WORDS), 0, events.view(np.int64).reshape(-1, EVENT_WORDS)
@@ -918,7 +1523,9 @@ def warm_up() -> float:
     collect_depth(arena, 0, 4, np.zeros((4, 3), np.int64))
     orders = np.zeros((4, 8), np.int64)
     count = collect_orders(arena, orders)
-    load_orders(
-        make_book(levels=8, capacity=4, price_min=1, tick=1, max_qty=100, stp=STP_OFF, symbol_word=0), orders, count
-    )
+    accounts = np.zeros((4, 5), np.int64)
+    pinned = collect_accounts(arena, accounts)
+    fresh = make_book(levels=8, capacity=4, price_min=1, tick=1, max_qty=100, stp=STP_OFF, symbol_word=0)
+    load_accounts(fresh, accounts, pinned)
+    load_orders(fresh, orders, count)
     return time.perf_counter() - started

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
@@ -49,18 +48,26 @@ import sys
 import time
 from pathlib import Path
 
-from ringex import roles
+from ringex import preflight, roles, runfile
 from ringex.config import Config
 from ringex.control import ControlBlock, ExchangeState
+from ringex.order_entry.accounts import (
+    DEMO_OPERATOR,
+    AccountError,
+    create_demo_accounts,
+    demo_accounts,
+    mark_demo_shown,
+    unshown_demo_accounts,
+)
 from ringex.restart_policy import RESTART_WINDOW_S, RestartPolicy
 from ringex.ring import Ring
+from ringex.runfile import RUN_FILE
 from ringex.topology import BRIDGE, FIX, JOURNALER, MATCHER, NOTIFIER, PRIMARY, SUPERVISOR, Topology
 
 __all__ = ["Supervisor", "StartError", "prepare_journal", "RUN_FILE", "LOCK_FILE"]
 
 log = logging.getLogger("ringex.supervisor")
 
-RUN_FILE = "ringex.run.json"
 LOCK_FILE = "ringex.lock"
 # How long a stage gets to recover and report ready. A first start on a new machine
 # compiles the numba kernels (about a minute); later starts load them from the cache.
@@ -71,6 +78,25 @@ EXIT_TIMEOUT_S = 30.0
 # MAX_RESTARTS, RESTART_WINDOW_S: ringex.restart_policy says what a crash loop is and
 # which stages halt trading when they are in one.
 POLL_S = 0.05
+# A stage not ready after this long is most likely compiling its kernels (numba's cache
+# is missing or stale): say so rather than sit silent. Warm starts take ~1 s a stage.
+STILL_STARTING_S = 5.0
+# The modules with numba kernels, each cached in its own __pycache__ (``kernels_cached``).
+JIT_MODULES = ("matcher_jit", "wal", "order_entry/protocol", "order_entry/session")
+
+
+def kernels_cached(package: Path | None = None) -> bool:
+    """Whether numba's cache holds every kernel module's code (else a start compiles
+    them, about a minute on two cores). With ``NUMBA_CACHE_DIR`` set the cache is
+    elsewhere: assume so, and let ``STILL_STARTING_S`` tell a slow start."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return True
+    package = Path(__file__).resolve().parent if package is None else package
+    for module in JIT_MODULES:
+        path = package / module
+        if not any((path.parent / "__pycache__").glob(f"{path.name}.*.nbi")):
+            return False
+    return True
 
 
 class StartError(RuntimeError):
@@ -115,11 +141,12 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._stopping = False
         self.policy = RestartPolicy(config.market_data_outage)
+        self.demo_accounts: dict[int, int] = {}
+        self._started = time.time()
 
     # -- start ---------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.data / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,8 +181,18 @@ class Supervisor:
         log.info("started %s (pid %d)", child.role, process.pid)
 
     def _wait_ready(self, child: _Child) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        began = time.monotonic()
+        deadline = began + READY_TIMEOUT_S
+        told = False
         while not self._ready(child):
+            if not told and time.monotonic() - began > STILL_STARTING_S:
+                told = True
+                print(
+                    f"  {child.role}: still starting after {STILL_STARTING_S:.0f} s (compiling its kernels: a first"
+                    " start, or the first after an upgrade; later starts take seconds)",
+                    file=self.out,
+                    flush=True,
+                )
             if self._stopping:
                 raise StartError("stopped while starting")
             if not child.process.is_alive():
@@ -165,16 +202,19 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise StartError(f"{child.role} did not become ready within {READY_TIMEOUT_S:.0f} s")
             time.sleep(POLL_S)
+        if told:
+            print(f"  {child.role}: ready after {time.monotonic() - began:.0f} s", file=self.out, flush=True)
         log.info("%s ready", child.role)
 
     def _ready(self, child: _Child) -> bool:
         return any(r["role"] == child.role and r["ready"] for r in self.control.roles())
 
-    def _write_run_file(self) -> None:
+    def _write_run_file(self, state: str) -> None:
         info = {
             "pid": os.getpid(),
             "data_dir": str(self.data.resolve()),
-            "started": time.time(),
+            "started": self._started,
+            "state": state,
             "topology": self.topology.to_json(),
             "host": self.config.host,
             "ports": {
@@ -185,31 +225,53 @@ class Supervisor:
             },
             "durability": self.config.durability,
             "mode": self.topology.mode,
+            "log": str((self.data / "ringex.log").resolve()),
         }
-        tmp = self.data / (RUN_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.data / RUN_FILE)
+        runfile.write_run_file(self.data, info)
 
     def start(self) -> None:
-        from ringex.order_entry.accounts import create_demo_accounts
-
-        self._lock()
+        """Check, then start every stage; ``StartError`` says what went wrong in one line.
+        The data directory and every port are checked (``ringex.preflight``) before
+        anything is created or spawned; the demo accounts' tokens are kept until a
+        banner has shown them (``ringex.order_entry.accounts``)."""
+        self._started = time.time()
+        try:
+            preflight.check_data_dir(self.config)
+            self._lock()
+            preflight.check_ports(self.config, self.topology)
+        except preflight.PreflightError as exc:
+            raise StartError(str(exc)) from None
         from ringex.logs import setup_logging
 
         setup_logging(self.config, SUPERVISOR)
         log.info("starting on %s (durability %s)", self.data.resolve(), self.config.durability)
         prepare_journal(self.config)
         # a standby or follower takes the primary's accounts file, copied by the operator
-        self.demo_accounts = create_demo_accounts(self.data) if self.topology.mode == PRIMARY else {}
+        if self.topology.mode == PRIMARY:
+            self.demo_accounts = create_demo_accounts(self.data) or unshown_demo_accounts(self.data)
+        if not kernels_cached():
+            print(
+                "compiling the matching kernels: first start only, about a minute on two cores"
+                " (later starts take seconds)...",
+                file=self.out,
+                flush=True,
+            )
         self._make_shared_memory()
-        self._write_run_file()
+        self._write_run_file("starting")
         self._plan_children()
         for child in self.children:
             self._spawn(child)
             self._wait_ready(child)
         self.control.set_state(ExchangeState.READY)
         log.info("ready: accepting orders")
+        self._write_run_file("ready")
         self._banner()
+
+    def _has_demo_accounts(self) -> bool:
+        try:
+            return bool(demo_accounts(self.data))
+        except AccountError:
+            return False
 
     def _banner(self) -> None:
         c = self.config
@@ -238,11 +300,16 @@ class Supervisor:
             + ", ".join(f"{s.name} (tick {s.tick}, {s.price_min}..{s.price_max})" for s in c.symbols),
         ]
         if self.demo_accounts:
-            lines.append("  demo accounts (their tokens are shown only now; `ringex accounts add ID` resets one):")
-            lines += [f"    account {a}  token {t}" for a, t in self.demo_accounts.items()]
-            account, token = next(iter(self.demo_accounts.items()))
+            lines.append("  demo accounts (shown here once; `ringex accounts demo` shows them again):")
+            lines += [
+                f"    {'operator' if a == DEMO_OPERATOR else 'account'} {a}  token {t}"
+                for a, t in self.demo_accounts.items()
+            ]
+            account, token = next((a, t) for a, t in self.demo_accounts.items() if a != DEMO_OPERATOR)
         else:
             account, token = "ACCOUNT", "TOKEN"
+            if self._has_demo_accounts():
+                lines.append("  demo accounts: `ringex accounts demo` shows their tokens")
         lines += [
             "try, in another terminal (after `. .venv/bin/activate`):",
             f"  export RINGEX_ACCOUNT={account} RINGEX_TOKEN={token}",
@@ -253,6 +320,8 @@ class Supervisor:
             "stop with Ctrl-C",
         ]
         print("\n".join(lines), file=self.out, flush=True)
+        if self.demo_accounts:
+            mark_demo_shown(self.data)
 
     # -- watch -----------------------------------------------------------------------------
 
@@ -377,7 +446,8 @@ class Supervisor:
             self.control.close()
             self.control.unlink()
             self.control = None
-        (self.data / RUN_FILE).unlink(missing_ok=True)
+        if self._lock_fd is not None:  # the run file is ours only while we hold the lock
+            runfile.remove_run_file(self.data)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -21,3 +21,13 @@ def make_stages(tmp_path):
     yield make
     for stages in made:
         stages.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_dir(tmp_path_factory):
+    """Exchanges started by tests leave their run-file pointers (``ringex.runfile``) in a
+    directory of this session, not the user's: a client command run by a test finds
+    only the exchanges of this session."""
+    import os
+
+    os.environ["RINGEX_RUN_DIR"] = str(tmp_path_factory.mktemp("run"))

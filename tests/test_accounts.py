@@ -8,7 +8,15 @@ import time
 import pytest
 
 from ringex.cli import main as cli_main
-from ringex.order_entry.accounts import ACCOUNTS_FILE, AccountError, AccountStore, create_demo_accounts
+from ringex.order_entry.accounts import (
+    ACCOUNTS_FILE,
+    DEMO_FILE,
+    DEMO_OPERATOR,
+    AccountError,
+    AccountStore,
+    create_demo_accounts,
+    demo_accounts,
+)
 
 
 def test_added_account_verifies_with_its_token_only(tmp_path):
@@ -86,10 +94,29 @@ def test_corrupt_file_is_reported(tmp_path):
 
 def test_demo_accounts_only_on_first_start(tmp_path):
     tokens = create_demo_accounts(tmp_path, count=2)
-    assert sorted(tokens) == [1001, 1002]
+    assert sorted(tokens) == [DEMO_OPERATOR, 1001, 1002]
     store = AccountStore.open(tmp_path)
     assert all(store.verify(a, t) for a, t in tokens.items())
+    assert store.is_operator(DEMO_OPERATOR) and not store.is_operator(1001)
     assert create_demo_accounts(tmp_path) == {}
+    assert demo_accounts(tmp_path) == tokens
+
+
+def test_demo_tokens_written_before_the_accounts_are_reused_after_a_failed_first_start(tmp_path):
+    tokens = create_demo_accounts(tmp_path, count=1)
+    (tmp_path / ACCOUNTS_FILE).unlink()  # as if the start died before the account file was written
+    assert create_demo_accounts(tmp_path, count=1) == tokens
+    assert all(AccountStore.open(tmp_path).verify(a, t) for a, t in tokens.items())
+    assert (tmp_path / DEMO_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_reset_or_removed_demo_account_leaves_the_demo_file(tmp_path, capsys):
+    tokens = create_demo_accounts(tmp_path, count=2)
+    assert cli_main(["accounts", "--data", str(tmp_path), "add", "1001"]) == 0
+    out = capsys.readouterr().out
+    assert "account 1001 reset" in out and "no longer works" in out
+    assert cli_main(["accounts", "--data", str(tmp_path), "remove", "1002"]) == 0
+    assert demo_accounts(tmp_path) == {DEMO_OPERATOR: tokens[DEMO_OPERATOR]}
 
 
 def test_cli_add_list_remove(tmp_path, capsys):

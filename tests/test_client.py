@@ -186,9 +186,9 @@ def test_order_cli_buy_replace_cancel(exchange):
     assert out.stdout.startswith("ACK ACME buy 10 @ 105 order ")
     order_id = out.stdout.split(" order ")[1].split()[0]
     out = order_cli(exchange, "replace", order_id, "110", "4", "--symbol", "ACME")
-    assert out.returncode == 0 and out.stdout.startswith("ACK ACME 4 @ 110 order " + order_id), out.stdout
+    assert out.returncode == 0 and out.stdout.startswith("ACK replace ACME 4 @ 110 order " + order_id), out.stdout
     out = order_cli(exchange, "cancel", order_id, "--symbol", "ACME")
-    assert out.returncode == 0 and out.stdout.startswith(f"ACK ACME order {order_id}"), out.stdout
+    assert out.returncode == 0 and out.stdout.startswith(f"ACK cancel ACME order {order_id}"), out.stdout
     out = order_cli(exchange, "sell", "ACME", "3", "--market")
     assert out.returncode == 0 and out.stdout.startswith("ACK ACME sell 3 order "), out.stdout
 

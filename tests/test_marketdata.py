@@ -44,6 +44,7 @@ GOOD = [
     ('{"op":"subscribe","channel":"orders"}', Subscribe("orders", None)),
     ('{"op":"subscribe","channel":"orders","symbol":"ACME"}', Subscribe("orders", "ACME")),
     ('{"op":"unsubscribe","channel":"bbo","symbol":"ACME"}', Unsubscribe("bbo", "ACME")),
+    ('{"op":"subscribe","channel":"trades","symbol":"ACME","last":20}', Subscribe("trades", "ACME", last=20)),
 ]
 
 BAD = [
@@ -57,6 +58,9 @@ BAD = [
     ('{"op":"subscribe","channel":"trades"}', "symbol is required"),
     ('{"op":"subscribe","channel":"depth","symbol":"ACME","levels":0}', "levels"),
     ('{"op":"subscribe","channel":"depth","symbol":"ACME","levels":true}', "levels"),
+    ('{"op":"subscribe","channel":"trades","symbol":"ACME","last":101}', "last"),
+    ('{"op":"subscribe","channel":"trades","symbol":"ACME","last":"5"}', "last"),
+    ('{"op":"subscribe","channel":"depth","symbol":"ACME","last":5}', "only the trades channel"),
     ('{"op":"login","account":true,"token":1}', "account"),
     ('{"op":"login","account":1,"token":-1}', "token"),
 ]
@@ -292,6 +296,80 @@ def test_unsubscribe_stops_a_stream_and_a_resubscribe_continues_its_seq():
     assert again[1]["asks"] == [[100, 6]]
     with pytest.raises(ClientError, match="already subscribed"):
         md.subscribe("s", Subscribe("depth", "ACME", 2), None)
+
+
+# ---- order state: open orders, trade history, mass cancels and limits ----------------
+
+
+def test_an_orders_subscription_starts_with_the_accounts_open_orders():
+    rng = random.Random(9)
+    matcher = Matcher(ACME)
+    md = MarketData(SYMBOLS)
+    stream = CommandStream(ACME, rng)
+    seq = 0
+    for _ in range(30):
+        cmds = stream.batch("ACME", rng.randint(1, 20))
+        md.apply(matcher.apply(cmds, seq))
+        seq += len(cmds)
+    rest = matcher.resting_orders()
+    for account in range(1, Mix().accounts + 1):
+        ack, snap = _messages(md.subscribe(account, Subscribe("orders", None), account))
+        assert (snap["type"], snap["seq"], snap["account"]) == ("orders_snapshot", ack["seq"], account)
+        mine = rest[rest["account"] == account]
+        want = sorted((int(r["order_id"]), int(r["client_order_id"]), int(r["price"]), int(r["qty"])) for r in mine)
+        got = [(o["order_id"], o["client_order_id"], o["price"], o["remaining"]) for o in snap["orders"]]
+        assert got == want and want
+        assert {o["symbol"] for o in snap["orders"]} == {"ACME"}
+    _, empty = _messages(md.subscribe("x", Subscribe("orders", "BOLT"), 1))
+    assert empty["orders"] == [] and empty["symbol"] == "BOLT"
+
+
+def test_a_trades_subscription_may_ask_for_the_last_trades_with_their_seqs():
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=64))
+    md = MarketData(SYMBOLS)
+    seen = []
+    md.subscribe("tape", Subscribe("trades", "ACME"), None)
+    for i in range(5):
+        cmds = make_records(
+            COMMAND, 2, msg_type=Op.NEW, symbol="ACME", order_type=OrderType.LIMIT, tif=Tif.GTC,
+            side=(Side.SELL, Side.BUY), account=(20, 10), order_id=(2 * i + 1, 2 * i + 2), price=100 + i, qty=3,
+        )  # fmt: skip
+        for _, payloads in md.apply(matcher.apply(cmds, 2 * i)):
+            seen += _messages(payloads)
+    ack, snap = _messages(md.subscribe("late", Subscribe("trades", "ACME", last=3), None))
+    assert ack["seq"] == snap["seq"] == 5 and snap["type"] == "trades_snapshot"
+    assert snap["trades"] == [{k: v for k, v in t.items() if k not in ("type", "channel", "symbol")} for t in seen[-3:]]
+    _, everything = _messages(md.subscribe("later", Subscribe("trades", "ACME", last=100), None))
+    assert [t["seq"] for t in everything["trades"]] == [1, 2, 3, 4, 5]
+
+
+def test_mass_cancel_and_limit_events_reach_the_owners_private_stream():
+    from support.book_cases import batch, buy, mass_cancel, set_limit
+
+    from ringex.codes import RiskLimit
+
+    matcher = Matcher(SymbolSpec("ACME", price_max=1000, capacity=64))
+    md = MarketData(SYMBOLS)
+    md.subscribe("me", Subscribe("orders", None), 10)
+    events = matcher.apply(
+        batch([buy(1, 100, 5, account=10), mass_cancel(10, coid=42), set_limit(RiskLimit.KILL_SWITCH, 1, target=10)]),
+        0,
+    )
+    messages = _messages(dict(md.apply(events))[("orders", 10, None)])
+    assert [m["type"] for m in messages] == ["accepted", "cancelled", "mass_cancelled", "limit_set"]
+    assert messages[1]["reason"] == "mass_cancel"
+    assert {k: messages[2][k] for k in ("client_order_id", "side", "cancelled")} == {
+        "client_order_id": 42,
+        "side": "both",
+        "cancelled": 1,
+    }
+    assert {k: messages[3][k] for k in ("limit", "value", "cancelled")} == {
+        "limit": "kill_switch",
+        "value": 1,
+        "cancelled": 0,
+    }
+    for payload in messages:
+        assert encode(payload) == encode(json.loads(encode(payload)))
 
 
 def test_trade_and_bbo_seqs_depend_only_on_the_history_not_on_the_batches():

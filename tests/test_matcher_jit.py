@@ -9,89 +9,20 @@ from __future__ import annotations
 import os
 import random
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.reference_book import ReferenceBook
+from support.book_cases import Both, batch, buy, cancel, command, kinds, replace, sell
 
 from ringex.codes import EventKind, EventReason, Op, OrderType, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.engine.matcher import BookCorrupt, Matcher, SequenceGap
-from ringex.records import COMMAND, EVENT
+from ringex.records import EVENT
 
 QUICK = os.environ.get("RINGEX_QUICK") == "1"
 
 
-def command(
-    op, order_id, account=1, side=None, order_type=OrderType.LIMIT, tif=Tif.GTC, price=0, qty=0, coid=None, ts=0
-):
-    c = np.zeros((), COMMAND)
-    c["msg_type"] = op
-    if op == Op.NEW:
-        c["side"], c["order_type"], c["tif"] = side or 0, order_type, tif
-    c["order_id"] = order_id
-    c["client_order_id"] = (order_id * 1000 + 7) % (1 << 64) if coid is None else coid
-    c["account"] = account
-    c["price"] = price
-    c["qty"] = qty
-    c["ts_ns"] = ts
-    return c
-
-
-def buy(oid, price, qty, account=1, tif=Tif.GTC, order_type=OrderType.LIMIT):
-    return command(Op.NEW, oid, account, Side.BUY, order_type, tif, price, qty)
-
-
-def sell(oid, price, qty, account=1, tif=Tif.GTC, order_type=OrderType.LIMIT):
-    return command(Op.NEW, oid, account, Side.SELL, order_type, tif, price, qty)
-
-
-def cancel(oid, account=1):
-    return command(Op.CANCEL, oid, account)
-
-
-def replace(oid, price, qty, account=1):
-    return command(Op.REPLACE, oid, account, price=price, qty=qty)
-
-
-def batch(cmds):
-    out = np.zeros(len(cmds), COMMAND)
-    for i, c in enumerate(cmds):
-        out[i] = c
-    return out
-
-
-class Both:
-    """The jitted book and the reference book fed the same commands; asserts equal events."""
-
-    def __init__(self, spec):
-        self.matcher = Matcher(spec)
-        self.reference = ReferenceBook(spec)
-        self.seq = 1
-
-    def run(self, *cmds):
-        cmds = batch(cmds)
-        # .copy() of a structured array does not copy padding bytes: copy the raw bytes
-        got = np.frombuffer(self.matcher.apply(cmds, self.seq).tobytes(), EVENT)
-        want = self.reference.apply(cmds, self.seq)
-        self.seq += len(cmds)
-        self.matcher.validate()
-        assert got.tolist() == want.tolist()
-        assert got.tobytes() == want.tobytes()
-        resting = self.matcher.resting_orders()
-        assert [
-            tuple(int(r[k]) for k in ("order_id", "client_order_id", "account", "side", "price", "qty"))
-            for r in resting
-        ] == self.reference.resting()
-        return got
-
-
 SPEC = SymbolSpec("ACME", tick=1, price_min=90, price_max=110, capacity=16)
-
-
-def kinds(events):
-    return [(chr(e["kind"]), int(e["reason"])) for e in events]
 
 
 # ---- hand-written cases ---------------------------------------------------------------

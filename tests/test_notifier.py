@@ -72,6 +72,8 @@ def logged_in(notifier, account, token, **kw) -> MdClient:
     assert c.recv()["type"] == "logged_in"
     c.subscribe("orders")
     assert c.recv()["type"] == "subscribed"
+    snapshot = c.recv()  # the account's open orders, before any event after them
+    assert (snapshot["type"], snapshot["account"]) == ("orders_snapshot", account)
     return c
 
 
@@ -273,6 +275,7 @@ def test_websocket_and_tcp_give_the_same_messages(exchange, notifier, accounts):
     exchange.new("ACME", Side.SELL, 102, 5, MAKER)
     exchange.new("ACME", Side.BUY, 102, 7, TAKER)
     exchange.journal()
+
     # The notifier may take the three commands' events in one batch or several (it reads
     # whatever the matcher has published); either way every session is sent the same
     # batches, and the last one ends with the depth update that leaves 3 at 102.
@@ -430,6 +433,10 @@ def test_watch_shows_trades_and_the_top_of_the_book_and_an_accounts_orders(excha
     out, _ = orders.communicate(timeout=60)
     assert orders.returncode == 0
     assert "my orders" in out and "fill" in out
+    assert "[live]" in out and "[connecting]" not in out.splitlines()[-1]
+    # the resting buy at 99 came first, from the orders snapshot
+    assert "open orders when subscribed (1)" in out
+    assert any(" buy " in line and " 99 " in line and " 4 " in line for line in out.splitlines())
 
 
 def _depth_of(notifier, symbol, levels):

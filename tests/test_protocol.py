@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from support.oracles import build_replies, validate_reference
 
-from ringex.codes import MsgType, OrderType, Reason, ReplyType, Side, Tif
+from ringex.codes import MsgType, OrderType, Reason, ReplyType, RiskLimit, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.order_entry.protocol import (
     COMMAND,
     FRAME_SIZE,
+    MAX_COLLAR_BPS,
     NEED_DATA,
     REPLY,
     FrameDecoder,
@@ -18,9 +19,11 @@ from ringex.order_entry.protocol import (
     encode_cancel,
     encode_heartbeat,
     encode_login,
+    encode_mass_cancel,
     encode_new_order,
     encode_replace,
     encode_reply,
+    encode_risk,
     validate,
 )
 from ringex.records import make_records
@@ -83,6 +86,19 @@ CASES = [
     ("replace order id 0", encode_replace("ACME", 0, 100, 1), Reason.BAD_ORDER_ID),
     ("replace zero qty", encode_replace("ACME", 9, 100, 0), Reason.BAD_QTY),
     ("replace off tick", encode_replace("ACME", 9, 102, 1), Reason.BAD_PRICE),
+    ("mass cancel everywhere", encode_mass_cancel(), Reason.OK),
+    ("mass cancel of one symbol's bids", encode_mass_cancel("BOLT", Side.BUY), Reason.OK),
+    ("mass cancel of an unknown symbol", encode_mass_cancel("NOPE"), Reason.UNKNOWN_SYMBOL),
+    ("mass cancel with a bad side", encode_mass_cancel(side=ord("X")), Reason.BAD_SIDE),
+    ("account's max qty everywhere", encode_risk(RiskLimit.MAX_ORDER_QTY, 10, account=5), Reason.OK),
+    ("symbol's collar", encode_risk(RiskLimit.COLLAR_BPS, 500, symbol="ACME"), Reason.OK),
+    ("an account's collar", encode_risk(RiskLimit.COLLAR_BPS, 500, account=5), Reason.BAD_LIMIT),
+    ("kill switch", encode_risk(RiskLimit.KILL_SWITCH, 1, account=5), Reason.OK),
+    ("kill switch of nobody", encode_risk(RiskLimit.KILL_SWITCH, 1), Reason.BAD_LIMIT),
+    ("kill switch of 2", encode_risk(RiskLimit.KILL_SWITCH, 2, account=5), Reason.BAD_LIMIT),
+    ("negative limit", encode_risk(RiskLimit.MAX_NOTIONAL, -1), Reason.BAD_LIMIT),
+    ("unknown limit", encode_risk(ord("?"), 1), Reason.BAD_LIMIT),
+    ("clear", encode_risk(RiskLimit.CLEAR, 0), Reason.OK),
 ]
 
 
@@ -234,3 +250,45 @@ def test_jitted_validate_matches_the_numpy_reference_on_random_frames(logged_in)
     frames["qty"] = rng.choice([-1, 0, 1, 500, 501, 2**62], n)
     assert np.array_equal(validate(frames, TABLE, logged_in), validate_reference(frames, TABLE, logged_in))
     assert set(validate(frames, TABLE, logged_in).tolist()) == ({0, 3, 4, 5, 6, 7, 8, 12} if logged_in else {0, 1, 8})
+
+
+@pytest.mark.parametrize("logged_in", [True, False])
+def test_jitted_validate_matches_the_numpy_reference_on_random_mass_cancels_and_limits(logged_in):
+    rng = np.random.default_rng(12)
+    n = 20_000
+    frames = make_records(COMMAND, n)
+    frames["msg_type"] = rng.choice([MsgType.MASS_CANCEL, MsgType.RISK, MsgType.NEW], n)
+    frames["side"] = rng.choice(np.frombuffer(b"BSXQVOCPKX?\0", np.uint8), n)
+    frames["symbol"] = rng.choice(np.array([b"ACME", b"BOLT", b"NOPE", b""], dtype="S8"), n)
+    frames["order_id"] = rng.choice([0, 1, 2**63], n)
+    frames["price"] = rng.choice([-1, 0, 1, 2, 500, MAX_COLLAR_BPS, MAX_COLLAR_BPS + 1], n)
+    frames["qty"] = rng.choice([0, 1], n)
+    got = validate(frames, TABLE, logged_in)
+    assert np.array_equal(got, validate_reference(frames, TABLE, logged_in))
+    assert {0, 3, 4, 16} <= set(got.tolist()) if logged_in else set(got.tolist()) == {1}
+
+
+def test_the_users_docs_name_every_reason_code():
+    """Every reason an ``X``/``J``/``E`` or a private message can carry is in the docs,
+    with its code for the order entry reasons and the risk refusals."""
+    from pathlib import Path
+
+    from ringex.codes import EventReason
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    protocol = (docs / "protocol.md").read_text()
+    market_data = (docs / "market-data.md").read_text()
+    for reason in Reason:
+        if reason != Reason.OK:
+            assert f"| {int(reason)} | {reason.name} |" in protocol, reason
+    for reason in EventReason:
+        if reason == EventReason.NONE:
+            continue
+        name = reason.name.lower()
+        assert f"`{name}`" in protocol or f"| {name} |" in protocol, reason
+        if reason.name.startswith("RISK_"):
+            assert f"| {int(reason)} | {name} |" in protocol, reason
+            if reason != EventReason.RISK_TABLE_FULL:
+                assert f"`{name}`" in market_data, reason
+        else:
+            assert f"`{name}`" in market_data, reason

@@ -15,12 +15,16 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("ringex.cli.up", "start the whole exchange (embedded defaults without --config)"),
+    "stop": ("ringex.cli.stop", "stop a running exchange cleanly (as Ctrl-C in its terminal)"),
     "status": ("ringex.cli.status", "show ring cursors, consumer lag and live processes"),
     "match": ("ringex.cli.match", "match a CSV of orders offline and print the events as JSON lines"),
     "recover": ("ringex.cli.recover", "rebuild every book from the journal; --verify replays it byte for byte"),
     "journal": ("ringex.cli.journal", "print journaled commands and events as JSON lines"),
     "accounts": ("ringex.cli.accounts", "manage order entry accounts and their secrets"),
     "order": ("ringex.cli.order", "send an order, cancel or replace to a running exchange"),
+    "risk": ("ringex.cli.risk", "operators: set risk limits and kill switches at run time"),
+    "orders": ("ringex.cli.orders", "list your open orders"),
+    "book": ("ringex.cli.book", "print the current book of a symbol and its last trade"),
     "watch": ("ringex.cli.watch", "live view of trades and the top of the book"),
     "trace": ("ringex.cli.trace", "where the time goes: each stage's delay for the sampled requests"),
     "bench": ("ringex.cli.bench", "end-to-end latency benchmark"),

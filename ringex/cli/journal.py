@@ -1,14 +1,21 @@
-"""``ringex journal tail SYMBOL`` and ``ringex journal dump SYMBOL --from SEQ``.
+"""``ringex journal tail SYMBOL [--follow]`` and ``ringex journal dump SYMBOL --from SEQ``.
 
 Print a symbol's journaled commands and events as JSON lines, in sequence order:
 commands and their events interleaved, each command followed by the events it caused.
 Reads through a read-only LMDB handle, so it is safe while the journaler runs.
+
+``tail --follow`` keeps printing what the journaler commits, until Ctrl-C. It reads
+in rounds (``FOLLOW_S`` apart), each up to a consistent cut of the journal
+(``Journal.ends``: every event below the cut has its command below it too). Events are
+journaled a little after their commands, so an event may come in the round after
+its command, printed before that round's new commands: still in sequence order.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +24,11 @@ from ringex.cli.common import data_dir_of
 from ringex.records import COMMAND, EVENT, decode_symbol
 from ringex.wal import CorruptRecordError, Journal
 
-__all__ = ["add_arguments", "run", "command_to_dict", "journal_lines"]
+__all__ = ["add_arguments", "run", "command_to_dict", "journal_lines", "FOLLOW_S"]
+
+# How often ``tail --follow`` looks for new records: a person reading, not a consumer
+# on the hot path (it wakes nobody and holds no read transaction between rounds).
+FOLLOW_S = 0.2
 
 
 def add_arguments(parser) -> None:
@@ -25,6 +36,7 @@ def add_arguments(parser) -> None:
     tail = sub.add_parser("tail", help="the last commands of a symbol and their events")
     tail.add_argument("symbol")
     tail.add_argument("-n", "--lines", type=int, default=20, help="how many commands (default 20)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records until Ctrl-C")
     dump = sub.add_parser("dump", help="a symbol's commands and events from a sequence on")
     dump.add_argument("symbol")
     dump.add_argument("--from", dest="from_seq", type=int, default=0, help="first command sequence (default 0)")
@@ -107,6 +119,39 @@ def _events_from(journal: Journal, symbol: str, from_event: int) -> Iterator[tup
             yield first + i, record
 
 
+def _window(journal: Journal, symbol: str, cmd_next: int, ev_next: int, events: bool) -> tuple[list[dict], int, int]:
+    """Every record from ``cmd_next``/``ev_next`` up to the journal's consistent cut, in
+    sequence order (a command, then the events it caused); the next positions."""
+    cmd_end, ev_end = journal.ends(symbol)
+    keyed: list[tuple[tuple[int, int, int], dict]] = []
+    for first, commands in journal.read_commands(symbol, cmd_next, cmd_end):
+        for i, record in enumerate(commands):
+            keyed.append(((first + i, 0, 0), command_to_dict(first + i, record)))
+    if events:
+        for event_seq, record in _events_from(journal, symbol, ev_next):
+            if event_seq >= ev_end:
+                break
+            line = _event_dict(event_seq, record)
+            keyed.append(((line["seq"], 1, event_seq), line))
+    keyed.sort(key=lambda pair: pair[0])
+    return [line for _, line in keyed], max(cmd_next, cmd_end), max(ev_next, ev_end)
+
+
+def _follow(journal: Journal, symbol: str, lines: int, events: bool) -> int:
+    cmd_end, _ = journal.ends(symbol)
+    cmd_next = max(0, cmd_end - lines)
+    ev_next = _first_event_of(journal, symbol, cmd_next)
+    try:
+        while True:
+            out, cmd_next, ev_next = _window(journal, symbol, cmd_next, ev_next, events)
+            if out:
+                sys.stdout.write("".join(json.dumps(line) + "\n" for line in out))
+                sys.stdout.flush()
+            time.sleep(FOLLOW_S)
+    except KeyboardInterrupt:
+        return 0
+
+
 def run(args) -> int:
     try:
         journal = Journal(data_dir_of(args), readonly=True)
@@ -119,6 +164,14 @@ def run(args) -> int:
                 f"ringex journal: {args.symbol} is not in the journal ({', '.join(journal.symbols())})", file=sys.stderr
             )
             return 2
+        if args.journal_command == "tail" and args.follow:
+            try:
+                return _follow(journal, args.symbol, args.lines, events=not args.commands_only)
+            except CorruptRecordError as exc:
+                print(f"ringex journal: {exc}", file=sys.stderr)
+                return 1
+            except BrokenPipeError:
+                return 0
         if args.journal_command == "tail":
             from_seq, to_seq = max(0, journal.next_seq(args.symbol) - args.lines), None
         else:

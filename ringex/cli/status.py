@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from ringex.config import load_config
+from ringex.cli.common import data_dir_of
 from ringex.control import ControlBlock
 from ringex.ring import Ring, RingError
 from ringex.supervisor import RUN_FILE
@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data_dir = args.data or load_config(args.config).data_dir
+    data_dir = data_dir_of(args)
     console = Console()
     try:
         if args.json:

@@ -20,6 +20,23 @@ __all__ = ["add_arguments", "run", "config_from", "serve", "DEFAULT_NATS_PORT"]
 
 # nats-server's own default port, for `--with-nats` without a port
 DEFAULT_NATS_PORT = 4222
+# Where a detached exchange's stdout and stderr go, in its data directory.
+DETACHED_OUTPUT = "ringex-up.out"
+# The flags ``--detach`` passes on to the exchange it starts: (namespace key, flag).
+_PASSED_ON = (
+    ("config", "--config"),
+    ("data_dir", "--data"),
+    ("durability", "--durability"),
+    ("host", "--host"),
+    ("order_port", "--order-port"),
+    ("md_port", "--md-port"),
+    ("ws_port", "--ws-port"),
+    ("fix_port", "--fix-port"),
+    ("log_level", "--log-level"),
+    ("nats", "--nats"),
+    ("replication", "--replication"),
+    ("with_nats", "--with-nats"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, with_nats: bool = True) -> None:
@@ -43,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, with_nats: bool = True) ->
             metavar="PORT",
             help=f"start a local nats-server (JetStream, store in DATA/nats) on PORT (default {DEFAULT_NATS_PORT})"
             " and replicate to it: a one-box demo",
+        )
+        parser.add_argument(
+            "--detach",
+            action="store_true",
+            help=f"run in the background once ready; its output goes to DATA/{DETACHED_OUTPUT} (`ringex stop` stops it)",
         )
 
 
@@ -81,17 +103,79 @@ def serve(config: Config, command: str, mode: str = PRIMARY) -> int:
         supervisor.serve_forever()
     except StartError as exc:
         print(f"ringex {command}: {exc}", file=sys.stderr)
-        logging.getLogger("ringex.supervisor").error("%s", exc)
+        if logging.getLogger().handlers:  # not before the log is set up: the line above says it
+            logging.getLogger("ringex.supervisor").error("%s", exc)
+        if supervisor.demo_accounts:
+            # created by this start, never shown: say where they are (the next start shows them)
+            print(
+                f"ringex {command}: the demo accounts' tokens are kept; `ringex accounts demo --data {config.data_dir}`"
+                " shows them",
+                file=sys.stderr,
+            )
         return 1
     finally:
         supervisor.shutdown()
     return 0
 
 
+def detach(args: argparse.Namespace, config: Config, command: str = "up") -> int:
+    """Start ``ringex COMMAND`` with the same flags in a session of its own, its output
+    in the data directory, and return once it has printed its banner (0) or failed (1,
+    with what it printed)."""
+    import subprocess
+    import time
+
+    from ringex import preflight
+    from ringex.supervisor import READY_TIMEOUT_S
+
+    try:
+        preflight.check_data_dir(config)
+    except preflight.PreflightError as exc:
+        print(f"ringex {command}: {exc}", file=sys.stderr)
+        return 1
+    argv = [sys.executable, "-m", "ringex", command]
+    for key, flag in _PASSED_ON:
+        value = getattr(args, key, None)
+        if value is not None:
+            argv += [flag, str(value)]
+    out_path = Path(config.data_dir) / DETACHED_OUTPUT
+    # appended to, never truncated: it may be the output of an exchange still running
+    start = out_path.stat().st_size if out_path.exists() else 0
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + READY_TIMEOUT_S + 30
+    try:
+        while True:
+            with open(out_path, "rb") as fh:
+                fh.seek(start)
+                text = fh.read().decode(errors="replace")
+            if "stop with Ctrl-C" in text:
+                banner = text[text.index("ringex is up") if "ringex is up" in text else 0 :]
+                print(banner.replace("stop with Ctrl-C", "stop with `ringex stop`").rstrip())
+                print(f"running in the background (pid {proc.pid}); its output goes to {out_path}")
+                return 0
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(60)
+                print(text.rstrip(), file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        proc.terminate()  # its own session: it did not get the terminal's Ctrl-C
+        proc.wait(60)
+        print(f"ringex {command}: stopped while starting", file=sys.stderr)
+        return 1
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from(args, "up")
     if config is None:
         return 2
+    if args.detach:
+        return detach(args, config)
     if getattr(args, "with_nats", None) is None:
         return serve(config, "up")
     from ringex.cluster.server import NatsServer  # noqa: PLC0415

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ringex.cli.common import ExchangeNotFound, add_account_arguments, credentials, find_exchange
 from ringex.market_data.client import ConnectionClosed, FeedGap, LocalBook, MdClient
 
 __all__ = ["add_arguments", "run"]
@@ -34,17 +34,20 @@ REFRESH_S = 0.25
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("symbol", nargs="?", help="the symbol to watch (with --orders: only this symbol)")
     parser.add_argument("--orders", action="store_true", help="show your account's own order events")
-    parser.add_argument("--account", type=int, default=None, help="account id (default: $RINGEX_ACCOUNT)")
-    parser.add_argument("--token", type=int, default=None, help="account token (default: $RINGEX_TOKEN)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7002, help="the notifier's TCP port (default: %(default)s)")
+    add_account_arguments(parser)
+    parser.add_argument("--config", metavar="FILE", help="the exchange's TOML config (for its data_dir and ports)")
+    parser.add_argument("--data", metavar="DIR", help="the exchange's data directory (default: the one running)")
+    parser.add_argument("--host", default=None, help="exchange host (default: where the exchange listens)")
+    parser.add_argument(
+        "--md-port",
+        "--port",
+        dest="md_port",
+        type=int,
+        default=None,
+        help="the notifier's TCP port (default: the exchange's)",
+    )
     parser.add_argument("--levels", type=int, default=5, help="book levels per side (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-
-
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name)
-    return int(raw, 0) if raw else None
 
 
 class _View:
@@ -57,13 +60,18 @@ class _View:
         self.trades: collections.deque[dict] = collections.deque(maxlen=TRADES_SHOWN)
         self.events: collections.deque[dict] = collections.deque(maxlen=EVENTS_SHOWN)
         self.trade_seq: int | None = None
+        self.open_orders: list[dict] | None = None  # the orders snapshot, when subscribed
         self.status = "connecting"
 
     def on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         channel = msg.get("channel")
-        if kind == "subscribed" and channel == "trades":
-            self.trade_seq = msg["seq"]
+        if kind == "subscribed":
+            self.status = "live"
+            if channel == "trades":
+                self.trade_seq = msg["seq"]
+        elif kind == "orders_snapshot":
+            self.open_orders = msg["orders"]
         elif kind == "trade":
             if self.trade_seq is not None and msg["seq"] != self.trade_seq + 1:
                 self.status = f"trades: gap before seq {msg['seq']}"
@@ -79,7 +87,7 @@ class _View:
 
     def render(self):
         parts = [Text(f"ringex watch {self.symbol or ''}  [{self.status}]", style="bold")]
-        if self.symbol and not self.events:
+        if self.symbol and self.open_orders is None:
             book = Table(title=f"{self.symbol} top {self.levels}", expand=False)
             for col in ("bid qty", "bid", "ask", "ask qty"):
                 book.add_column(col, justify="right")
@@ -96,6 +104,20 @@ class _View:
                 style = "green" if t["taker_side"] == "buy" else "red"
                 tape.add_row(str(t["seq"]), when, str(t["price"]), str(t["qty"]), Text(t["taker_side"], style=style))
             parts += [book, tape]
+        if self.open_orders is not None:
+            table = Table(title=f"open orders when subscribed ({len(self.open_orders)})", expand=False)
+            for col in ("symbol", "order", "client id", "side", "price", "remaining"):
+                table.add_column(col, justify="right")
+            for o in self.open_orders[:EVENTS_SHOWN]:
+                table.add_row(
+                    o["symbol"],
+                    str(o["order_id"]),
+                    str(o["client_order_id"]),
+                    o["side"],
+                    str(o["price"]),
+                    str(o["remaining"]),
+                )
+            parts.append(table)
         if self.events:
             table = Table(title="my orders", expand=False)
             for col in ("seq", "symbol", "event", "order", "client id", "side", "price", "qty", "remaining", "reason"):
@@ -105,8 +127,8 @@ class _View:
                     str(e["seq"]),
                     e["symbol"],
                     e["type"],
-                    str(e["order_id"]),
-                    str(e["client_order_id"]),
+                    str(e.get("order_id", "")),
+                    str(e.get("client_order_id", "")),
                     e.get("side", ""),
                     str(e.get("price", "")),
                     str(e.get("qty", "")),
@@ -123,17 +145,22 @@ def run(args: argparse.Namespace) -> int:
         console.print("ringex watch: give a SYMBOL, or --orders")
         return 2
     try:
-        md = MdClient(args.host, args.port, timeout=5.0)
+        exchange = find_exchange(args)
+    except ExchangeNotFound as exc:
+        console.print(f"ringex watch: {exc}")
+        return 2
+    try:
+        md = MdClient(exchange.host, exchange.md_port, timeout=5.0)
     except OSError as exc:
-        console.print(f"ringex watch: cannot reach the notifier at {args.host}:{args.port}: {exc}")
+        console.print(f"ringex watch: cannot reach the notifier at {exchange.host}:{exchange.md_port}: {exc}")
         return 1
     view = _View(args.symbol, args.levels)
     with md:
         if args.orders:
-            account = args.account if args.account is not None else _env_int("RINGEX_ACCOUNT")
-            token = args.token if args.token is not None else _env_int("RINGEX_TOKEN")
-            if account is None or token is None:
-                console.print("ringex watch --orders: needs --account/--token or RINGEX_ACCOUNT/RINGEX_TOKEN")
+            try:
+                account, token = credentials(args)
+            except ValueError as exc:
+                console.print(f"ringex watch --orders: {exc}")
                 return 2
             md.login(account, token)
             md.subscribe("orders", args.symbol)

@@ -16,7 +16,7 @@ from ringex.codes import Stp
 from ringex.config import SymbolSpec
 from ringex.records import COMMAND, EVENT, encode_symbol
 
-__all__ = ["Matcher", "BookCorrupt", "RESTING_ORDER", "SequenceGap"]
+__all__ = ["Matcher", "BookCorrupt", "RESTING_ORDER", "ACCOUNT_LIMITS", "SequenceGap"]
 
 RESTING_ORDER = np.dtype(
     [
@@ -32,8 +32,18 @@ RESTING_ORDER = np.dtype(
 )
 
 
+ACCOUNT_LIMITS = np.dtype(
+    [("account", "<u8"), ("max_order_qty", "<i8"), ("max_notional", "<i8"), ("max_open_orders", "<i8"), ("killed", "?")]
+)
+"""An account's own limits in one book (0: none), as ``Matcher.account_limits`` lists them."""
+
+
 SNAPSHOT_MAGIC = 0x52494E47534E4150  # "RINGSNAP"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: the risk words of the header and the accounts with limits
+# Version 1 (before pre-trade risk) had a 32-word header and no accounts: still read,
+# so a data directory from before keeps its snapshots.
+V1_HEADER_WORDS = 32
+ACCOUNT_ROW_WORDS = 5
 
 
 class BookCorrupt(AssertionError):
@@ -122,36 +132,64 @@ class Matcher:
     # ---- snapshots ------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The book as bytes: its header (spec, ``last_seq``, trade counter) and every
-        resting order in priority order, so the size follows the orders, not the band.
+        """The book as bytes: its header (spec, ``last_seq``, trade counter, the risk
+        words), every resting order in priority order and every account with limits of
+        its own, so the size follows the orders, not the band.
 
         Layout (``int64`` words): ``SNAPSHOT_MAGIC``, ``SNAPSHOT_VERSION``, order count,
-        the arena's ``HEADER_WORDS`` header words, then 8 words per order as
-        ``collect_orders`` writes them. Restoring re-rests the orders in that order, so
-        queue positions, best prices and every later event are the same; only the pool
-        slots an order occupies may differ, and nothing observable depends on them.
+        account count, the arena's ``HEADER_WORDS`` header words, then 8 words per order
+        as ``collect_orders`` writes them and 5 per account as ``collect_accounts`` does.
+        Restoring re-rests the orders in that order, so queue positions, best prices and
+        every later event are the same; only the pool slots and account records an order
+        occupies may differ, and nothing observable depends on them.
         """
         orders = np.zeros((self.order_count(), 8), np.int64)
         count = jit.collect_orders(self._arena, orders)
-        prefix = np.array([SNAPSHOT_MAGIC, SNAPSHOT_VERSION, count], np.int64)
-        return prefix.tobytes() + self._arena[: jit.HEADER_WORDS].tobytes() + orders[:count].tobytes()
+        accounts = self._limited_accounts()
+        prefix = np.array([SNAPSHOT_MAGIC, SNAPSHOT_VERSION, count, len(accounts)], np.int64)
+        return (
+            prefix.tobytes() + self._arena[: jit.HEADER_WORDS].tobytes() + orders[:count].tobytes() + accounts.tobytes()
+        )
+
+    def _limited_accounts(self) -> np.ndarray:
+        rows = np.zeros((int(self._arena[jit.H_PINNED]), ACCOUNT_ROW_WORDS), np.int64)
+        k = jit.collect_accounts(self._arena, rows)
+        rows = rows[:k]
+        return rows[np.argsort(rows[:, 0].view(np.uint64), kind="stable")]
 
     @staticmethod
-    def snapshot_last_seq(snapshot: bytes) -> int:
+    def _layout(words: np.ndarray) -> tuple[int, int, int, int]:
+        """(version, header words, orders, accounts) of a snapshot's words; ``ValueError``
+        if it is none of the versions read here."""
+        if len(words) < 3 or words[0] != SNAPSHOT_MAGIC or words[1] not in (1, SNAPSHOT_VERSION):
+            raise ValueError("snapshot: not a book snapshot of a version this ringex reads")
+        if words[1] == 1:
+            return 1, V1_HEADER_WORDS, int(words[2]), 0
+        if len(words) < 4:
+            raise ValueError("snapshot: truncated")
+        return SNAPSHOT_VERSION, jit.HEADER_WORDS, int(words[2]), int(words[3])
+
+    @classmethod
+    def snapshot_last_seq(cls, snapshot: bytes) -> int:
         """The sequence of the last command a snapshot covers (-1: none)."""
-        return int(np.frombuffer(snapshot, dtype=np.int64, count=3 + jit.HEADER_WORDS)[3 + jit.H_LAST_SEQ])
+        words = np.frombuffer(snapshot, dtype=np.int64, count=min(len(snapshot) // 8, 4 + jit.HEADER_WORDS))
+        version, _, _, _ = cls._layout(words)
+        return int(words[(3 if version == 1 else 4) + jit.H_LAST_SEQ])
 
     @classmethod
     def restore(cls, spec: SymbolSpec, snapshot: bytes) -> Matcher:
         """A book equal to the one that took ``snapshot``; raises ``ValueError`` if the
         snapshot is damaged or was taken under a different spec."""
         words = np.frombuffer(snapshot, dtype=np.int64) if len(snapshot) % 8 == 0 else np.zeros(0, np.int64)
-        if len(words) < 3 + jit.HEADER_WORDS or words[0] != SNAPSHOT_MAGIC or words[1] != SNAPSHOT_VERSION:
-            raise ValueError("snapshot: not a book snapshot of this version")
-        count = int(words[2])
-        if count < 0 or len(words) != 3 + jit.HEADER_WORDS + 8 * count:
-            raise ValueError("snapshot: length does not match its order count")
-        head = words[3 : 3 + jit.HEADER_WORDS]
+        version, header_words, count, n_accounts = cls._layout(words)
+        start = 3 if version == 1 else 4
+        if (
+            count < 0
+            or n_accounts < 0
+            or len(words) != start + header_words + 8 * count + ACCOUNT_ROW_WORDS * n_accounts
+        ):
+            raise ValueError("snapshot: length does not match its order and account counts")
+        head = words[start : start + header_words]
         book = cls(spec)
         expected = book._arena[: jit.HEADER_WORDS]
         for slot in (jit.H_LEVELS, jit.H_CAPACITY, jit.H_PRICE_MIN, jit.H_TICK, jit.H_MAX_QTY, jit.H_STP, jit.H_SYMBOL):
@@ -159,7 +197,14 @@ class Matcher:
                 raise ValueError(
                     f"snapshot: taken under a different spec for {spec.name} (header word {slot}: {head[slot]} != {expected[slot]})"
                 )
-        orders = np.ascontiguousarray(words[3 + jit.HEADER_WORDS :].reshape(count, 8))
+        at = start + header_words
+        orders = np.ascontiguousarray(words[at : at + 8 * count].reshape(count, 8))
+        accounts = np.ascontiguousarray(words[at + 8 * count :].reshape(n_accounts, ACCOUNT_ROW_WORDS))
+        if version > 1:  # first: whether open orders are counted decides how orders rest
+            for slot in jit.RISK_HEADER:
+                book._arena[slot] = head[slot]
+        if jit.load_accounts(book._arena, accounts, n_accounts) != 0:
+            raise ValueError("snapshot: an account's limits do not fit the book (damaged snapshot)")
         if jit.load_orders(book._arena, orders, count) != 0:
             raise ValueError("snapshot: an order does not fit the book (damaged snapshot)")
         book._arena[jit.H_LAST_SEQ] = head[jit.H_LAST_SEQ]
@@ -181,12 +226,47 @@ class Matcher:
 
     def state_hash(self) -> str:
         """A hash of the book's logical state (last seq, trade counter, every resting
-        order in priority order), independent of where orders sit in the pool."""
+        order in priority order, the last trade price and every limit), independent of
+        where orders and accounts sit in the arena."""
         digest = hashlib.blake2b(digest_size=16)
         head = self._arena[: jit.HEADER_WORDS]
         digest.update(np.array([head[jit.H_LAST_SEQ], head[jit.H_TRADE_COUNTER]], np.int64).tobytes())
         digest.update(self.resting_orders().tobytes())
+        digest.update(head[list(jit.RISK_HEADER)].tobytes())
+        digest.update(self._limited_accounts().tobytes())
         return digest.hexdigest()
+
+    # ---- risk -----------------------------------------------------------------------
+
+    @property
+    def last_price(self) -> int | None:
+        """The price of the last trade (None before the first)."""
+        price = int(self._arena[jit.H_LAST_PRICE])
+        return price or None
+
+    def symbol_limits(self) -> dict[str, int]:
+        """The book's own limits (0: none): ``max_order_qty``, ``max_notional``,
+        ``max_open_orders`` (per account), ``collar_bps``, ``reference_price``."""
+        a = self._arena
+        return {
+            "max_order_qty": int(a[jit.H_LIMIT_QTY]),
+            "max_notional": int(a[jit.H_LIMIT_NOTIONAL]),
+            "max_open_orders": int(a[jit.H_LIMIT_OPEN]),
+            "collar_bps": int(a[jit.H_COLLAR_BPS]),
+            "reference_price": int(a[jit.H_REFERENCE_PRICE]),
+        }
+
+    def account_limits(self) -> np.ndarray:
+        """Every account with limits or a kill switch of its own here (``ACCOUNT_LIMITS``
+        records, by account)."""
+        rows = self._limited_accounts()
+        out = np.zeros(len(rows), ACCOUNT_LIMITS)
+        out["account"] = rows[:, 0].view(np.uint64)
+        out["max_order_qty"] = rows[:, 1]
+        out["max_notional"] = rows[:, 2]
+        out["max_open_orders"] = rows[:, 3]
+        out["killed"] = rows[:, 4] != 0
+        return out
 
     def order_count(self) -> int:
         return int(self._arena[jit.H_COUNT_BID] + self._arena[jit.H_COUNT_ASK])

@@ -85,12 +85,18 @@ class MdClient:
     def login(self, account: int, token: int) -> None:
         self.send({"op": "login", "account": account, "token": token})
 
-    def subscribe(self, channel: str, symbol: str | None = None, levels: int | None = None) -> None:
+    def subscribe(
+        self, channel: str, symbol: str | None = None, levels: int | None = None, last: int | None = None
+    ) -> None:
+        """``levels``: depth only; ``last``: trades only, that many past trades first
+        (a ``trades_snapshot``). An ``orders`` subscription starts with ``orders_snapshot``."""
         msg: dict[str, Any] = {"op": "subscribe", "channel": channel}
         if symbol is not None:
             msg["symbol"] = symbol
         if levels is not None:
             msg["levels"] = levels
+        if last:
+            msg["last"] = last
         self.send(msg)
 
     def unsubscribe(self, channel: str, symbol: str | None = None, levels: int | None = None) -> None:

@@ -20,8 +20,11 @@ Streams. Every server message belongs to one stream and carries that stream's
 - ``("orders", account, symbol)`` and ``("orders", account, None)`` (every symbol):
   the account's own events.
 
-A snapshot (``bbo``, ``depth_snapshot``) and the ``subscribed`` ack carry the seq of
-the last message already published on the stream, so the next one has ``seq + 1``.
+A snapshot (``bbo``, ``depth_snapshot``, ``orders_snapshot``, ``trades_snapshot``)
+and the ``subscribed`` ack carry the seq of the last message already published on the
+stream, so the next one has ``seq + 1``. An ``orders`` subscription always starts with
+the account's open orders (``orders_snapshot``); a ``trades`` subscription may ask for
+the last ``last`` trades (at most ``MAX_TRADE_HISTORY``, ``trades_snapshot``).
 
 Public payloads are encoded once per event and the same bytes go to every
 subscriber; ``tcp_line`` and ``ws_text_frame`` wrap a payload for each transport.
@@ -30,6 +33,7 @@ subscriber; ``tcp_line`` and ``ws_text_frame`` wrap a payload for each transport
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
 import functools
 import json
@@ -37,7 +41,7 @@ import struct
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from ringex.codes import EventKind, EventReason, Side
+from ringex.codes import EventKind, EventReason, RiskLimit, Side
 from ringex.records import EVENT, decode_symbol
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "MAX_EXTRA_DEPTH_SIZES",
     "MAX_LINE_BYTES",
     "MAX_REQUEST_OPENERS",
+    "MAX_TRADE_HISTORY",
     "ClientError",
     "Login",
     "Subscribe",
@@ -88,8 +93,11 @@ MAX_REQUEST_OPENERS = 8
 # How much of a client's value an error message quotes back: enough to recognise it,
 # not enough for a 4 KiB request to be echoed whole.
 ECHO_CHARS = 40
+# Trades kept per symbol for a ``trades`` subscription's ``last``: a screenful of tape.
+MAX_TRADE_HISTORY = 100
 
 _SIDE_NAME = {Side.BUY: "buy", Side.SELL: "sell"}
+_LIMIT_NAME = {limit.value: limit.name.lower() for limit in RiskLimit}
 _SIDE_BYTES = {Side.BUY: b"buy", Side.SELL: b"sell"}
 _TRADE_TAIL = (
     b'%d,"trade_id":%d,"price":%d,"qty":%d,"taker_side":"%s","maker_order_id":%d,"taker_order_id":%d,"ts_ns":%d}'
@@ -119,6 +127,7 @@ _ACCEPTED, _TRADE, _CANCELLED, _REPLACED, _REJECTED = (
     int(EventKind.REPLACED),
     int(EventKind.REJECTED),
 )
+_MASS_CANCELLED, _LIMIT_SET = int(EventKind.MASS_CANCELLED), int(EventKind.LIMIT_SET)
 _BUY, _SELL = int(Side.BUY), int(Side.SELL)
 
 
@@ -146,6 +155,7 @@ class Subscribe:
     channel: str
     symbol: str | None
     levels: int = DEFAULT_DEPTH_LEVELS
+    last: int = 0  # trades: how many past trades to send first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +230,14 @@ def parse_request(raw: bytes | str, symbols: Iterable[str], *, max_bytes: int = 
         raise ClientError(f"levels: must be an integer from 1 to {MAX_DEPTH_LEVELS}")
     if channel != "depth":
         levels = DEFAULT_DEPTH_LEVELS
-    kind = Subscribe if op == "subscribe" else Unsubscribe
-    return kind(channel, symbol, levels)
+    if op == "unsubscribe":
+        return Unsubscribe(channel, symbol, levels)
+    last = obj.get("last", 0)
+    if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last <= MAX_TRADE_HISTORY:
+        raise ClientError(f"last: must be an integer from 0 to {MAX_TRADE_HISTORY}")
+    if last and channel != "trades":
+        raise ClientError("last: only the trades channel has a history")
+    return Subscribe(channel, symbol, levels, last)
 
 
 class LineDecoder:
@@ -315,8 +331,10 @@ class DepthView:
     """One symbol's aggregated book (price -> open qty per side), kept from events.
 
     Events name orders, not levels, so the view keeps ``orders``: order_id ->
-    ``[side, price, open]`` of every resting order; CANCELLED (which carries only the
-    qty cancelled) and REPLACED find the order's level there. A TRADE reduces every
+    ``[side, price, open, account, client_order_id]`` of every resting order, and
+    ``by_account``: account -> its resting order ids (an ``orders`` subscription starts
+    with them); CANCELLED (which carries only the qty cancelled) and REPLACED find the
+    order's level there. A TRADE reduces every
     party that rests in the view to its ``remaining``: that is the maker, and also a
     taker that already rests (a replaced order that crossed). A taker that is not
     resting yet is added by its ACCEPTED, which carries what is left open.
@@ -324,6 +342,7 @@ class DepthView:
 
     def __init__(self) -> None:
         self.orders: dict[int, list[int]] = {}
+        self.by_account: dict[int, set[int]] = {}
         self.bids: dict[int, int] = {}
         self.asks: dict[int, int] = {}
         # ascending prices with a non-zero qty, for the top of each side
@@ -345,24 +364,32 @@ class DepthView:
                 del levels[price]
                 del prices[bisect.bisect_left(prices, price)]
 
-    def rest(self, order_id: int, side: int, price: int, qty: int) -> None:
+    def rest(self, order_id: int, side: int, price: int, qty: int, account: int = 0, client_order_id: int = 0) -> None:
         """An order rests with ``qty`` open (ACCEPTED, or a snapshot of the book)."""
         if qty <= 0:
             return
         self.forget(order_id)
-        self.orders[order_id] = [side, price, qty]
+        self.orders[order_id] = [side, price, qty, account, client_order_id]
+        owned = self.by_account.get(account)
+        if owned is None:
+            owned = self.by_account[account] = set()
+        owned.add(order_id)
         self._level_add(side, price, qty)
 
     def reduce_to(self, order_id: int, remaining: int) -> None:
         order = self.orders.get(order_id)
         if order is None:
             return
-        side, price, open_qty = order
+        side, price, open_qty, account, _ = order
         self._level_add(side, price, remaining - open_qty)
         if remaining > 0:
             order[2] = remaining
         else:
             del self.orders[order_id]
+            owned = self.by_account[account]
+            owned.discard(order_id)
+            if not owned:
+                del self.by_account[account]
 
     def forget(self, order_id: int) -> None:
         self.reduce_to(order_id, 0)
@@ -371,7 +398,7 @@ class DepthView:
         """Apply one event given as an ``EVENT`` tuple (``ndarray.tolist()`` row)."""
         kind = row[_KIND]
         if kind == _ACCEPTED:
-            self.rest(row[_OID], row[_SIDE], row[_PRICE], row[_REM])
+            self.rest(row[_OID], row[_SIDE], row[_PRICE], row[_REM], row[_ACCT], row[_COID])
         elif kind == _TRADE:
             self.reduce_to(row[_C_OID], row[_C_REM])
             self.reduce_to(row[_OID], row[_REM])
@@ -382,7 +409,7 @@ class DepthView:
         elif kind == _REPLACED:
             order = self.orders.get(row[_OID])
             side = order[0] if order is not None else row[_SIDE]
-            self.rest(row[_OID], side, row[_PRICE], row[_QTY])
+            self.rest(row[_OID], side, row[_PRICE], row[_QTY], row[_ACCT], row[_COID])
 
     # -- views --------------------------------------------------------------------
 
@@ -433,15 +460,20 @@ class MarketData:
         # accounts with at least one orders subscription -> how many: events of other
         # accounts skip the private path entirely
         self._private_accounts: dict[int, int] = {}
+        # the last trades of each symbol, as (seq, EVENT row), for ``Subscribe.last``
+        self._trades: dict[str, collections.deque] = {
+            s: collections.deque(maxlen=MAX_TRADE_HISTORY) for s in self.symbols
+        }
 
     # -- start-up -----------------------------------------------------------------
 
-    def load_book(self, symbol: str, resting: Iterable[tuple[int, int, int, int]]) -> None:
-        """Seed a symbol's view with its resting orders ``(order_id, side, price, open)``,
-        as recovery knows them, before the first event after that point is applied."""
+    def load_book(self, symbol: str, resting: Iterable[tuple[int, ...]]) -> None:
+        """Seed a symbol's view with its resting orders ``(order_id, side, price, open[,
+        account, client_order_id])``, as recovery knows them, before the first event
+        after that point is applied."""
         view = self.views[symbol]
-        for order_id, side, price, open_qty in resting:
-            view.rest(int(order_id), int(side), int(price), int(open_qty))
+        for order_id, side, price, open_qty, *owner in resting:
+            view.rest(int(order_id), int(side), int(price), int(open_qty), *(int(x) for x in owner))
         self._bbo[symbol] = view.bbo()
 
     # -- subscriptions --------------------------------------------------------------
@@ -482,7 +514,11 @@ class MarketData:
         if req.channel == "depth":
             ack["levels"] = req.levels
         out = [encode(ack)]
-        if req.channel == "bbo":
+        if req.channel == "orders":
+            out.append(self._orders_snapshot(account, req.symbol, seq))
+        elif req.channel == "trades" and req.last:
+            out.append(self._trades_snapshot(req.symbol, req.last, seq))
+        elif req.channel == "bbo":
             out.append(self._bbo_message(req.symbol, seq))
         elif req.channel == "depth":
             bids, asks = self._depth[(req.symbol, req.levels)]
@@ -497,6 +533,35 @@ class MarketData:
             }
             out.append(encode(snap))
         return out
+
+    def _orders_snapshot(self, account: int, symbol: str | None, seq: int) -> bytes:
+        """The account's open orders (in ``symbol``, or every symbol), by symbol and id."""
+        orders = []
+        for name in (symbol,) if symbol else self.symbols:
+            view = self.views[name]
+            for order_id in sorted(view.by_account.get(account, ())):
+                side, price, open_qty, _, client_order_id = view.orders[order_id]
+                orders.append(
+                    {
+                        "symbol": name,
+                        "order_id": order_id,
+                        "client_order_id": client_order_id,
+                        "side": _SIDE_NAME.get(side, "?"),
+                        "price": price,
+                        "remaining": open_qty,
+                    }
+                )
+        snap = {"type": "orders_snapshot", "channel": "orders", "symbol": symbol, "seq": seq, "account": account}
+        return encode({**snap, "orders": orders})
+
+    def _trades_snapshot(self, symbol: str, last: int, seq: int) -> bytes:
+        """The last ``last`` trades of ``symbol``, oldest first, as ``trade`` messages
+        carry them (each with the seq it was published with)."""
+        history = list(self._trades[symbol])[-last:]
+        trades = [json.loads(self._trade_message(symbol, trade_seq, row)) for trade_seq, row in history]
+        for trade in trades:
+            del trade["type"], trade["channel"], trade["symbol"]
+        return encode({"type": "trades_snapshot", "channel": "trades", "symbol": symbol, "seq": seq, "trades": trades})
 
     def unsubscribe(self, session: Hashable, req: Unsubscribe, account: int | None) -> bytes:
         stream = self.stream_of(req, account)
@@ -570,6 +635,7 @@ class MarketData:
             if kind == _TRADE:
                 stream = ("trades", symbol)
                 seq = self._next(stream)
+                self._trades[symbol].append((seq, row))
                 if stream in subscribed:
                     out.setdefault(stream, []).append(self._trade_message(symbol, seq, row))
             if kind != _REJECTED:
@@ -626,6 +692,20 @@ class MarketData:
                     "liquidity": liquidity,
                 }
                 self._emit_private(account, symbol, "fill", fields, row[_TS], out)
+            return
+        if kind == _MASS_CANCELLED:
+            fields = {
+                "client_order_id": row[_COID],
+                "side": _SIDE_NAME.get(row[_SIDE], "both"),
+                "cancelled": row[_QTY],
+                "reason": _REASON_NAME.get(row[_REASON], "unknown"),
+            }
+            self._emit_private(row[_ACCT], symbol, "mass_cancelled", fields, row[_TS], out)
+            return
+        if kind == _LIMIT_SET:
+            # told to the account whose limit it is (an operator learns from the K)
+            fields = {"limit": _LIMIT_NAME.get(row[_SIDE], "unknown"), "value": row[_PRICE], "cancelled": row[_QTY]}
+            self._emit_private(row[_ACCT], symbol, "limit_set", fields, row[_TS], out)
             return
         side = row[_SIDE] or (prior[0] if prior else 0)
         fields = {

@@ -13,15 +13,32 @@ The file is re-read when its modification time changes, so ``ringex accounts
 add``/``remove`` take effect in a running gateway (and a removed account's cached
 verification is dropped with the rest of the cache).
 
+An account may be an *operator*: its sessions may also set risk limits and kill
+switches (the ``Y`` request, ``ringex risk``). The gateway asks ``is_operator`` at login.
+
+Demo accounts (the first start of a data directory): their tokens are also kept in
+``demo-accounts.json`` next to the account file, readable by its owner only, and written
+*before* the accounts are, so a first start that fails or is interrupted never loses
+them: the next start uses the same tokens. The file also says whether a banner has
+shown them (``mark_demo_shown``): a start that fails before its banner leaves them
+unshown, and the next banner shows them (``unshown_demo_accounts``); after that,
+``ringex accounts demo`` does (``demo_accounts``). That file is the one exception to "never the token": it is a
+convenience for the local operator of a demo; ``ringex accounts add``/``remove`` of a
+demo account drop it from the file, so what it shows always works.
+
 Public API used by the gateway and the notifier::
 
     store = AccountStore.open(data_dir)      # or AccountStore(path)
     store.verify(account: int, token: int) -> bool
     store.verify_nowait(account, token) -> bool | None      # None: only verify() can tell
-    store.add(account: int, token: int | None = None) -> int   # returns the token
+    store.add(account: int, token: int | None = None, operator=None) -> int   # returns the token
     store.remove(account: int) -> bool
     store.accounts() -> list[int]
+    store.is_operator(account) -> bool
     create_demo_accounts(data_dir, count=3) -> dict[int, int]  # {account: token}, only if none exist
+    demo_accounts(data_dir) -> dict[int, int]  # the demo tokens still valid
+    unshown_demo_accounts(data_dir) -> dict[int, int]  # ... that no banner has shown yet
+    mark_demo_shown(data_dir)
     check_executor() -> ThreadPoolExecutor    # one low-priority thread to run ``verify`` on
 """
 
@@ -43,10 +60,18 @@ __all__ = [
     "create_demo_accounts",
     "check_executor",
     "ACCOUNTS_FILE",
+    "DEMO_FILE",
+    "DEMO_OPERATOR",
     "check_u64",
+    "parse_account_id",
+    "demo_accounts",
+    "forget_demo_account",
+    "unshown_demo_accounts",
+    "mark_demo_shown",
 ]
 
 ACCOUNTS_FILE = "accounts.json"
+DEMO_FILE = "demo-accounts.json"
 U64_MAX = (1 << 64) - 1
 
 # scrypt cost: n=2**14, r=8 is the interactive-login setting recommended by its
@@ -58,6 +83,8 @@ SCRYPT_MAXMEM = 64 * 1024 * 1024
 SALT_BYTES = 16
 # Demo accounts get ids from here, so they are easy to spot in journals.
 DEMO_FIRST_ACCOUNT = 1001
+# ... and the demo operator (``ringex risk``) the id just before them.
+DEMO_OPERATOR = 1000
 # The nice value of the thread that runs the slow checks: scrypt then runs on CPU time
 # the exchange's other threads and processes leave over, so a flood of logins (even
 # within the failed-login limits) delays logins, not orders or market data.
@@ -72,6 +99,16 @@ def check_u64(what: str, value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= U64_MAX:
         raise AccountError(f"{what} must be an integer from 1 to {U64_MAX}, got {value!r}")
     return value
+
+
+def parse_account_id(text: str, what: str = "account id") -> int:
+    """An account id (or token) typed by a person: decimal, or 0x hex; ``AccountError``
+    with one plain sentence otherwise."""
+    try:
+        value = int(text.strip(), 0)
+    except ValueError:
+        raise AccountError(f"not an {what}: {text!r} (an integer from 1 to {U64_MAX})") from None
+    return check_u64(what, value)
 
 
 def _hash_token(token: int, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -123,6 +160,7 @@ class AccountStore:
                         "n": int(rec["n"]),
                         "r": int(rec["r"]),
                         "p": int(rec["p"]),
+                        "operator": bool(rec.get("operator", False)),
                     }
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise AccountError(f"account file {self.path}: unreadable: {exc}") from None
@@ -136,7 +174,14 @@ class AccountStore:
             "version": 1,
             "kdf": "scrypt",
             "accounts": {
-                str(acct): {"salt": r["salt"].hex(), "hash": r["hash"].hex(), "n": r["n"], "r": r["r"], "p": r["p"]}
+                str(acct): {
+                    "salt": r["salt"].hex(),
+                    "hash": r["hash"].hex(),
+                    "n": r["n"],
+                    "r": r["r"],
+                    "p": r["p"],
+                    **({"operator": True} if r.get("operator") else {}),
+                }
                 for acct, r in sorted(self._records.items())
             },
         }
@@ -167,12 +212,15 @@ class AccountStore:
         self._reload_if_changed()
         return account in self._records
 
-    def add(self, account: int, token: int | None = None) -> int:
+    def add(self, account: int, token: int | None = None, *, operator: bool | None = None) -> int:
         """Add ``account`` (or give it a new token) and return its token: ``token`` if
-        given, else a fresh random u64. Only the salted hash is written."""
+        given, else a fresh random u64. Only the salted hash is written. ``operator``:
+        whether it may set risk limits (None: as it was, no for a new account)."""
         check_u64("account", account)
         token = secrets.randbelow(U64_MAX) + 1 if token is None else check_u64("token", token)
         self._reload_if_changed()
+        if operator is None:
+            operator = bool(self._records.get(account, {}).get("operator"))
         salt = secrets.token_bytes(SALT_BYTES)
         self._records[account] = {
             "salt": salt,
@@ -180,9 +228,19 @@ class AccountStore:
             "n": SCRYPT_N,
             "r": SCRYPT_R,
             "p": SCRYPT_P,
+            "operator": operator,
         }
         self._save()
         return token
+
+    def is_operator(self, account: int) -> bool:
+        """Whether ``account`` may set risk limits and kill switches. Never raises: a
+        file that cannot be read makes nobody an operator."""
+        try:
+            self._reload_if_changed()
+        except AccountError:
+            return False
+        return bool(self._records.get(account, {}).get("operator"))
 
     def remove(self, account: int) -> bool:
         """Remove ``account``; False if it was not there."""
@@ -257,11 +315,93 @@ def check_executor() -> concurrent.futures.ThreadPoolExecutor:
     )
 
 
+def _demo_path(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / DEMO_FILE
+
+
+def _read_demo_doc(data_dir: str | os.PathLike[str]) -> tuple[dict[int, int], bool]:
+    """(tokens, shown) from the demo file; ({}, False) when there is none."""
+    try:
+        doc = json.loads(_demo_path(data_dir).read_text("utf-8"))
+        return {int(acct): int(token) for acct, token in doc["tokens"].items()}, bool(doc.get("shown", False))
+    except FileNotFoundError:
+        return {}, False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AccountError(f"demo account file {_demo_path(data_dir)}: unreadable: {exc}") from None
+
+
+def _read_demo(data_dir: str | os.PathLike[str]) -> dict[int, int]:
+    return _read_demo_doc(data_dir)[0]
+
+
+def _write_demo(data_dir: str | os.PathLike[str], tokens: dict[int, int], shown: bool | None = None) -> None:
+    path = _demo_path(data_dir)
+    if shown is None:
+        shown = _read_demo_doc(data_dir)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".demo-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            doc = {"operator": DEMO_OPERATOR, "shown": shown, "tokens": {str(a): t for a, t in tokens.items()}}
+            json.dump(doc, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def create_demo_accounts(data_dir: str | os.PathLike[str], count: int = 3) -> dict[int, int]:
     """For a first start: if the data directory has no accounts, add ``count`` demo
-    accounts (ids 1001, 1002, ...) with random tokens and return ``{account: token}``
-    so the caller can print them once. Returns ``{}`` when accounts already exist."""
+    traders (ids 1001, 1002, ...) and the demo operator (1000) and return ``{account:
+    token}``. The tokens are written to ``DEMO_FILE`` first, and taken from it when a
+    first start that failed left it behind, so they are never lost. Returns ``{}`` when
+    accounts already exist."""
     store = AccountStore.open(data_dir)
     if store.accounts():
         return {}
-    return {acct: store.add(acct) for acct in range(DEMO_FIRST_ACCOUNT, DEMO_FIRST_ACCOUNT + count)}
+    tokens = _read_demo(data_dir)
+    if not tokens:
+        wanted = [DEMO_OPERATOR, *range(DEMO_FIRST_ACCOUNT, DEMO_FIRST_ACCOUNT + count)]
+        tokens = {acct: secrets.randbelow(U64_MAX) + 1 for acct in wanted}
+        _write_demo(data_dir, tokens, shown=False)
+    for acct, token in tokens.items():
+        store.add(acct, token, operator=acct == DEMO_OPERATOR)
+    return tokens
+
+
+def demo_accounts(data_dir: str | os.PathLike[str]) -> dict[int, int]:
+    """The demo accounts whose tokens are still the ones created (``{}`` if none)."""
+    tokens = _read_demo(data_dir)
+    if not tokens:
+        return {}
+    present = set(AccountStore.open(data_dir).accounts())
+    return {acct: token for acct, token in tokens.items() if acct in present}
+
+
+def forget_demo_account(data_dir: str | os.PathLike[str], account: int) -> bool:
+    """Drop ``account`` from the demo file (its token was reset or it was removed);
+    True if it was there."""
+    tokens = _read_demo(data_dir)
+    if account not in tokens:
+        return False
+    del tokens[account]
+    _write_demo(data_dir, tokens)
+    return True
+
+
+def unshown_demo_accounts(data_dir: str | os.PathLike[str]) -> dict[int, int]:
+    """The demo accounts still valid whose tokens no banner has shown yet (a first start
+    that failed or was interrupted before it was ready)."""
+    if _read_demo_doc(data_dir)[1]:
+        return {}
+    return demo_accounts(data_dir)
+
+
+def mark_demo_shown(data_dir: str | os.PathLike[str]) -> None:
+    """A banner has shown the demo tokens: later banners point to ``ringex accounts demo``."""
+    tokens, shown = _read_demo_doc(data_dir)
+    if tokens and not shown:
+        _write_demo(data_dir, tokens, shown=True)

@@ -35,8 +35,10 @@ from ringex.order_entry.protocol import (
     encode_cancel,
     encode_heartbeat,
     encode_login,
+    encode_mass_cancel,
     encode_new_order,
     encode_replace,
+    encode_risk,
 )
 from ringex.records import decode_symbol
 
@@ -203,6 +205,29 @@ class ClientConnection:
         cid = self.next_client_order_id() if client_order_id is None else client_order_id
         return cid, encode_replace(symbol, order_id, price, qty, client_order_id=cid)
 
+    def mass_cancel(
+        self, symbol: str | None = None, side: str | int = 0, client_order_id: int | None = None
+    ) -> tuple[int, bytes]:
+        """Cancel every order of this session's account (in ``symbol``, None: every
+        symbol; on ``side`` "buy"/"sell", 0: both)."""
+        side_code = {"buy": Side.BUY, "sell": Side.SELL, "B": Side.BUY, "S": Side.SELL}.get(side, side)
+        cid = self.next_client_order_id() if client_order_id is None else client_order_id
+        return cid, encode_mass_cancel(symbol, int(side_code), client_order_id=cid)
+
+    def set_limit(
+        self,
+        limit: int,
+        value: int,
+        *,
+        account: int = 0,
+        symbol: str | None = None,
+        client_order_id: int | None = None,
+    ) -> tuple[int, bytes]:
+        """Operators only: set ``limit`` (a ``RiskLimit``) of ``account`` (0: the
+        symbol's own) in ``symbol`` (None: every symbol)."""
+        cid = self.next_client_order_id() if client_order_id is None else client_order_id
+        return cid, encode_risk(limit, value, account=account, symbol=symbol, client_order_id=cid)
+
     def heartbeat(self) -> bytes:
         return encode_heartbeat()
 
@@ -329,6 +354,17 @@ class OrderClient:
         self.send(self.conn.replace(symbol, order_id, price, qty)[1])
         return self.next_reply()
 
+    def mass_cancel(self, symbol: str | None = None, side: str | int = 0) -> Reply:
+        """Cancel every order of this account (in ``symbol``; None: every symbol). The
+        ``K`` of a request for every symbol comes once it is durable in every one."""
+        self.send(self.conn.mass_cancel(symbol, side)[1])
+        return self.next_reply()
+
+    def set_limit(self, limit: int, value: int, *, account: int = 0, symbol: str | None = None) -> Reply:
+        """Operators only (else ``X`` NOT_PERMITTED): set a risk limit (``RiskLimit``)."""
+        self.send(self.conn.set_limit(limit, value, account=account, symbol=symbol)[1])
+        return self.next_reply()
+
     def heartbeat(self) -> None:
         self.send(self.conn.heartbeat())
 
@@ -410,6 +446,14 @@ class TrioOrderClient:
 
     async def replace(self, symbol: str, order_id: int, price: int, qty: int) -> Reply:
         await self.send(self.conn.replace(symbol, order_id, price, qty)[1])
+        return await self.next_reply()
+
+    async def mass_cancel(self, symbol: str | None = None, side: str | int = 0) -> Reply:
+        await self.send(self.conn.mass_cancel(symbol, side)[1])
+        return await self.next_reply()
+
+    async def set_limit(self, limit: int, value: int, *, account: int = 0, symbol: str | None = None) -> Reply:
+        await self.send(self.conn.set_limit(limit, value, account=account, symbol=symbol)[1])
         return await self.next_reply()
 
     async def heartbeat(self) -> None:

@@ -44,6 +44,13 @@ order id, from the journal before the gateway joins the rings.
 Readiness: orders are answered ``X`` NOT_READY unless the control block says the
 exchange is READY (``ControlBlock.accepting``).
 
+Requests for every symbol (``M`` and ``Y`` with a blank symbol) go into every in-ring
+(``_publish_everywhere``); their ``K`` waits until all of those copies are durable,
+tracked as one more entry of the durable array. Before serving, the gateway journals
+the config's risk limits into fresh in-rings and cancels the orders of every
+cancel-on-disconnect account (``publish_start_commands``); after serving, when such an
+account's last session closes, its orders are cancelled (``_cancel_on_disconnect``).
+
 Process entry: ``run_gateway`` (``ringex.roles``).
 """
 
@@ -69,12 +76,14 @@ import numpy as np
 from ringex.codes import Op, Reason, ReplyType
 from ringex.config import Config, OrderEntryLimits
 from ringex.control import ExchangeState, NullControl
+from ringex.engine import risk
 from ringex.limits import ConnectionLimit, FailedLoginLimit, address_key
 from ringex.order_entry.accounts import AccountStore, check_executor
 from ringex.order_entry.protocol import FRAME_SIZE, REPLY, SymbolTable, encode_reply
 from ringex.order_entry.session import OrderIdCounter, Session, SessionState, SystemClock, warm_up
+from ringex.records import encode_symbol
 from ringex.ring import Producer, Ring
-from ringex.topology import CMD, GATEWAY, JOURNALER, Topology, wait_for_base
+from ringex.topology import CMD, GATEWAY, JOURNALER, MATCHER, Topology, wait_for_base
 from ringex.trace import NullTracer, Stage, tracer_for
 from ringex.wait import Doorbell, post_all, wait_until
 
@@ -206,7 +215,12 @@ class Gateway:
             if in_rings >= self.order_ids.next_id:
                 log.info("resuming order ids after %d, the highest in the in-rings", in_rings)
                 self.order_ids.next_id = in_rings + 1
-            self.durable = np.zeros(len(self.rings), dtype=np.int64)
+            # one entry per in-ring, and one more: how many requests for every symbol
+            # are durable in every ring (``_publish_everywhere``)
+            self.durable = np.zeros(len(self.rings) + 1, dtype=np.int64)
+            self._everywhere: collections.deque[np.ndarray] = collections.deque()
+            self._everywhere_published = 0
+            self._cancel_on_disconnect_accounts = risk.cancel_on_disconnect_accounts(config)
             self._bases_plus_one = self.bases + 1
             self._journaled: list[int] = []
             self._trace_due = False
@@ -246,8 +260,11 @@ class Gateway:
         # cursor = last durable ring sequence; durable count = cursor + 1, in journal terms
         before = self._journaled
         self._journaled = journaled = [probe() for probe in self._journal_probes]
-        self.durable[:] = journaled
-        self.durable += self._bases_plus_one
+        rings = len(self.rings)
+        self.durable[:rings] = journaled
+        self.durable[:rings] += self._bases_plus_one
+        if self._everywhere:
+            self._advance_everywhere()
         if self.tracer.every:
             # acks of sampled commands can go out only once one of those became durable
             self._trace_due = any(
@@ -255,11 +272,21 @@ class Gateway:
                 for base, old, new in zip(self.bases.tolist(), before or journaled, journaled, strict=True)
             )
 
+    def _advance_everywhere(self) -> None:
+        # in publication order: a request for every symbol counts as durable once each
+        # ring's copy is (and every earlier such request is)
+        rings = len(self.rings)
+        while self._everywhere and (self._everywhere[0] < self.durable[:rings]).all():
+            self._everywhere.popleft()
+            self.durable[rings] += 1
+
     def _durable_moved(self) -> bool:
         # plain ints, compared as one list: this runs several times per loop turn
         return [probe() for probe in self._journal_probes] != self._journaled
 
     def _publish(self, sym: int, commands: np.ndarray) -> int | None:
+        if sym == len(self.producers):
+            return self._publish_everywhere(commands)
         producer = self.producers[sym]
         if len(commands) > self.rings[sym].capacity:
             return None
@@ -276,6 +303,63 @@ class Gateway:
             self.tracer.span(Stage.RECEIVED, index, first, len(commands), int(commands["ts_ns"][0]))
             self.tracer.span(Stage.PUBLISHED, index, first, len(commands))
         return first
+
+    def _publish_everywhere(self, commands: np.ndarray) -> int | None:
+        """Put ``commands`` (requests for every symbol) into every in-ring, each copy
+        stamped with its ring's symbol; all or nothing, so a full ring refuses them
+        everywhere. Returns the number of the first in the count ``durable[-1]`` keeps."""
+        n = len(commands)
+        for ring, producer in zip(self.rings, self.producers, strict=True):
+            # the matcher is the in-ring's last consumer (gated on the journaler)
+            if ring.capacity - (producer.claimed - ring.consumer_cursor(MATCHER)) < n:
+                return None
+        first = self._everywhere_published
+        seqs = np.empty((n, len(self.rings)), np.int64)
+        for i, spec in enumerate(self.table.specs):
+            copy = commands.copy()
+            copy["symbol"] = encode_symbol(spec.name)
+            seqs[:, i] = np.arange(n) + self._publish(i, copy)
+        self._everywhere.extend(seqs)
+        self._everywhere_published += n
+        return first
+
+    def publish_start_commands(self) -> int:
+        """Before serving: journal the config's risk limits into every in-ring that is
+        new (a fresh ``ringex up``; a restarted gateway leaves the limits the operator
+        may have changed since), and cancel the orders of every cancel-on-disconnect
+        account, whose sessions the last gateway took with it. Returns the commands
+        published."""
+        published = 0
+        now = time.time_ns()
+        for i, (spec, ring) in enumerate(zip(self.table.specs, self.rings, strict=True)):
+            commands = risk.start_commands(self.config, spec.name, fresh=ring.producer_cursor < 0, ts_ns=now)
+            if len(commands) and self._publish(i, commands) is None:
+                raise RuntimeError(f"{spec.name}: no room in the in-ring for {len(commands)} start-up commands")
+            published += len(commands)
+        if self._posts:
+            post_all(self._posts)
+        return published
+
+    def _operator_login(self, account: int) -> bool:
+        """Whether a session logging in as ``account`` may set limits; if so, limits may
+        now reach the journal, which the next fresh start must know (``risk.LIMITS_USED``)."""
+        operator = self.accounts.is_operator(account)
+        if operator:
+            risk.mark_limits_used(self.config.data_dir)
+        return operator
+
+    def _cancel_on_disconnect(self, conn: _Conn) -> None:
+        """The account's last session has gone: cancel its orders in every book, if it
+        asked for that (``[accounts.ID] cancel_on_disconnect``)."""
+        account = conn.session.account
+        if account not in self._cancel_on_disconnect_accounts or self._stop.is_set():
+            return  # stopping: the next gateway cancels them before it serves anyone
+        if any(c.session.account == account for c in self.conns.values()):
+            return
+        if self._publish(self.table.every, risk.disconnect_commands(account, time.time_ns())) is None:
+            log.error("account %d: in-rings full, orders not cancelled on disconnect", account)
+            return
+        log.info("account %d: last session closed; cancelling its orders", account)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -412,7 +496,9 @@ class Gateway:
                 continue
             sid = self._next_session
             self._next_session = (self._next_session + 1) & 0xFFFFFFFF or 1
-            session = Session(sid, self.table, None, self.order_ids, self.limits, self.clock)
+            session = Session(
+                sid, self.table, None, self.order_ids, self.limits, self.clock, is_operator=self._operator_login
+            )
             conn = _Conn(sock, session, peer)
             session.verify = functools.partial(self._verify, conn)
             self.conns[sock.fileno()] = conn
@@ -551,6 +637,7 @@ class Gateway:
     def _trace_acks(self, data: bytes) -> None:
         replies = np.frombuffer(data, REPLY)
         acks = replies[(replies["msg_type"] == ReplyType.ACK) & (replies["seq"] % self.tracer.every == 0)]
+        acks = acks[self.table.index_of(acks["symbol"]) >= 0]  # not the requests for every symbol
         if len(acks):
             now = time.time_ns()
             for table_index, seq in zip(
@@ -591,6 +678,8 @@ class Gateway:
         except (KeyError, ValueError):
             pass
         conn.session.state = SessionState.CLOSED
+        if conn.session.account:
+            self._cancel_on_disconnect(conn)
         if graceful:
             try:
                 while sock.recv(RECV_BYTES):
@@ -617,7 +706,7 @@ class Gateway:
             refused_sessions=self.connections.refused,
             refused_logins=self.failed_logins.refused,
             session_bugs=self.session_bugs,
-            durable=dict(zip(names, self.durable.tolist(), strict=True)),
+            durable=dict(zip(names, self.durable[: len(names)].tolist(), strict=True)),
             published_seq={n: int(b) + p.cursor + 1 for n, b, p in zip(names, self.bases, self.producers, strict=True)},
         )
 
@@ -724,6 +813,7 @@ def serve(
         # serving allocates: over numba's objects one paused the loop ~55 ms, and the
         # churn of a connection flood set them off (the hostile benchmark's ack tail).
         gc.freeze()
+        gateway.publish_start_commands()
         gateway.run()
     finally:
         gateway.control.set_ready(GATEWAY, False)

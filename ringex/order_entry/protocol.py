@@ -16,6 +16,12 @@ Project additions to the contract (allowed by it: new codes, reserved bytes):
 
 - ``A`` (login accepted) carries the session id in its reserved u32 at offset 4.
 - Reason 13 ``IDLE_TIMEOUT`` and 14 ``SESSION_LIMIT`` close a session with ``E``.
+- ``M`` mass cancel (the session's own account; a blank symbol means every symbol,
+  side 0 both sides) and ``Y`` risk limit (operator sessions only: the ``RiskLimit`` in
+  the side byte, the target account in ``order_id``, the value in ``price``), with
+  reasons 15 ``NOT_PERMITTED`` and 16 ``BAD_LIMIT``. A request to every symbol is
+  given symbol index ``len(table)`` (``SymbolTable.every``): the gateway puts it in
+  every in-ring.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import Final
 import numba
 import numpy as np
 
-from ringex.codes import MsgType, OrderType, Reason, Side, Tif
+from ringex import config
+from ringex.codes import MsgType, OrderType, Reason, RiskLimit, Side, Tif
 from ringex.records import COMMAND, SYMBOL_LEN, encode_symbol
 
 __all__ = [
@@ -44,12 +51,17 @@ __all__ = [
     "encode_new_order",
     "encode_cancel",
     "encode_replace",
+    "encode_mass_cancel",
+    "encode_risk",
+    "MAX_COLLAR_BPS",
     "encode_heartbeat",
     "encode_reply",
 ]
 
 PROTOCOL_VERSION: Final = 1
 FRAME_SIZE: Final = 64
+# The widest price collar a ``Y`` may set (``ringex.config`` says why).
+MAX_COLLAR_BPS: Final = config.MAX_COLLAR_BPS
 
 
 REPLY = np.dtype(
@@ -172,6 +184,12 @@ class SymbolTable:
     def __len__(self) -> int:
         return len(self.specs)
 
+    @property
+    def every(self) -> int:
+        """The symbol index ``frame_reason`` gives a request for every symbol (``M`` and
+        ``Y`` with a blank symbol): one past the last listed symbol."""
+        return len(self.specs)
+
     def index(self, name: str) -> int:
         """Index of one symbol by name; ``KeyError`` if it is not listed."""
         i = int(self.index_of(np.array([encode_symbol(name)], dtype=self.names.dtype))[0])
@@ -200,6 +218,20 @@ _BAD_SIDE, _BAD_ORDER_TYPE, _BAD_QTY, _BAD_PRICE, _BAD_ORDER_ID = (
     int(Reason.BAD_QTY),
     int(Reason.BAD_PRICE),
     int(Reason.BAD_ORDER_ID),
+)
+_M, _Y = int(MsgType.MASS_CANCEL), int(MsgType.RISK)
+_BAD_LIMIT = int(Reason.BAD_LIMIT)
+_RL_QTY, _RL_NOTIONAL, _RL_OPEN, _RL_COLLAR, _RL_REFERENCE, _RL_KILL, _RL_CLEAR = (
+    int(limit)
+    for limit in (
+        RiskLimit.MAX_ORDER_QTY,
+        RiskLimit.MAX_NOTIONAL,
+        RiskLimit.MAX_OPEN_ORDERS,
+        RiskLimit.COLLAR_BPS,
+        RiskLimit.REFERENCE_PRICE,
+        RiskLimit.KILL_SWITCH,
+        RiskLimit.CLEAR,
+    )
 )
 _BUY, _SELL = int(Side.BUY), int(Side.SELL)
 _LIMIT, _MARKET = int(OrderType.LIMIT), int(OrderType.MARKET)
@@ -238,6 +270,8 @@ def frame_reason(wu: np.ndarray, wi: np.ndarray, r: int, logged_in: bool, keys, 
     if not (new or cancel or replace):
         if mt == _L or mt == _H:
             return 0, -1
+        if mt == _M or mt == _Y:
+            return _control_reason(wu, wi, r, logged_in, keys, key_index)
         return _UNKNOWN_MESSAGE, -1
     if not logged_in:
         return _NOT_LOGGED_IN, -1
@@ -272,6 +306,42 @@ def frame_reason(wu: np.ndarray, wi: np.ndarray, r: int, logged_in: bool, keys, 
     elif price <= 0 or price < bounds[1, sym] or price > bounds[2, sym] or (price - bounds[1, sym]) % bounds[0, sym]:
         return _BAD_PRICE, sym
     return 0, sym
+
+
+@numba.njit(cache=True)
+def _control_reason(wu, wi, r, logged_in, keys, key_index):
+    """(reason, symbol index) of an ``M`` or ``Y`` frame: a blank symbol is every symbol
+    (index ``len(keys)``); ``M`` needs side 0, B or S; ``Y`` a limit its target can have
+    (a symbol's collar and reference price, an account's kill switch of 0 or 1) and a
+    value from 0 (collar at most ``MAX_COLLAR_BPS``)."""
+    if not logged_in:
+        return _NOT_LOGGED_IN, -1
+    w0 = wu[r, 0]
+    sym = len(keys)
+    if wu[r, 1] != 0:
+        sym = symbol_slot(keys, key_index, wu[r, 1])
+        if sym < 0:
+            return _UNKNOWN_SYMBOL, -1
+    detail = (w0 >> 8) & 0xFF
+    if (w0 & 0xFF) == _M:
+        if detail != 0 and detail != _BUY and detail != _SELL:
+            return _BAD_SIDE, sym
+        return 0, sym
+    target = wu[r, 3]
+    value = wi[r, 4]
+    if value < 0:
+        return _BAD_LIMIT, sym
+    if detail == _RL_QTY or detail == _RL_NOTIONAL or detail == _RL_OPEN:
+        return 0, sym
+    if detail == _RL_COLLAR:
+        return (0 if target == 0 and value <= MAX_COLLAR_BPS else _BAD_LIMIT), sym
+    if detail == _RL_REFERENCE:
+        return (0 if target == 0 else _BAD_LIMIT), sym
+    if detail == _RL_KILL:
+        return (0 if target != 0 and value <= 1 else _BAD_LIMIT), sym
+    if detail == _RL_CLEAR:
+        return (0 if target == 0 and value == 0 else _BAD_LIMIT), sym
+    return _BAD_LIMIT, sym
 
 
 @numba.njit(cache=True)
@@ -346,6 +416,22 @@ def encode_cancel(symbol: str | bytes, order_id: int, *, client_order_id: int = 
 
 def encode_replace(symbol: str | bytes, order_id: int, price: int, qty: int, *, client_order_id: int = 0) -> bytes:
     return _FRAME.pack(MsgType.REPLACE, 0, 0, 0, 0, _sym(symbol), client_order_id, order_id, price, qty, 0, 0)
+
+
+def encode_mass_cancel(symbol: str | bytes | None = None, side: int = 0, *, client_order_id: int = 0) -> bytes:
+    """Cancel every order of the session's account: in ``symbol`` (None: every symbol), on
+    ``side`` (``Side.BUY``/``Side.SELL``, 0: both)."""
+    sym = b"\0" * 8 if symbol is None else _sym(symbol)
+    return _FRAME.pack(MsgType.MASS_CANCEL, side, 0, 0, 0, sym, client_order_id, 0, 0, 0, 0, 0)
+
+
+def encode_risk(
+    limit: int, value: int, *, account: int = 0, symbol: str | bytes | None = None, client_order_id: int = 0
+) -> bytes:
+    """Set ``limit`` (a ``RiskLimit``) to ``value`` for ``account`` (0: the symbol's own
+    limit, for every account) in ``symbol`` (None: every symbol). Operators only."""
+    sym = b"\0" * 8 if symbol is None else _sym(symbol)
+    return _FRAME.pack(MsgType.RISK, limit, 0, 0, 0, sym, client_order_id, account, value, 0, 0, 0)
 
 
 def encode_heartbeat() -> bytes:

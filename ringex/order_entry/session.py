@@ -130,13 +130,14 @@ sequences."""
 ##########################################################################################
 
 # _session_batch params (i64), by position
-P_LOGGED_IN, P_TOKENS, P_ROOM, P_READY, P_GARBAGE_LEFT, P_SESSION, P_ACCOUNT, P_TS, P_NEXT_ID = range(9)
+P_LOGGED_IN, P_TOKENS, P_ROOM, P_READY, P_GARBAGE_LEFT, P_SESSION, P_ACCOUNT, P_TS, P_NEXT_ID, P_OPERATOR = range(10)
 # _session_batch results (i64), by position
 R_END, R_STOP, R_REPLIES, R_VALID, R_TOKENS_USED, R_IDS_USED, R_GARBAGE = range(7)
 STOP_END, STOP_LOGIN, STOP_GARBAGE = 0, 1, 2
 
 _ACK, _REJECT = int(ReplyType.ACK), int(ReplyType.REJECT)
 _L, _N, _C, _R, _H = (int(m) for m in (MsgType.LOGIN, MsgType.NEW, MsgType.CANCEL, MsgType.REPLACE, MsgType.HEARTBEAT))
+_M, _Y, _NOT_PERMITTED = int(MsgType.MASS_CANCEL), int(MsgType.RISK), int(Reason.NOT_PERMITTED)
 _THROTTLED, _NOT_READY, _ALREADY_LOGGED_IN, _UNKNOWN_MESSAGE = (
     int(Reason.THROTTLED),
     int(Reason.NOT_READY),
@@ -153,7 +154,7 @@ def _session_batch(
 
     ``wu``/``wi``: the frames as u64/i64[n, 8] views (stamped in place: session in the
     high half of word 0, new order id in word 3, account in 6, receive time in 7).
-    ``params``: i64[9], see ``P_*``. Outputs: ``replies`` u64[n, 8] (REPLY frames, seq
+    ``params``: i64[10], see ``P_*``. Outputs: ``replies`` u64[n, 8] (REPLY frames, seq
     left 0), ``reply_symbol`` i64[n] (symbol index of a valid request, -1 for a reply
     that is ready now), ``valid_rows`` and ``valid_frames`` i64[n] (reply row and
     frame row of each valid request),
@@ -193,7 +194,9 @@ def _session_batch(
                 stop = STOP_GARBAGE
                 break
             garbage += 1
-        request = mt == _N or mt == _C or mt == _R
+        request = mt == _N or mt == _C or mt == _R or mt == _M or mt == _Y
+        if mt == _Y and reason == 0 and params[P_OPERATOR] == 0:
+            reason = _NOT_PERMITTED
         if mt == _L:
             reason = _ALREADY_LOGGED_IN
         elif request and logged_in:
@@ -291,8 +294,11 @@ class Session:
         order_ids: OrderIdCounter,
         limits: OrderEntryLimits | None = None,
         clock: Clock | None = None,
+        is_operator: Callable[[int], bool] | None = None,
     ) -> None:
         self.session_id = session_id
+        # whether an account may send ``Y`` (risk limits); asked once, at its login
+        self.is_operator = is_operator
         self.table = table
         self.verify = verify
         self.order_ids = order_ids
@@ -311,7 +317,7 @@ class Session:
         # reply queue entries: [REPLY rows as u64[n, 8], symbol index per row (-1: ready
         # now, else a K waiting for its seq, word 6, to be durable), next row to send]
         self._queue: collections.deque[list] = collections.deque()
-        self._params = np.zeros(9, dtype=np.int64)
+        self._params = np.zeros(10, dtype=np.int64)
         self._params[P_SESSION] = session_id
         self._results = np.zeros(7, dtype=np.int64)
         self._held: tuple[np.ndarray, int, int] | None = None
@@ -468,6 +474,7 @@ class Session:
             self.state = SessionState.LOGGED_IN
             self.account = int(frame["account"])
             self._params[P_ACCOUNT] = self.account
+            self._params[P_OPERATOR] = self.is_operator is not None and self.is_operator(self.account)
             reply = encode_reply(ReplyType.LOGIN_ACCEPTED, session=self.session_id, client_order_id=cid, ts_ns=ts_ns)
         else:
             self.state = SessionState.CLOSING

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ringex.codes import MsgType, OrderType, Reason, ReplyType, Side, Tif
-from ringex.order_entry.protocol import REPLY, SymbolTable
+from ringex.codes import MsgType, OrderType, Reason, ReplyType, RiskLimit, Side, Tif
+from ringex.order_entry.protocol import MAX_COLLAR_BPS, REPLY, SymbolTable
 
 __all__ = ["validate_reference", "build_replies"]
 
@@ -25,6 +25,8 @@ def validate_reference(
     combination (limit with G/I/F/P, market with I/F), the quantity (1..max_qty) and
     the price (a limit price in the band on a tick, a market price 0); for ``C`` and
     ``R`` a non-zero order id; for ``R`` the new quantity and price as for a limit ``N``.
+    ``M`` and ``Y`` may leave the symbol blank (every symbol); ``M`` needs a side of 0, B
+    or S; ``Y`` a non-negative value and a limit its target can have (docs/protocol.md).
 
     Logins and heartbeats pass (their handling is the session's business); rate,
     in-flight and readiness limits are not checked here either. ``symbol_index``
@@ -40,7 +42,10 @@ def validate_reference(
     new = mt == MsgType.NEW
     cancel = mt == MsgType.CANCEL
     replace = mt == MsgType.REPLACE
-    request = new | cancel | replace
+    mass = mt == MsgType.MASS_CANCEL
+    risk = mt == MsgType.RISK
+    request = new | cancel | replace | mass | risk
+    blank = frames["symbol"] == b""
     side, otype, tif = frames["side"], frames["order_type"], frames["tif"]
     price, qty = frames["price"], frames["qty"]
 
@@ -58,11 +63,22 @@ def validate_reference(
         price == 0,
     )
     qty_ok = (qty > 0) & (qty <= qmax)
+    target = frames["order_id"]
+    for_symbol = target == 0
+    limit_ok = (
+        np.isin(side, [RiskLimit.MAX_ORDER_QTY, RiskLimit.MAX_NOTIONAL, RiskLimit.MAX_OPEN_ORDERS])
+        | ((side == RiskLimit.COLLAR_BPS) & for_symbol & (price <= MAX_COLLAR_BPS))
+        | ((side == RiskLimit.REFERENCE_PRICE) & for_symbol)
+        | ((side == RiskLimit.KILL_SWITCH) & ~for_symbol & (price <= 1))
+        | ((side == RiskLimit.CLEAR) & for_symbol & (price == 0))
+    ) & (price >= 0)
 
     conditions = [
         ~np.isin(mt, _KNOWN),
         request & (not logged_in),
-        request & ~listed,
+        request & ~listed & ~((mass | risk) & blank),
+        mass & (side != 0) & (side != Side.BUY) & (side != Side.SELL),
+        risk & ~limit_ok,
         new & (side != Side.BUY) & (side != Side.SELL),
         new & ~tif_ok,
         (cancel | replace) & (frames["order_id"] == 0),
@@ -73,6 +89,8 @@ def validate_reference(
         Reason.UNKNOWN_MESSAGE,
         Reason.NOT_LOGGED_IN,
         Reason.UNKNOWN_SYMBOL,
+        Reason.BAD_SIDE,
+        Reason.BAD_LIMIT,
         Reason.BAD_SIDE,
         Reason.BAD_ORDER_TYPE,
         Reason.BAD_ORDER_ID,

@@ -9,18 +9,31 @@ from pathlib import Path
 
 import numpy as np
 
+from ringex.market_data.client import MdClient
+from ringex.order_entry.accounts import AccountStore
 from ringex.order_entry.client import OrderClient
-from ringex.records import COMMAND
+from ringex.records import COMMAND, EVENT
 from ringex.topology import GATEWAY, JOURNALER
 from ringex.wal import Journal
 
 from .stages import Stages
 
-__all__ = ["OrderEntry", "ACCOUNT", "TOKEN", "OTHER", "OTHER_TOKEN", "SYMBOLS", "CONFIG_TOML"]
+__all__ = [
+    "OrderEntry",
+    "ACCOUNT",
+    "TOKEN",
+    "OTHER",
+    "OTHER_TOKEN",
+    "OPERATOR",
+    "OPERATOR_TOKEN",
+    "SYMBOLS",
+    "CONFIG_TOML",
+]
 
 SYMBOLS = ("ACME", "BOLT")
 ACCOUNT, TOKEN = 1001, 0x1111_2222_3333
 OTHER, OTHER_TOKEN = 1002, 0x4444
+OPERATOR, OPERATOR_TOKEN = 9000, 0x9999_0000
 RING_CAPACITY = 1 << 14
 
 CONFIG_TOML = """
@@ -50,14 +63,18 @@ class OrderEntry:
         durability: str = "async",
         journal_before: dict[str, int] | None = None,
         ring_capacity: int = RING_CAPACITY,
+        toml: str = "",
+        operator: bool = False,
         **limits,
     ) -> None:
         table = "".join(f"{k} = {v}\n" for k, v in limits.items())
-        toml = CONFIG_TOML + (f"\n[order_entry]\n{table}" if limits else "")
+        toml = CONFIG_TOML + toml + (f"\n[order_entry]\n{table}" if limits else "")
         self.stages = Stages(data, toml, durability=durability, ring_capacity=ring_capacity)
         try:
             self.stages.add_account(ACCOUNT, TOKEN)
             self.stages.add_account(OTHER, OTHER_TOKEN)
+            if operator:
+                AccountStore.open(data).add(OPERATOR, OPERATOR_TOKEN, operator=True)
             if journal_before:
                 _journal_commands(self.stages, journal_before)
             self.stages.start_all()
@@ -76,6 +93,21 @@ class OrderEntry:
         if login:
             c.login(account, token)
         return c
+
+    def orders_feed(self, account: int = ACCOUNT, token: int = TOKEN, symbol: str | None = None) -> MdClient:
+        """A market data client on ``account``'s private orders channel, subscribed, its
+        ``subscribed`` ack and ``orders_snapshot`` read (``.snapshot`` holds the latter)."""
+        md = MdClient("127.0.0.1", self.stages.config.md_port, timeout=10)
+        md.login(account, token)
+        md.subscribe("orders", symbol)
+        md.snapshot = md.recv_until(lambda m: m["type"] == "orders_snapshot")[-1]
+        return md
+
+    def events(self, symbol: str) -> np.ndarray:
+        """Every event the journal holds for ``symbol`` so far."""
+        with Journal(self.data, readonly=True) as journal:
+            chunks = [chunk for _, chunk in journal.read_events(symbol, 0)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, EVENT)
 
     def raw(self) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=10)

@@ -1,7 +1,8 @@
 """A slow, obviously correct order book: the oracle the jitted book is tested against.
 
-Written from the rules (PROTOCOL.md, docs/matching.md), not from ``matcher_jit``: plain
-dicts of price -> list of orders, one ``Order`` object per resting order, and a dry run
+Written from the rules (PROTOCOL.md, docs/matching.md, docs/protocol.md for mass cancel
+and pre-trade risk), not from ``matcher_jit``: plain dicts of price -> list of orders,
+one ``Order`` object per resting order, a dict of each account's limits, and a dry run
 on a deep copy to decide whether a fill-or-kill order can fill. It produces the same
 ``EVENT`` records as ``ringex.engine.matcher.Matcher``, so the two can be compared exactly.
 """
@@ -13,11 +14,27 @@ import dataclasses
 
 import numpy as np
 
-from ringex.codes import EventKind, EventReason, Op, OrderType, Side, Tif
+from ringex.codes import EventKind, EventReason, Op, OrderType, RiskLimit, Side, Tif
 from ringex.config import SymbolSpec
 from ringex.records import EVENT, encode_symbol
 
 VALID_TIFS = {OrderType.LIMIT: {Tif.GTC, Tif.IOC, Tif.FOK, Tif.POST_ONLY}, OrderType.MARKET: {Tif.IOC, Tif.FOK}}
+# docs/protocol.md: at most this many accounts of one book hold limits of their own
+RISK_ACCOUNTS = 4096
+ACCOUNT_LIMITS = (RiskLimit.MAX_ORDER_QTY, RiskLimit.MAX_NOTIONAL, RiskLimit.MAX_OPEN_ORDERS, RiskLimit.KILL_SWITCH)
+SYMBOL_LIMITS = (
+    RiskLimit.MAX_ORDER_QTY,
+    RiskLimit.MAX_NOTIONAL,
+    RiskLimit.MAX_OPEN_ORDERS,
+    RiskLimit.COLLAR_BPS,
+    RiskLimit.REFERENCE_PRICE,
+)
+
+
+def tighter(a, b):
+    """The tighter of two limits where 0 means none."""
+    limits = [x for x in (a, b) if x]
+    return min(limits) if limits else 0
 
 
 @dataclasses.dataclass
@@ -40,6 +57,9 @@ class ReferenceBook:
         self.queues: dict[int, dict[int, list[Order]]] = {Side.BUY: {}, Side.SELL: {}}
         self.trade_counter = 0
         self.last_seq = -1
+        self.last_price = 0
+        self.limits = dict.fromkeys(SYMBOL_LIMITS, 0)  # the symbol's, 0: none
+        self.account_limits: dict[int, dict[int, int]] = {}  # account -> its own, 0: none
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -103,6 +123,7 @@ class ReferenceBook:
             taker.qty -= fill
             maker.qty -= fill
             self.trade_counter += 1
+            self.last_price = best
             self._event(EventKind.TRADE, taker.side, 0, taker.order_type, taker.tif, taker.order_id,
                         taker.client_order_id, taker.account, best, fill, taker.qty,
                         (self.trade_counter, maker.order_id, maker.client_order_id, maker.account, maker.qty))  # fmt: skip
@@ -131,6 +152,12 @@ class ReferenceBook:
                 self._cancel(cmd)
             elif op == Op.REPLACE:
                 self._replace(cmd)
+            elif op == Op.MASS_CANCEL:
+                self._mass_cancel(cmd, EventReason.MASS_CANCEL)
+            elif op == Op.DISCONNECT:
+                self._mass_cancel(cmd, EventReason.DISCONNECT)
+            elif op == Op.RISK:
+                self._set_limit(cmd)
             else:
                 self._about_command(cmd, EventKind.REJECTED, EventReason.BAD_ORDER_TYPE, cmd["qty"])
             self.last_seq = self._seq
@@ -151,7 +178,10 @@ class ReferenceBook:
             reject = EventReason.BAD_PRICE
         elif int(cmd["order_id"]) in self.orders:
             reject = EventReason.DUPLICATE_ORDER_ID
-        elif tif in (Tif.GTC, Tif.POST_ONLY) and len(self.orders) >= self.spec.capacity:
+        else:
+            reject = self._risk(int(cmd["account"]), side, order_type == OrderType.MARKET, int(cmd["price"]), qty,
+                                tif in (Tif.GTC, Tif.POST_ONLY))  # fmt: skip
+        if reject is None and tif in (Tif.GTC, Tif.POST_ONLY) and len(self.orders) >= self.spec.capacity:
             reject = EventReason.BOOK_FULL
         if reject is not None:
             self._about_command(cmd, EventKind.REJECTED, reject, qty)
@@ -159,6 +189,12 @@ class ReferenceBook:
         is_market = order_type == OrderType.MARKET
         taker = Order(int(cmd["order_id"]), int(cmd["client_order_id"]), int(cmd["account"]), side, order_type, tif,
                       int(cmd["price"]), qty)  # fmt: skip
+        bound = self._collar_bound(side) if is_market else None
+        if bound is not None:
+            # a market order under a collar takes liquidity only up to the collar's edge
+            taker = copy.copy(taker)
+            taker.price = bound
+            is_market = False
         other_best = self.best(Side.SELL if side == Side.BUY else Side.BUY)
         if tif == Tif.POST_ONLY and other_best is not None:
             if (side == Side.BUY and other_best <= taker.price) or (side == Side.SELL and other_best >= taker.price):
@@ -172,7 +208,7 @@ class ReferenceBook:
             return
         if stopped:
             self._about_command(cmd, EventKind.CANCELLED, EventReason.SELF_TRADE, taker.qty)
-        elif is_market:
+        elif order_type == OrderType.MARKET:
             self._about_command(cmd, EventKind.CANCELLED, EventReason.NO_LIQUIDITY, taker.qty)
         elif tif == Tif.IOC:
             self._about_command(cmd, EventKind.CANCELLED, EventReason.IOC_REMAINDER, taker.qty)
@@ -208,6 +244,10 @@ class ReferenceBook:
         if not self._price_ok(price):
             self._about_command(cmd, EventKind.REJECTED, EventReason.BAD_PRICE, qty)
             return
+        refusal = self._risk(order.account, order.side, False, price, qty, False)
+        if refusal is not None:
+            self._about_command(cmd, EventKind.REJECTED, refusal, qty)
+            return
         order.client_order_id = int(cmd["client_order_id"])
         if price == order.price and qty < order.qty:
             order.qty = qty
@@ -220,6 +260,102 @@ class ReferenceBook:
             self._about_order(order, EventKind.CANCELLED, EventReason.SELF_TRADE, order.qty, 0)
         elif order.qty > 0:
             self._rest(order)
+
+    # ---- risk ------------------------------------------------------------------------
+
+    def reference(self):
+        return self.last_price or self.limits[RiskLimit.REFERENCE_PRICE]
+
+    def _collar_bound(self, side):
+        """The furthest price (on a tick, in the band) a market order may trade at, or
+        None when no collar applies."""
+        ref, bps = self.reference(), self.limits[RiskLimit.COLLAR_BPS]
+        if not bps or ref <= 0:
+            return None
+        s = self.spec
+        band = ref * bps // 10_000
+        if side == Side.BUY:
+            edge = s.price_min + max(0, ref + band - s.price_min) // s.tick * s.tick
+        else:
+            edge = s.price_min + -(-max(0, ref - band - s.price_min) // s.tick) * s.tick
+        return min(max(edge, s.price_min), s.price_max)
+
+    def _risk(self, account, side, is_market, price, qty, rests):
+        own = self.account_limits.get(account, {})
+        if own.get(RiskLimit.KILL_SWITCH):
+            return EventReason.RISK_KILL_SWITCH
+        max_qty = tighter(self.limits[RiskLimit.MAX_ORDER_QTY], own.get(RiskLimit.MAX_ORDER_QTY, 0))
+        if max_qty and qty > max_qty:
+            return EventReason.RISK_MAX_QTY
+        ref, bps = self.reference(), self.limits[RiskLimit.COLLAR_BPS]
+        if not is_market and bps and ref > 0:
+            band = ref * bps // 10_000
+            if (side == Side.BUY and price > ref + band) or (side == Side.SELL and price < ref - band):
+                return EventReason.RISK_PRICE_COLLAR
+        max_notional = tighter(self.limits[RiskLimit.MAX_NOTIONAL], own.get(RiskLimit.MAX_NOTIONAL, 0))
+        if max_notional:
+            if is_market:
+                price = ref if ref > 0 else (self.best(Side.SELL if side == Side.BUY else Side.BUY) or 0)
+            if price > 0 and price * qty > max_notional:
+                return EventReason.RISK_MAX_NOTIONAL
+        max_open = tighter(self.limits[RiskLimit.MAX_OPEN_ORDERS], own.get(RiskLimit.MAX_OPEN_ORDERS, 0))
+        if rests and max_open and sum(o.account == account for o in self.orders.values()) >= max_open:
+            return EventReason.RISK_MAX_OPEN_ORDERS
+        return None
+
+    def _cancel_all_of(self, account, side, reason):
+        cancelled = 0
+        for order_id, *_ in self.resting():
+            order = self.orders[order_id]
+            if order.account == account and side in (0, order.side):
+                self._about_order(order, EventKind.CANCELLED, reason, order.qty, 0)
+                self._remove(order)
+                cancelled += 1
+        return cancelled
+
+    def _mass_cancel(self, cmd, reason):
+        side = int(cmd["side"]) if reason == EventReason.MASS_CANCEL else 0
+        if side not in (0, Side.BUY, Side.SELL):
+            self._about_command(cmd, EventKind.REJECTED, EventReason.BAD_ORDER_TYPE, 0)
+            return
+        account = int(cmd["account"])
+        cancelled = self._cancel_all_of(account, side, reason)
+        if cancelled or reason == EventReason.MASS_CANCEL:
+            self._event(EventKind.MASS_CANCELLED, side, reason, 0, 0, 0, int(cmd["client_order_id"]), account, 0,
+                        cancelled, 0)  # fmt: skip
+
+    def _pinned(self):
+        return sum(any(v for v in limits.values()) for limits in self.account_limits.values())
+
+    def _set_limit(self, cmd):
+        limit, target, value = int(cmd["side"]), int(cmd["order_id"]), int(cmd["price"])
+        valid = (
+            (limit == RiskLimit.CLEAR and target == 0 and value == 0)
+            or (limit in (RiskLimit.COLLAR_BPS, RiskLimit.REFERENCE_PRICE) and target == 0 and value >= 0)
+            or (limit == RiskLimit.KILL_SWITCH and target != 0 and value in (0, 1))
+            or (limit in (RiskLimit.MAX_ORDER_QTY, RiskLimit.MAX_NOTIONAL, RiskLimit.MAX_OPEN_ORDERS) and value >= 0)
+        )
+        if not valid:
+            self._about_command(cmd, EventKind.REJECTED, EventReason.BAD_ORDER_TYPE, 0)
+            return
+        cancelled = 0
+        if limit == RiskLimit.CLEAR:
+            self.limits = dict.fromkeys(SYMBOL_LIMITS, 0)
+            for limits in self.account_limits.values():
+                for key in (RiskLimit.MAX_ORDER_QTY, RiskLimit.MAX_NOTIONAL, RiskLimit.MAX_OPEN_ORDERS):
+                    limits[key] = 0
+        elif target == 0:
+            self.limits[limit] = value
+        else:
+            limits = self.account_limits.setdefault(target, dict.fromkeys(ACCOUNT_LIMITS, 0))
+            if value and not any(limits.values()) and self._pinned() >= RISK_ACCOUNTS:
+                self._about_command(cmd, EventKind.REJECTED, EventReason.RISK_TABLE_FULL, 0)
+                return
+            if limit == RiskLimit.KILL_SWITCH and value:
+                cancelled = self._cancel_all_of(target, 0, EventReason.KILL_SWITCH)
+            limits[limit] = value
+        self._event(EventKind.LIMIT_SET, limit, 0, 0, 0, 0, int(cmd["client_order_id"]), target, value, cancelled, 0,
+                    (0, 0, 0, int(cmd["account"]), 0))  # fmt: skip
 
     # ---- inspection ------------------------------------------------------------------
 
