@@ -70,6 +70,8 @@ MD_POLL_S = 0.005
 # The sender starts this long after the sessions are logged in, so the first intended
 # times are in the future for every session (picked, not derived).
 START_DELAY_NS = 200_000_000
+# Linux's SO_TIMESTAMPNS (Python's socket module does not name it)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 ##########################################################################################
@@ -177,6 +179,9 @@ def login(host: str, port: int, account: int, token: int) -> socket.socket:
 def md_connect(host: str, port: int, requests: list[dict], expect: int) -> socket.socket:
     """A market data session that sent ``requests`` and saw ``expect`` subscribed acks."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # stamped from the start: a snapshot that follows an ack (the orders channel's open
+    # orders) is read by the C loop, which would otherwise find it without a stamp
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     # room for a burst while this process waits for a core: the notifier cuts off a
     # subscriber more than 1 MiB behind, on top of what the kernel buffers
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)

@@ -209,6 +209,9 @@ def test_the_ladder_shows_resting_orders_and_resyncs_after_a_lost_update(browser
     browser.execute_script("window.__dropDepth = 1")
     with traders(exchange) as (buyer, _):
         accepted(buyer.buy("ACME", 3, 101))  # this update is lost
+        # the next order only once it is: sent sooner, both could reach the notifier in
+        # one batch, one depth update, all of it lost and no gap left to see
+        wait_for(browser, lambda: browser.execute_script("return window.__dropped") == 1, what="the lost update")
         accepted(buyer.buy("ACME", 4, 102))  # this one has a seq gap before it
     want_bids = [[102, 4], [101, 3], *want_bids]
     page = wait_for(browser, lambda: (lambda p: p["bids"] == want_bids and p)(ladder(browser)), what="resynced")
