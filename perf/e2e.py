@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from perf import analysis  # noqa: E402
 from perf.loadgen import LoadgenProcess  # noqa: E402
-from perf.targets import BaselineExchange, LocalExchange, RingLagSampler, Target, cpu_ns  # noqa: E402
+from perf.targets import BaselineExchange, LocalExchange, RingLagSampler, Target, cpu_ns, scheduler  # noqa: E402
 from perf.workload import MIX  # noqa: E402
 from ringex.trace import FLUSH_S, read_traces, stage_latencies  # noqa: E402
 
@@ -407,17 +407,6 @@ def machine() -> dict:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "scheduler": scheduler(),
     }
-
-
-def scheduler() -> str:
-    """This process's scheduling policy, which the exchanges it starts inherit: a run
-    under ``chrt -f N`` has every process of both exchanges (and the load generator)
-    ahead of everything else on a shared machine, as on dedicated cores."""
-    policy = os.sched_getscheduler(0)
-    if policy in (os.SCHED_FIFO, os.SCHED_RR):
-        name = "SCHED_FIFO" if policy == os.SCHED_FIFO else "SCHED_RR"
-        return f"{name} {os.sched_getparam(0).sched_priority}"
-    return "normal (SCHED_OTHER)"
 
 
 def results_section(result: dict) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from perf.targets import LocalExchange  # noqa: E402
+from perf.targets import LocalExchange, scheduler  # noqa: E402
 from ringex.codes import ExecType, FixMsgType, FixOrdType, FixSide, ReplyType, Side, Tag  # noqa: E402
 from ringex.fix.client import FixClient  # noqa: E402
 from ringex.fix.codec import utc_timestamp  # noqa: E402
@@ -347,6 +347,8 @@ def main() -> int:
                 # the machine is shared: how busy it was (1-minute load average) before and after
                 "loadavg_before": round(load_before[0], 2),
                 "loadavg_after": round(os.getloadavg()[0], 2),
+                # under `chrt -f N` every process of the run is ahead of the machine's other work
+                "scheduler": scheduler(),
             },
             "durability": args.durability,
             "seconds": args.seconds,

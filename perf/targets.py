@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ringex.topology import SUPERVISOR
 
-__all__ = ["Target", "LocalExchange", "BaselineExchange", "RingLagSampler", "free_ports", "cpu_ns"]
+__all__ = ["Target", "LocalExchange", "BaselineExchange", "RingLagSampler", "free_ports", "cpu_ns", "scheduler"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _READY = "stop with Ctrl-C"  # the last line both exchanges print once they serve
@@ -253,3 +253,14 @@ class RingLagSampler:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def scheduler() -> str:
+    """This process's scheduling policy, which the exchanges it starts inherit: a run
+    under ``chrt -f N`` has every process of both exchanges (and the load generator)
+    ahead of everything else on a shared machine, as on dedicated cores."""
+    policy = os.sched_getscheduler(0)
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        name = "SCHED_FIFO" if policy == os.SCHED_FIFO else "SCHED_RR"
+        return f"{name} {os.sched_getparam(0).sched_priority}"
+    return "normal (SCHED_OTHER)"

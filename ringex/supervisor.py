@@ -70,7 +70,8 @@ log = logging.getLogger("ringex.supervisor")
 
 LOCK_FILE = "ringex.lock"
 # How long a stage gets to recover and report ready. A first start on a new machine
-# compiles the numba kernels (about a minute); later starts load them from the cache.
+# compiles the numba kernels (17 s to ready on an idle 2-core machine,
+# perf/cold_start.py; longer on a busy one); later starts load them from the cache.
 READY_TIMEOUT_S = 300.0
 # How long shutdown waits for the rings to drain and for each child to exit.
 DRAIN_TIMEOUT_S = 30.0
@@ -87,8 +88,9 @@ JIT_MODULES = ("matcher_jit", "wal", "order_entry/protocol", "order_entry/sessio
 
 def kernels_cached(package: Path | None = None) -> bool:
     """Whether numba's cache holds every kernel module's code (else a start compiles
-    them, about a minute on two cores). With ``NUMBA_CACHE_DIR`` set the cache is
-    elsewhere: assume so, and let ``STILL_STARTING_S`` tell a slow start."""
+    them: 17 s to ready on an idle 2-core machine, ``perf/cold_start.py``). With
+    ``NUMBA_CACHE_DIR`` set the cache is elsewhere: assume so, and let
+    ``STILL_STARTING_S`` tell a slow start."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return True
     package = Path(__file__).resolve().parent if package is None else package
@@ -251,7 +253,7 @@ class Supervisor:
             self.demo_accounts = create_demo_accounts(self.data) or unshown_demo_accounts(self.data)
         if not kernels_cached():
             print(
-                "compiling the matching kernels: first start only, about a minute on two cores"
+                "compiling the matching kernels: first start only, about 20 s on two idle cores"
                 " (later starts take seconds)...",
                 file=self.out,
                 flush=True,
