@@ -27,8 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from support.net import free_ports  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from perf.targets import free_ports  # noqa: E402
 
 RESULTS = HERE / "results" / "cold_start.json"
 READY = "stop with Ctrl-C"

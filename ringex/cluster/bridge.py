@@ -480,7 +480,7 @@ def run_bridge(config: Config, topology: Topology, control) -> int:
         # ready before NATS answers: a primary starts (and in async mode trades) whether
         # or not NATS is reachable; in sync mode acks wait for it anyway
         control.set_ready(BRIDGE, True)
-        beat = asyncio.create_task(_beat(control, bridge.stopping))
+        beat = asyncio.create_task(jetstream.beat(control, BRIDGE, bridge.stopping))
         try:
             await bridge.run()
         finally:
@@ -491,10 +491,3 @@ def run_bridge(config: Config, topology: Topology, control) -> int:
     finally:
         bridge.close()
     return 0
-
-
-async def _beat(control, stopping: asyncio.Event) -> None:
-    while not stopping.is_set():
-        control.beat(BRIDGE)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.5)

@@ -31,7 +31,6 @@ refills it from the journal before it takes anything new.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections import defaultdict
@@ -187,7 +186,7 @@ def run_follower(config: Config, topology: Topology, control) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, feeder.stop)
-        beat = asyncio.create_task(_beat(control, FOLLOWER, feeder.stopping))
+        beat = asyncio.create_task(jetstream.beat(control, FOLLOWER, feeder.stopping))
         try:
             await feeder.run(on_ready=lambda: control.set_ready(FOLLOWER, True))
         finally:
@@ -198,10 +197,3 @@ def run_follower(config: Config, topology: Topology, control) -> int:
     finally:
         feeder.close()
     return 0
-
-
-async def _beat(control, role: str, stopping: asyncio.Event) -> None:
-    while not stopping.is_set():
-        control.beat(role)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.5)

@@ -27,6 +27,7 @@ Everything here but ``ensure_streams`` and ``connect`` is sans-IO.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 
@@ -50,6 +51,7 @@ __all__ = [
     "decode",
     "ensure_streams",
     "connect",
+    "beat",
 ]
 
 log = logging.getLogger("ringex.cluster")
@@ -214,3 +216,13 @@ async def connect(cluster: ClusterSettings, name: str, stopping: asyncio.Event |
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     return None
+
+
+async def beat(control, role: str, stopping: asyncio.Event) -> None:
+    """Report ``role`` alive on the control block every half second until ``stopping``:
+    the heartbeat of each cluster role's asyncio loop (the supervisor restarts a role
+    whose heartbeat stops)."""
+    while not stopping.is_set():
+        control.beat(role)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.5)

@@ -210,7 +210,7 @@ def run_standby(config: Config, topology: Topology, control) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, feeder.stop)
         loop.add_signal_handler(signal.SIGUSR1, feeder.drain)
-        beat = asyncio.create_task(_beat(control, feeder.stopping))
+        beat = asyncio.create_task(jetstream.beat(control, STANDBY, feeder.stopping))
         try:
             await feeder.run(on_ready=lambda: control.set_ready(STANDBY, True))
         finally:
@@ -221,13 +221,6 @@ def run_standby(config: Config, topology: Topology, control) -> int:
     finally:
         feeder.close()
     return 0
-
-
-async def _beat(control, stopping: asyncio.Event) -> None:
-    while not stopping.is_set():
-        control.beat(STANDBY)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.5)
 
 
 ####################################################################################
