@@ -51,6 +51,7 @@ def _pointer(data_dir: Path) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (ours or, when we may not signal it, someone else's)."""
     if pid <= 0:
         return False
     try:

@@ -28,22 +28,11 @@ from rich.table import Table
 from ringex.cli.common import data_dir_of
 from ringex.control import ControlBlock
 from ringex.ring import Ring, RingError
+from ringex.runfile import pid_alive
 from ringex.supervisor import RUN_FILE
 from ringex.topology import BRIDGE, CMD, JOURNALER, Topology, journaled_base
 
 __all__ = ["add_arguments", "run", "collect"]
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def collect(data_dir: str | os.PathLike[str]) -> dict:
@@ -63,7 +52,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict:
     try:
         reading["state"] = control.state.name
         reading["reason"] = control.reason
-        reading["processes"] = [dict(r, alive=_alive(r["pid"])) for r in control.roles()]
+        reading["processes"] = [dict(r, alive=pid_alive(r["pid"])) for r in control.roles()]
     finally:
         control.close()
     reading["rings"], reading["durable"] = _rings(info["data_dir"], topology)
