@@ -423,15 +423,17 @@ def test_a_burst_of_trades_leaves_the_page_responsive_and_its_ladder_right(brows
     Path(os.environ.get("RINGEX_WEB_BURST_REPORT", os.devnull)).write_text(report + "\n")
     # Responsive, as a person would feel it. First what other processes on the cores
     # cannot fake: the page's drawing takes under 20% of the time and its main thread
-    # under half a core (CPU time, Chromium's ThreadTime), and a frame's own work fits
-    # in two frames at 60 Hz at the 99th percentile. Measured here, on two cores shared
-    # with the exchange, the load and other test runs: drawing 6-9% (21% at a load
-    # average of 8), CPU 18-36%, p99 10-24 ms; the same page drawing per message instead
-    # of per animation frame drew 38-43% of the time (45% CPU), and fails.
+    # under three quarters of a core (CPU time, Chromium's ThreadTime), and a frame's own
+    # work fits in two frames at 60 Hz at the 99th percentile. Measured here, on two cores
+    # shared with the exchange, the load and other test runs: drawing 6-9% (21% at a
+    # load average of 8), CPU 18% alone and up to 53% in a full CI run (parsing 1,100
+    # messages a second costs more on a busy machine), p99 5-24 ms; the same page drawing
+    # per message instead of per animation frame drew 38-43% of the time (45% CPU), and
+    # fails on drawing: the bound that tells the two designs apart.
     # Then wall-clock bounds, which a busy machine can stretch: it keeps drawing (>= 5
     # frames a second; 15-45 measured), is never blocked for a second (Long Tasks API;
     # worst 70-540 ms measured), and answers a script call from outside within 3 s.
-    assert drawing < 0.20 and cpu < 0.5 and p99_render < 33.0, report
+    assert drawing < 0.20 and cpu < 0.75 and p99_render < 33.0, report
     assert frames >= 5 * wall, report
     assert worst_long < 1000 and long_ms < 0.5 * wall * 1000, report
     assert worst_trip < 3.0, report

@@ -14,8 +14,9 @@ its command, printed before that round's new commands: still in sequence order.
 from __future__ import annotations
 
 import json
+import signal
 import sys
-import time
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -138,18 +139,26 @@ def _window(journal: Journal, symbol: str, cmd_next: int, ev_next: int, events: 
 
 
 def _follow(journal: Journal, symbol: str, lines: int, events: bool) -> int:
-    cmd_end, _ = journal.ends(symbol)
-    cmd_next = max(0, cmd_end - lines)
-    ev_next = _first_event_of(journal, symbol, cmd_next)
+    """Print rounds until Ctrl-C or SIGTERM. The signals set a flag the loop checks,
+    rather than raising KeyboardInterrupt wherever the process happens to be: one that
+    lands while numba compiles a kernel for the first time (a fresh checkout) can be
+    swallowed there, and the loop would never end."""
+    stopping = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
+        cmd_end, _ = journal.ends(symbol)
+        cmd_next = max(0, cmd_end - lines)
+        ev_next = _first_event_of(journal, symbol, cmd_next)
+        while not stopping.is_set():
             out, cmd_next, ev_next = _window(journal, symbol, cmd_next, ev_next, events)
             if out:
                 sys.stdout.write("".join(json.dumps(line) + "\n" for line in out))
                 sys.stdout.flush()
-            time.sleep(FOLLOW_S)
-    except KeyboardInterrupt:
+            stopping.wait(FOLLOW_S)
         return 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def run(args) -> int:
