@@ -139,10 +139,10 @@ def _window(journal: Journal, symbol: str, cmd_next: int, ev_next: int, events: 
 
 
 def _follow(journal: Journal, symbol: str, lines: int, events: bool) -> int:
-    """Print rounds until Ctrl-C or SIGTERM. The signals set a flag the loop checks,
-    rather than raising KeyboardInterrupt wherever the process happens to be: one that
-    lands while numba compiles a kernel for the first time (a fresh checkout) can be
-    swallowed there, and the loop would never end."""
+    """Print rounds until Ctrl-C or SIGTERM. Both get handlers of our own that set a flag
+    the loop checks: a process started from a background job inherits SIGINT ignored,
+    and Python then installs no KeyboardInterrupt handler, so relying on it left a
+    ``tail --follow`` running after its Ctrl-C (seen in CI)."""
     stopping = threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
