@@ -7,25 +7,16 @@ so a subscriber can move between hosts (docs/scale-out.md)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ringex.cli.up import add_arguments as add_up_arguments
-from ringex.cli.up import config_from, serve
+from ringex.cli.up import add_replica_arguments, run_replica
 from ringex.topology import FOLLOWER
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_up_arguments(parser, with_nats=False)
-    parser.add_argument("--consumer", metavar="NAME", help="durable consumer name (default: from host and data dir)")
+    add_replica_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from(args, "follow")
-    if config is None:
-        return 2
-    if not config.cluster.nats:
-        print("ringex follow: give --nats URL (or [cluster] nats in --config)", file=sys.stderr)
-        return 2
-    return serve(config, "follow", mode=FOLLOWER)
+    return run_replica(args, "follow", FOLLOWER)

@@ -7,25 +7,16 @@ into the primary (docs/scale-out.md)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from ringex.cli.up import add_arguments as add_up_arguments
-from ringex.cli.up import config_from, serve
+from ringex.cli.up import add_replica_arguments, run_replica
 from ringex.topology import STANDBY
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_up_arguments(parser, with_nats=False)
-    parser.add_argument("--consumer", metavar="NAME", help="durable consumer name (default: from host and data dir)")
+    add_replica_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from(args, "standby")
-    if config is None:
-        return 2
-    if not config.cluster.nats:
-        print("ringex standby: give --nats URL (or [cluster] nats in --config)", file=sys.stderr)
-        return 2
-    return serve(config, "standby", mode=STANDBY)
+    return run_replica(args, "standby", STANDBY)

@@ -16,7 +16,7 @@ from ringex.config import Config, ConfigError, load_config
 from ringex.supervisor import StartError, Supervisor
 from ringex.topology import PRIMARY
 
-__all__ = ["add_arguments", "run", "config_from", "serve", "DEFAULT_NATS_PORT"]
+__all__ = ["add_arguments", "add_replica_arguments", "run", "run_replica", "config_from", "serve", "DEFAULT_NATS_PORT"]
 
 # nats-server's own default port, for `--with-nats` without a port
 DEFAULT_NATS_PORT = 4222
@@ -116,6 +116,24 @@ def serve(config: Config, command: str, mode: str = PRIMARY) -> int:
     finally:
         supervisor.shutdown()
     return 0
+
+
+def add_replica_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ringex follow`` and ``ringex standby``: ``up``'s options (the NATS URL a must)
+    and the durable consumer's name."""
+    add_arguments(parser, with_nats=False)
+    parser.add_argument("--consumer", metavar="NAME", help="durable consumer name (default: from host and data dir)")
+
+
+def run_replica(args: argparse.Namespace, command: str, mode: str) -> int:
+    """Serve a follower or a standby (``mode``), fed from the NATS URL it must be given."""
+    config = config_from(args, command)
+    if config is None:
+        return 2
+    if not config.cluster.nats:
+        print(f"ringex {command}: give --nats URL (or [cluster] nats in --config)", file=sys.stderr)
+        return 2
+    return serve(config, command, mode=mode)
 
 
 def detach(args: argparse.Namespace, config: Config, command: str = "up") -> int:

@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections import defaultdict
 
 import numpy as np
 
 from ringex.cluster import jetstream
-from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name
+from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name, run_feeder
 from ringex.config import Config
 from ringex.records import EVENT
 from ringex.topology import EVT, FOLLOWER, JOURNALER, Topology, journaled_base, new_ring_base
@@ -180,20 +179,4 @@ class FollowerFeeder:
 
 def run_follower(config: Config, topology: Topology, control) -> int:
     """The follower's feeder process (``ringex.roles``): until SIGTERM/SIGINT."""
-    feeder = FollowerFeeder(config, topology, durable=config.cluster.consumer or None)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, feeder.stop)
-        beat = asyncio.create_task(jetstream.beat(control, FOLLOWER, feeder.stopping))
-        try:
-            await feeder.run(on_ready=lambda: control.set_ready(FOLLOWER, True))
-        finally:
-            beat.cancel()
-
-    try:
-        asyncio.run(main())
-    finally:
-        feeder.close()
-    return 0
+    return run_feeder(FollowerFeeder(config, topology, durable=config.cluster.consumer or None), FOLLOWER, control)

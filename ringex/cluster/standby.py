@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ringex.cluster import jetstream
-from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name
+from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name, run_feeder
 from ringex.config import Config
 from ringex.topology import CMD, JOURNALER, STANDBY, Topology, wait_for_base
 from ringex.wait import wait_until
@@ -204,23 +204,7 @@ def run_standby(config: Config, topology: Topology, control) -> int:
     """The standby's feeder process (``ringex.roles``): until SIGTERM/SIGINT; SIGUSR1
     drains it for promotion."""
     feeder = StandbyFeeder(config, topology, durable=config.cluster.consumer or None)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, feeder.stop)
-        loop.add_signal_handler(signal.SIGUSR1, feeder.drain)
-        beat = asyncio.create_task(jetstream.beat(control, STANDBY, feeder.stopping))
-        try:
-            await feeder.run(on_ready=lambda: control.set_ready(STANDBY, True))
-        finally:
-            beat.cancel()
-
-    try:
-        asyncio.run(main())
-    finally:
-        feeder.close()
-    return 0
+    return run_feeder(feeder, STANDBY, control, {signal.SIGUSR1: feeder.drain})
 
 
 ####################################################################################
