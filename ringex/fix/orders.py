@@ -7,12 +7,13 @@ The application layer of the acceptor, sans-IO: ``OrderRouter`` turns
   checking them (what fails is answered at once: ExecutionReport Rejected,
   OrderCancelReject, a session-level Reject for a missing required field,
   BusinessMessageReject for a message type ringex does not take);
-- the gateway's ``X`` into those same rejections (a ``K`` only tells the exchange's
-  order id: the reports come from the matcher);
+- the gateway's ``K`` for a new order (it is durable in the journal) into
+  ExecutionReport New, and its ``X`` into those same rejections;
 - the matcher's events (``EVENT`` records from the out-rings, or from the journal when
-  catching up) into ExecutionReports: New, Trade (partial and full fills, with LastPx,
-  LastQty, CumQty, LeavesQty, AvgPx), Canceled, Replaced, Rejected, and
-  OrderCancelReject for a cancel or replace the matcher refused;
+  catching up) into ExecutionReports: Trade (partial and full fills, with LastPx,
+  LastQty, CumQty, LeavesQty, AvgPx), Canceled, Replaced, Rejected, New if the
+  event came before the K, and OrderCancelReject for a cancel or replace the matcher
+  refused;
 - requests lost with their gateway connection before any answer (``lost``) into a
   rejection that says so.
 
@@ -27,11 +28,15 @@ events out of a batch, and the request (by client_order_id) or the order (by the
 exchange's order id) tells whose they are. A protocol v1 client of the same account
 should number its requests below 2^63 (``docs/fix.md``).
 
-Each order gets an ExecutionReport New with the first event about it (so an order
-that trades on arrival gets New, then its fills), and exactly one terminal report:
-filled, canceled or rejected. ExecIDs derive from the event (symbol, journal
-sequence, what the report is), so a report regenerated from the journal after a
-crash carries the ExecID it had.
+Each order gets one ExecutionReport New, on its ``K`` or with its first event,
+whichever the acceptor sees first (so an order that trades on arrival gets New, then
+its fills), and exactly one terminal report: filled, canceled or rejected; the
+matcher may still refuse an order reported New (a risk limit, post-only), which FIX
+4.4 allows (New to Rejected). New goes out on the ``K`` because the K comes a matcher
+turn earlier: it is FIX's acknowledgement, and v1's. ExecIDs derive from the event
+(symbol, journal sequence, what the report is) or the K (the exchange's order id),
+so a report regenerated from the journal after a crash carries the ExecID it had (a
+New is never regenerated: it is stored with the order, before it is sent).
 
 State: ``requests`` (in flight), ``live`` orders (by key and by exchange order id)
 in memory; all of it, and every ClOrdID each account used, in the ``FixStore``.
@@ -472,15 +477,21 @@ class OrderRouter:
         if request is None:
             return  # the matcher answered it already
         if acked:
-            # In memory only: a K changes nothing a restart needs (an acknowledged
-            # request is answered by the matcher's events, which carry the order id,
-            # and is saved with them), so the K's turn commits nothing.
             request.acked = True
             if request.kind == NEW:
                 order = self.live.get(request.key)
                 if order is not None and not order.order_id:
                     order.order_id = order_id
                     self.by_order_id[order_id] = order.key
+                # A K means the order is durable in the journal: that is what New
+                # promises, and the K comes a matcher turn before the order's first
+                # event. The matcher may still refuse it (risk, post-only), which
+                # FIX 4.4 allows after New (OrdStatus 8: "an order can pass from New
+                # to Rejected status").
+                if order is not None:
+                    self._ensure_new(order, f"K-{order_id}", None)
+            # A cancel's or replace's K changes nothing a restart needs: the matcher's
+            # events answer it and are saved with their reports.
             return
         try:
             name = Reason(reason).name
@@ -599,6 +610,13 @@ class OrderRouter:
         request = self._request_of(cid, account)
         if kind == EventKind.REJECTED:
             if request is None:
+                # a new order reported New on its K (its request closed then)
+                order = self.live.get(cid) if cid >= CID_TAG else None
+                if order is not None and order.account == account and order.key == cid and order.reported_new:
+                    self._terminate(order, OrdStatus.REJECTED)
+                    reject = _ORD_REJ_FOR_EVENT.get(reason, OrdRejReason.OTHER)
+                    text = _EVENT_TEXT.get(reason, f"reason {reason}")
+                    self._report_rejected(order, ts, reject, text, exec_id=f"{symbol}-{seq}-J")
                 return
             text = _EVENT_TEXT.get(reason, f"reason {reason}")
             if request.kind == NEW:
@@ -646,14 +664,15 @@ class OrderRouter:
         order = self._order_of(e[_E_ORDER_ID], cid, account)
         if order is None:
             return
-        self._ensure_new(order, seq, ts)
+        self._ensure_new(order, f"{symbol}-{seq}-N", ts)
         if kind == EventKind.CANCELLED:
             # (a cancel or replace of it still in flight is refused by the matcher, unknown order)
             self._terminate(order, OrdStatus.CANCELED)
             self._report(order, order.owner, ExecType.CANCELED, f"{symbol}-{seq}-C", ts, text=_EVENT_TEXT.get(reason))
 
-    def _ensure_new(self, order: Order, seq: int, ts: int) -> None:
-        """The order's first event: its request is answered, and it is reported New."""
+    def _ensure_new(self, order: Order, exec_id: str, ts: int | None) -> None:
+        """The order's K or first event, whichever comes first: its request is
+        answered, and it is reported New."""
         if order.reported_new:
             return
         request = self.requests.get(order.key)
@@ -662,10 +681,10 @@ class OrderRouter:
         order.reported_new = True
         order.status = OrdStatus.NEW
         self._save_order(order)
-        self._report(order, order.owner, ExecType.NEW, f"{order.symbol}-{seq}-N", ts)
+        self._report(order, order.owner, ExecType.NEW, exec_id, ts)
 
     def _fill(self, order: Order, seq: int, ts: int, price: int, qty: int, remaining: int, maker: bool) -> None:
-        self._ensure_new(order, seq, ts)
+        self._ensure_new(order, f"{order.symbol}-{seq}-N", ts)
         order.cum_qty += qty
         order.cum_value += price * qty
         order.leaves = remaining
