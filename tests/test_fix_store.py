@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ringex.fix.store import FixStore
+import os
+
+from ringex.fix.store import ROOM, FixStore
 
 
 def test_sessions_outbox_orders_and_positions_survive_a_reopen(tmp_path):
@@ -47,3 +49,34 @@ def test_reads_see_the_turn_s_own_writes_and_a_reset_empties_one_session(tmp_pat
         assert list(one.sent_messages(1, 3)) == [] and len(list(two.sent_messages(1, 3))) == 3
         store.commit()
         assert store.sessions() == ["C1", "C2"]
+
+
+def test_the_map_file_is_allocated_ahead_of_what_the_store_writes(tmp_path):
+    # With writemap a page written into a hole the disk cannot fill is a SIGBUS; the
+    # store keeps the file allocated ahead of its pages, also within one transaction
+    # larger than that lead.
+    def allocated() -> int:
+        return os.stat(tmp_path / "fix-sessions" / "data.mdb").st_blocks * 512
+
+    def used(store: FixStore) -> int:
+        return (store.env.info()["last_pgno"] + 1) * store.env.stat()["psize"]
+
+    with FixStore(tmp_path, map_size=256 << 20) as store:
+        assert allocated() >= used(store) + ROOM // 2
+        record = store.create_session("C1", 1001)
+        for seq in range(1, 12_001):  # ~24 MiB in one transaction: more than ROOM
+            record.save_sent(seq, bytes([seq % 251]) * 2000)
+            assert allocated() >= used(store) + store._spent  # nothing is written into a hole
+        store.commit()
+        assert used(store) > ROOM
+        assert allocated() >= used(store) + ROOM // 2
+    with FixStore(tmp_path, map_size=256 << 20) as store:
+        record = store.session("C1")
+        assert [seq for seq, _ in record.sent_messages(11_999, 12_000)] == [11_999, 12_000]
+
+
+def test_without_writemap_nothing_is_allocated_ahead(tmp_path):
+    with FixStore(tmp_path, writemap=False) as store:
+        store.create_session("C1", 1001)
+        store.commit()
+    assert os.stat(tmp_path / "fix-sessions" / "data.mdb").st_blocks * 512 < 1 << 20
