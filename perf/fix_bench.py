@@ -20,6 +20,12 @@ with ``time.perf_counter_ns``. At each rate the phases alternate v1, FIX, v1, FI
 The issue's target: at 1,000 orders/s the FIX New's p50 exceeds v1's ack p50 by at
 most 200 µs; the script prints whether it holds and exits 1 if not.
 
+``--trace`` also says where FIX's own time goes: the exchange runs with tracing on, the
+acceptor notes its turns (``ringex.fix.turns``), and each FIX order's path is cut at
+the acceptor's stamps (the same clock as the client's): the D's wake-up, its turn
+(parse and route, store commit, forward), the gateway's leg until the ``K`` wakes the
+acceptor, the K's turn (report, store commit, send), and the report's way to the client.
+
     flock /work/bench.lock .venv/bin/python perf/fix_bench.py            # writes perf/results/fix.json
     .venv/bin/python perf/fix_bench.py --rates 1000 --seconds 2 --no-json    # a smoke run
 """
@@ -43,11 +49,15 @@ sys.path.insert(0, str(ROOT))
 
 from perf.targets import LocalExchange, scheduler  # noqa: E402
 from ringex.codes import ExecType, FixMsgType, FixOrdType, FixSide, ReplyType, Side, Tag  # noqa: E402
+from ringex.fix.acceptor import TICK_S  # noqa: E402
 from ringex.fix.client import FixClient  # noqa: E402
 from ringex.fix.codec import utc_timestamp  # noqa: E402
 from ringex.fix.session import compose  # noqa: E402
+from ringex.fix.turns import read_turns  # noqa: E402
 from ringex.order_entry.client import OrderClient  # noqa: E402
 from ringex.order_entry.protocol import REPLY, encode_new_order  # noqa: E402
+from ringex.topology import FIX  # noqa: E402
+from ringex.trace import FLUSH_S  # noqa: E402
 from tests.support.net import free_ports  # noqa: E402
 
 SYMBOL = "ACME"
@@ -272,6 +282,55 @@ def stats(phases: list[Phase], what: str) -> dict:
     }
 
 
+# The legs of a FIX order's path, between the client's stamps and the acceptor's.
+PATH = (
+    ("client sends D -> acceptor wakes", "sent", "d_wake"),
+    ("D turn: parse and route", "d_wake", "d_handled"),
+    ("D turn: store commit", "d_handled", "d_committed"),
+    ("D turn: forward to the gateway", "d_committed", "d_sent"),
+    ("gateway, journal, K back -> acceptor wakes", "d_sent", "k_wake"),
+    ("K turn: report New", "k_wake", "k_handled"),
+    ("K turn: store commit", "k_handled", "k_committed"),
+    ("K turn: send", "k_committed", "k_sent"),
+    ("report sent -> client has it", "k_sent", "acked"),
+    ("total (D -> ER New)", "sent", "acked"),
+)
+
+
+def fix_path(phases: dict[str, list[Phase]], turns: np.ndarray) -> dict[str, dict]:
+    """Per rate, the p50 and p90 of each leg of ``PATH`` (µs). The bench's FIX session
+    is the acceptor's only one and sends only orders: the turns' orders, in order, are
+    the phases' orders, and their replies the orders' K's."""
+    d = turns[turns["orders"] > 0]
+    d = np.repeat(d, d["orders"])
+    k = turns[turns["replies"] > 0]
+    k = np.repeat(k, k["replies"])
+    n = sum(len(p.sent) for ps in phases.values() for p in ps)
+    if len(d) != n or len(k) != n:
+        print(f"the turn trace has {len(d)} orders and {len(k)} replies for {n} orders sent; no path figures")
+        return {}
+    out, start = {}, 0
+    for rate, ps in phases.items():
+        count = sum(len(p.sent) for p in ps)
+        stamps = {
+            "sent": np.concatenate([p.sent for p in ps]),
+            "acked": np.concatenate([p.acked for p in ps]),
+        }
+        for side, rows in (("d", d[start : start + count]), ("k", k[start : start + count])):
+            for name in ("wake", "handled", "committed", "sent"):
+                stamps[f"{side}_{name}"] = rows[name]
+        start += count
+        if rate == "warm-up":
+            continue
+        ok = stamps["acked"] > 0
+        out[rate] = {}
+        for label, a, b in PATH:
+            us = (stamps[b][ok] - stamps[a][ok]) / 1e3
+            p50, p90 = np.percentile(us, [50, 90]) if len(us) else (float("nan"), float("nan"))
+            out[rate][label] = {"p50_us": round(float(p50), 1), "p90_us": round(float(p90), 1)}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="1000,10000", help="orders/s, comma separated (default 1000,10000)")
@@ -280,11 +339,14 @@ def main() -> int:
     parser.add_argument("--durability", choices=("fsync", "async"), default="fsync")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where to write the figures (default {RESULTS})")
     parser.add_argument("--no-json", action="store_true", help="print only")
+    parser.add_argument("--trace", action="store_true", help="cut each FIX order's path at the acceptor's turns")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     load_before = os.getloadavg()
     (fix_port,) = free_ports(1)
-    with LocalExchange(args.durability, ["--fix-port", str(fix_port)]) as target:
+    # any trace_every turns the acceptor's turn trace on; this one samples few commands
+    env = {"RINGEX_TRACE_EVERY": "1000000"} if args.trace else None
+    with LocalExchange(args.durability, ["--fix-port", str(fix_port)], env=env) as target:
         (maker, maker_token), (v1_account, v1_token), (fix_account, fix_token) = target.accounts[:3]
         with OrderClient.connect(target.host, target.port) as mm:
             mm.login(maker, maker_token)
@@ -293,7 +355,8 @@ def main() -> int:
             fix = FixLoad(target.host, fix_port, fix_account, fix_token)
             # warm both paths (first-use costs: caches, the acceptor's first commit...)
             v1.run(500, 200)
-            fix.run(500, 200)
+            warm_up, _ = fix.run(500, 200)
+            fix_phases = {"warm-up": [warm_up]}  # in the order they ran
             results = {}
             for rate in rates:
                 n = int(rate * args.seconds)
@@ -305,6 +368,8 @@ def main() -> int:
                         fix.heartbeat()
                         phase, worst = side.run(rate, n)
                         runs[name].append(phase)
+                        if name == "fix":
+                            fix_phases.setdefault(str(int(rate)), []).append(phase)
                         late[name] = max(late[name], worst)
                         time.sleep(0.5)
                 results[str(int(rate))] = {
@@ -319,6 +384,11 @@ def main() -> int:
                         "sender_late_max_us": late["fix"],
                     },
                 }
+            if args.trace:
+                time.sleep(2 * FLUSH_S + TICK_S)  # the acceptor writes its last turns
+                turns = read_turns(target.data_dir, FIX)
+                for rate, cuts in fix_path(fix_phases, turns).items():
+                    results[rate]["fix"]["path"] = cuts
     print(
         f"FIX vs protocol v1, one ringex ({args.durability}), {args.rounds} x {args.seconds:g} s per protocol and rate"
     )
@@ -333,6 +403,11 @@ def main() -> int:
             print(
                 f"{rate:>8} {label:<22} {s['p50_us']:>9} {s['p90_us']:>9} {s['p99_us']:>9} {s['p999_us']:>9} {s['missing']:>8}"
             )
+    for rate, r in results.items():
+        if "path" in r["fix"]:
+            print(f"where a FIX order's time goes at {rate}/s (p50 / p90 us):")
+            for stage, cut in r["fix"]["path"].items():
+                print(f"  {stage:<44} {cut['p50_us']:>8} {cut['p90_us']:>8}")
     added = None
     if "1000" in results:
         added = results["1000"]["fix"]["new"]["p50_us"] - results["1000"]["v1"]["ack"]["p50_us"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 
+import numpy as np
 import pytest
 from support.fix import ALICE, BOB, FixExchange, report, reports_for
 
@@ -30,6 +31,7 @@ from ringex.codes import (
 from ringex.fix.client import FixSessionClosed
 from ringex.fix.codec import NEED_DATA, FrameDecoder, encode, utc_timestamp
 from ringex.fix.session import MemoryStore
+from ringex.fix.turns import read_turns
 from ringex.topology import FIX, GATEWAY, JOURNALER
 
 BUY, SELL = FixSide.BUY, FixSide.SELL
@@ -435,3 +437,24 @@ def test_a_restarted_acceptor_loses_nothing_and_settles_what_was_in_doubt(exchan
             break
         assert time.monotonic() < deadline, m
         time.sleep(0.2)
+
+
+def test_with_tracing_on_the_acceptor_notes_the_turns_that_carried_orders(tmp_path):
+    # perf/fix_bench.py --trace cuts each FIX order's path at these stamps
+    exchange = FixExchange(tmp_path / "x", trace_every=1000)
+    try:
+        alice = exchange.client("ALICE1")
+        for i in range(3):
+            alice.new_order(f"t{i}", "ACME", BUY, 1, price=100 + 5 * i)
+            report(alice, f"t{i}", ExecType.NEW)
+        data = exchange.data
+    finally:
+        exchange.close()  # the acceptor writes what it holds as it stops
+    turns = read_turns(data, FIX)
+    assert int(turns["orders"].sum()) == 3 and int(turns["replies"].sum()) == 3
+    assert (turns["wake"] <= turns["handled"]).all() and (turns["handled"] <= turns["committed"]).all()
+    assert (turns["committed"] <= turns["sent"]).all()
+    # each order's turn came before the turn of its K
+    order_turns = np.repeat(turns["sent"][turns["orders"] > 0], turns["orders"][turns["orders"] > 0])
+    reply_turns = np.repeat(turns["wake"][turns["replies"] > 0], turns["replies"][turns["replies"] > 0])
+    assert (order_turns < reply_turns).all()

@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ringex.codes import Reason, ReplyType
+from ringex.codes import FixMsgType, Reason, ReplyType
 from ringex.config import Config
 from ringex.control import NullControl
 from ringex.fix.codec import printable
@@ -72,11 +72,13 @@ from ringex.fix.session import (
     compose,
 )
 from ringex.fix.store import FixStore
+from ringex.fix.turns import TurnTrace
 from ringex.limits import FailedLoginLimit
 from ringex.order_entry.accounts import AccountStore
 from ringex.order_entry.protocol import NEED_DATA, REPLY, FrameDecoder, encode_heartbeat, encode_login
 from ringex.ring import Ring
 from ringex.topology import EVT, FIX, MATCHER, Topology, wait_for_base
+from ringex.trace import trace_dir
 from ringex.wait import Doorbell, wait_until
 
 __all__ = ["Acceptor", "AcceptorStatistics", "serve", "run_fix_acceptor"]
@@ -104,6 +106,11 @@ POSITION_SAVE_S = 1.0
 LAZY_MIN_CAPACITY = 16_384
 # A session that leaves more than this unread is cut off (seconds of reports).
 MAX_OUTPUT_BYTES = 4 << 20
+# positions of the REPLY fields in a frame's tuple
+_R_MSG_TYPE = REPLY.names.index("msg_type")
+_R_CLIENT_ORDER_ID = REPLY.names.index("client_order_id")
+_R_ORDER_ID = REPLY.names.index("order_id")
+_R_REASON = REPLY.names.index("reason")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +183,8 @@ class _EventSource:
         self._hi: int | None = None
 
     def take(self, router: OrderRouter) -> bool:
+        if self.consumer.available() == self.consumer.cursor:
+            return False  # most turns, for most rings: no Batch built
         batch = self.consumer.poll(MAX_BATCH)
         if not batch:
             return False
@@ -227,7 +236,12 @@ class Acceptor:
         self.settings = config.fix
         self.topology = topology
         self.control = control or NullControl()
-        self.store = FixStore(config.data_dir, sync=self.settings.store_sync, map_size=self.settings.store_map_size)
+        self.store = FixStore(
+            config.data_dir,
+            sync=self.settings.store_sync,
+            map_size=self.settings.store_map_size,
+            writemap=self.settings.store_writemap,
+        )
         # Credentials are checked here before the gateway sees them: every FIX session's
         # gateway connection comes from this process's address, so the gateway's limits
         # on failed logins per address would let one FIX client with a wrong password
@@ -243,6 +257,10 @@ class Acceptor:
         self._verifier = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fix-login")
         self._verified: collections.deque[tuple[_Connection, bool]] = collections.deque()
         self.router = OrderRouter(config.symbols, self.store, self)
+        # with tracing on, where each turn that carried orders or replies spent its time
+        self.turns = TurnTrace(trace_dir(config.data_dir) / f"{FIX}.turns") if config.trace_every else None
+        self._orders_in_turn = 0
+        self._replies_in_turn = 0
         self.sel = selectors.DefaultSelector()
         self._stop = threading.Event()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -357,6 +375,7 @@ class Acceptor:
         self.control.set_ready(FIX, True)
         next_tick = time.monotonic() + TICK_S
         bell = self._bell
+        turns = self.turns
         while not self._stop.is_set():
             timeout = max(0.0, next_tick - time.monotonic())
             # Woken by every event only while a FIX order may be concerned, or while a
@@ -370,6 +389,7 @@ class Acceptor:
             if backlog:
                 timeout = 0.0
             ready = self.sel.select(timeout)
+            wake = time.perf_counter_ns() if turns is not None else 0
             if armed:
                 bell.withdraw()
             for key, mask in ready:
@@ -392,6 +412,20 @@ class Acceptor:
                     if mask & selectors.EVENT_READ:
                         self._receive_upstream(what)
                     self._dirty_up.add(what)
+            if ready:
+                # What the sockets brought goes out before the events are taken: a K's
+                # ExecutionReport New (and a D's v1 frame) do not wait for the
+                # reports of a batch of events (the gateway posts its acks first too).
+                if turns is not None and (self._orders_in_turn or self._replies_in_turn):
+                    handled = time.perf_counter_ns()
+                    self._commit()
+                    committed = time.perf_counter_ns()
+                    self._send()
+                    sent = time.perf_counter_ns()
+                    turns.note(wake, handled, committed, sent, self._orders_in_turn, self._replies_in_turn)
+                else:
+                    self._commit_and_send()
+                self._orders_in_turn = self._replies_in_turn = 0
             self._take_events()
             now = time.monotonic()
             if now >= next_tick:
@@ -409,10 +443,16 @@ class Acceptor:
     def _commit_and_send(self) -> None:
         # The order matters: the store first (what we are about to say is kept), then
         # the ring cursors (the events taken are in the store), then the sockets.
+        self._commit()
+        self._send()
+
+    def _commit(self) -> None:
         self.router.flush()
         self.store.commit()
         for source in self.sources:
             source.commit()
+
+    def _send(self) -> None:
         dirty_up, self._dirty_up = self._dirty_up, set()
         for upstream in dirty_up:
             self._flush_upstream(upstream)
@@ -422,6 +462,8 @@ class Acceptor:
 
     def _tick(self, now: float) -> None:
         self.control.beat(FIX)
+        if self.turns is not None:
+            self.turns.flush_due()
         if now >= self._next_position_save:
             self._next_position_save = now + POSITION_SAVE_S
             self.router.save_positions()
@@ -530,6 +572,8 @@ class Acceptor:
                 )
 
     def _on_application(self, conn: _Connection, message) -> None:
+        if message.msg_type == FixMsgType.NEW_ORDER_SINGLE:
+            self._orders_in_turn += 1
         self.router.on_message(conn.comp_id, conn.account, conn.session, message)
 
     def _on_logon(self, conn: _Connection, logon: LogonRequested) -> None:
@@ -708,24 +752,24 @@ class Acceptor:
         frames = upstream.decoder.next_frames()
         if frames is NEED_DATA:
             return
-        for frame in frames:
-            kind = int(frame["msg_type"])
+        # rows as tuples: plain ints, a fraction of the cost of numpy scalar fields
+        for frame in frames.tolist():
+            kind = frame[_R_MSG_TYPE]
             if kind == ReplyType.ACK or kind == ReplyType.REJECT:
                 if not upstream.inflight:
                     log.error("a reply from the gateway with nothing in flight; closing that connection")
                     self._close_upstream(upstream, "out of step")
                     return
                 cid = upstream.inflight.popleft()
-                if int(frame["client_order_id"]) != cid:
+                self._replies_in_turn += 1
+                if frame[_R_CLIENT_ORDER_ID] != cid:
                     log.error(
-                        "the gateway answered %d, expected %d; closing that connection",
-                        int(frame["client_order_id"]),
-                        cid,
+                        "the gateway answered %d, expected %d; closing that connection", frame[_R_CLIENT_ORDER_ID], cid
                     )
                     upstream.inflight.appendleft(cid)
                     self._close_upstream(upstream, "out of step")
                     return
-                self.router.on_reply(cid, kind == ReplyType.ACK, int(frame["order_id"]), int(frame["reason"]))
+                self.router.on_reply(cid, kind == ReplyType.ACK, frame[_R_ORDER_ID], frame[_R_REASON])
             elif kind == ReplyType.LOGIN_ACCEPTED:
                 upstream.state = "ready"
                 self._logon_answered(upstream, True)
@@ -734,7 +778,7 @@ class Acceptor:
                 self._close_upstream(upstream, "")
                 return
             elif kind == ReplyType.ERROR:
-                self._close_upstream(upstream, f"the gateway ended the session: {_reason_name(int(frame['reason']))}")
+                self._close_upstream(upstream, f"the gateway ended the session: {_reason_name(frame[_R_REASON])}")
                 return
 
     def _flush_upstream(self, upstream: _Upstream) -> None:
@@ -842,6 +886,8 @@ class Acceptor:
         for ring in self.in_rings.values():
             ring.close()
         self.in_rings = {}
+        if getattr(self, "turns", None) is not None:
+            self.turns.close()
         self.store.close()
 
 

@@ -351,7 +351,32 @@ _day_cache: dict[bytes, int] = {}
 
 def parse_utc_timestamp(value: bytes | None) -> int | None:
     """A UTCTimestamp (with 0, 3, 6 or 9 fractional digits) as ns since the epoch, or None."""
-    if value is None or len(value) < 17 or value[8:9] != b"-" or value[11:12] != b":" or value[14:15] != b":":
+    if value is None:
+        return None
+    second = value[:17]
+    last = _parsed_second[0]  # one read: threads may share the cache
+    if second == last[0]:  # every message's SendingTime: mostly the last one's second
+        seconds = last[1]
+    else:
+        seconds = _seconds(second)
+        if seconds is None:
+            return None
+        _parsed_second[0] = (second, seconds)
+    frac = value[17:]
+    if frac:
+        digits = frac[1:]
+        if frac[:1] != b"." or len(digits) not in (3, 6, 9) or not digits.isdigit():
+            return None
+        return seconds * 1_000_000_000 + int(digits) * 10 ** (9 - len(digits))
+    return seconds * 1_000_000_000
+
+
+_parsed_second: list[tuple[bytes, int]] = [(b"", 0)]
+
+
+def _seconds(value: bytes) -> int | None:
+    """``YYYYMMDD-HH:MM:SS`` as seconds since the epoch, or None."""
+    if len(value) < 17 or value[8:9] != b"-" or value[11:12] != b":" or value[14:15] != b":":
         return None
     day = _day_cache.get(value[:8])
     if day is None:
@@ -365,12 +390,4 @@ def parse_utc_timestamp(value: bytes | None) -> int | None:
     hh, mm, ss = value[9:11], value[12:14], value[15:17]
     if not (hh.isdigit() and mm.isdigit() and ss.isdigit()) or int(hh) > 23 or int(mm) > 59 or int(ss) > 60:
         return None
-    frac = value[17:]
-    if frac:
-        digits = frac[1:]
-        if frac[:1] != b"." or len(digits) not in (3, 6, 9) or not digits.isdigit():
-            return None
-        nanos = int(digits) * 10 ** (9 - len(digits))
-    else:
-        nanos = 0
-    return (day + int(hh) * 3600 + int(mm) * 60 + int(ss)) * 1_000_000_000 + nanos
+    return day + int(hh) * 3600 + int(mm) * 60 + int(ss)

@@ -85,6 +85,8 @@ log = logging.getLogger("ringex.fix.orders")
 
 # The acceptor's v1 client_order_ids have this bit set (see the module docstring).
 CID_TAG = 1 << 63
+# v1 client_order_ids are reserved in the store this many at a time (``_new_cid``).
+CID_BLOCK = 1024
 # Longest ClOrdID kept (FIX sets no limit; a key in the store must have one).
 MAX_CL_ORD_ID = 64
 NEW, CANCEL, REPLACE = "new", "cancel", "replace"
@@ -203,6 +205,7 @@ class OrderRouter:
         self.outbox = outbox
         self.clock_ns = clock_ns
         self.next_cid = store.get_int("next_cid") or 1
+        self._cids_reserved = self.next_cid - 1
         self.requests: dict[int, Request] = {Request(**doc).cid: Request(**doc) for doc in store.requests()}
         self.live: dict[int, Order] = {}
         self.by_order_id: dict[int, int] = {}
@@ -243,9 +246,13 @@ class OrderRouter:
         return order
 
     def _new_cid(self) -> int:
+        # The store holds the end of a reserved block, not every number: a restart
+        # skips what was left of the block, and a number is never used twice.
         cid = CID_TAG | self.next_cid
         self.next_cid += 1
-        self.store.put_int("next_cid", self.next_cid)
+        if self.next_cid > self._cids_reserved:
+            self._cids_reserved = self.next_cid + CID_BLOCK
+            self.store.put_int("next_cid", self._cids_reserved)
         return cid
 
     def _open_request(self, request: Request) -> None:
