@@ -142,6 +142,7 @@ class FixStore:
             writemap=writemap,
         )
         self._dbs = {name: self.env.open_db(name) for name in _DBS}
+        self._live = self._live_keys()
         self._txn: lmdb.Transaction | None = None
         self._records: dict[str, SessionRecord] = {}
         self.commits = 0
@@ -227,6 +228,7 @@ class FixStore:
                 self._txn.abort()
                 self._txn = None
             self._spent = 0
+            self._live = self._live_keys()  # as the aborted transaction left them
             raise failure
         if self._txn is not None:
             self._txn.commit()
@@ -282,10 +284,19 @@ class FixStore:
     def put_order(self, key: int, doc: dict, live: bool) -> None:
         k = _U64.pack(key)
         self._put(b"orders", k, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
+        # ``live`` changes twice in an order's life; it is written only then
         if live:
-            self._put(b"live", k, b"")
-        else:
+            if k not in self._live:
+                self._put(b"live", k, b"")
+                self._live.add(k)
+        elif k in self._live:
             self._delete(b"live", k)
+            self._live.discard(k)
+
+    def _live_keys(self) -> set[bytes]:
+        """The keys of the open orders, as the store has them."""
+        with self.env.begin() as txn:
+            return {bytes(k) for k, _ in txn.cursor(db=self._dbs[b"live"])}
 
     def order(self, key: int) -> dict | None:
         raw = self._get(b"orders", _U64.pack(key))
