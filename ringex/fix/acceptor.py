@@ -111,6 +111,7 @@ _R_MSG_TYPE = REPLY.names.index("msg_type")
 _R_CLIENT_ORDER_ID = REPLY.names.index("client_order_id")
 _R_ORDER_ID = REPLY.names.index("order_id")
 _R_REASON = REPLY.names.index("reason")
+_R_TS_NS = REPLY.names.index("ts_ns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -769,7 +770,7 @@ class Acceptor:
                     upstream.inflight.appendleft(cid)
                     self._close_upstream(upstream, "out of step")
                     return
-                self.router.on_reply(cid, kind == ReplyType.ACK, frame[_R_ORDER_ID], frame[_R_REASON])
+                self.router.on_reply(cid, kind == ReplyType.ACK, frame[_R_ORDER_ID], frame[_R_REASON], frame[_R_TS_NS])
             elif kind == ReplyType.LOGIN_ACCEPTED:
                 upstream.state = "ready"
                 self._logon_answered(upstream, True)

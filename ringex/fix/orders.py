@@ -477,9 +477,10 @@ class OrderRouter:
 
     # -- the gateway's replies ------------------------------------------------------------------
 
-    def on_reply(self, cid: int, acked: bool, order_id: int, reason: int) -> None:
+    def on_reply(self, cid: int, acked: bool, order_id: int, reason: int, ts_ns: int = 0) -> None:
         """The gateway's ``K`` (``acked``, with the exchange's ``order_id`` for a new
-        order) or ``X`` (with its ``reason``) for request ``cid``."""
+        order) or ``X`` (with its ``reason``) for request ``cid``; ``ts_ns``: the reply's
+        time the exchange received the request (a New's TransactTime)."""
         request = self.requests.get(cid)
         if request is None:
             return  # the matcher answered it already
@@ -496,7 +497,7 @@ class OrderRouter:
                 # FIX 4.4 allows after New (OrdStatus 8: "an order can pass from New
                 # to Rejected status").
                 if order is not None:
-                    self._ensure_new(order, f"K-{order_id}", None)
+                    self._ensure_new(order, f"K-{order_id}", ts_ns or None)
             # A cancel's or replace's K changes nothing a restart needs: the matcher's
             # events answer it and are saved with their reports.
             return
