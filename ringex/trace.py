@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Stage", "TRACE", "Tracer", "NullTracer", "tracer_for", "read_traces", "stage_latencies"]
+__all__ = ["Stage", "TRACE", "RecordFile", "Tracer", "NullTracer", "tracer_for", "read_traces", "stage_latencies"]
 
 TRACE = np.dtype([("t_ns", "<i8"), ("seq", "<i8"), ("stage", "u1"), ("symbol", "u1"), ("pad", "V6")])
 # Records kept before a write; a flush also happens at most FLUSH_S after the first.
@@ -74,17 +74,49 @@ class NullTracer:
         pass
 
 
+class RecordFile:
+    """Records of one dtype held in memory and appended to ``path``: one ``write`` when
+    ``BUFFER`` are held, when the first of them is ``FLUSH_S`` old (looked at on every
+    append, and by ``flush_due`` for a process that may append nothing for a while),
+    and on ``close``. The stage traces and the FIX acceptor's turns (``ringex.fix.turns``)."""
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._buf = np.zeros(BUFFER, dtype)
+        self._n = 0
+        self._first_at = 0.0
+
+    def append(self, record: tuple) -> None:
+        if self._n == 0:
+            self._first_at = time.monotonic()
+        self._buf[self._n] = record
+        self._n += 1
+        if self._n == BUFFER or time.monotonic() - self._first_at > FLUSH_S:
+            self.flush()
+
+    def flush_due(self) -> None:
+        if self._n and time.monotonic() - self._first_at > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._n:
+            os.write(self._fd, self._buf[: self._n].tobytes())
+            self._n = 0
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self._fd)
+
+
 class Tracer:
     """One process's trace records (see the module docstring)."""
 
     def __init__(self, path: Path, every: int) -> None:
         self.every = every
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self._buf = np.zeros(BUFFER, TRACE)
-        self._n = 0
-        self._first_at = 0.0
+        self._file = RecordFile(path, TRACE)
 
     def samples(self, first_seq: int, last_seq: int) -> bool:
         """Whether any sequence in ``first_seq .. last_seq`` is sampled: two integer
@@ -114,22 +146,13 @@ class Tracer:
                 self._add(stage, symbol, int(seq), t)
 
     def _add(self, stage: Stage, symbol: int, seq: int, t_ns: int) -> None:
-        if self._n == 0:
-            self._first_at = time.monotonic()
-        rec = self._buf[self._n]
-        rec["t_ns"], rec["seq"], rec["stage"], rec["symbol"] = t_ns, seq, stage, symbol
-        self._n += 1
-        if self._n == BUFFER or time.monotonic() - self._first_at > FLUSH_S:
-            self.flush()
+        self._file.append((t_ns, seq, stage, symbol, b""))
 
     def flush(self) -> None:
-        if self._n:
-            os.write(self._fd, self._buf[: self._n].tobytes())
-            self._n = 0
+        self._file.flush()
 
     def close(self) -> None:
-        self.flush()
-        os.close(self._fd)
+        self._file.close()
 
 
 def tracer_for(config, role: str) -> Tracer | NullTracer:

@@ -72,13 +72,12 @@ from ringex.fix.session import (
     compose,
 )
 from ringex.fix.store import FixStore
-from ringex.fix.turns import TurnTrace
+from ringex.fix.turns import turn_file
 from ringex.limits import FailedLoginLimit
 from ringex.order_entry.accounts import AccountStore
 from ringex.order_entry.protocol import NEED_DATA, REPLY, FrameDecoder, encode_heartbeat, encode_login
 from ringex.ring import Ring
 from ringex.topology import EVT, FIX, MATCHER, Topology, wait_for_base
-from ringex.trace import trace_dir
 from ringex.wait import Doorbell, wait_until
 
 __all__ = ["Acceptor", "AcceptorStatistics", "serve", "run_fix_acceptor"]
@@ -259,7 +258,7 @@ class Acceptor:
         self._verified: collections.deque[tuple[_Connection, bool]] = collections.deque()
         self.router = OrderRouter(config.symbols, self.store, self)
         # with tracing on, where each turn that carried orders or replies spent its time
-        self.turns = TurnTrace(trace_dir(config.data_dir) / f"{FIX}.turns") if config.trace_every else None
+        self.turns = turn_file(config.data_dir, FIX) if config.trace_every else None
         self._orders_in_turn = 0
         self._replies_in_turn = 0
         self.sel = selectors.DefaultSelector()
@@ -423,7 +422,7 @@ class Acceptor:
                     committed = time.perf_counter_ns()
                     self._send()
                     sent = time.perf_counter_ns()
-                    turns.note(wake, handled, committed, sent, self._orders_in_turn, self._replies_in_turn)
+                    turns.append((wake, handled, committed, sent, self._orders_in_turn, self._replies_in_turn))
                 else:
                     self._commit_and_send()
                 self._orders_in_turn = self._replies_in_turn = 0

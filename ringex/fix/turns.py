@@ -16,21 +16,18 @@ four stamps::
 and how many orders and replies the turn carried. The stamps are
 ``time.perf_counter_ns`` (CLOCK_MONOTONIC), so a client on the same host joins them
 with its own send and receive times. Records go to ``<data_dir>/trace/<role>.turns``
-as ``ringex.trace.Tracer``'s do: one ``write`` when the buffer fills, when ``FLUSH_S``
-has passed (the acceptor's tick asks), and on close.
+through a ``ringex.trace.RecordFile``, as the stage traces do.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import numpy as np
 
-from ringex.trace import BUFFER, FLUSH_S, trace_dir
+from ringex.trace import RecordFile, trace_dir
 
-__all__ = ["TURN", "TurnTrace", "read_turns"]
+__all__ = ["TURN", "turn_file", "read_turns"]
 
 TURN = np.dtype(
     [
@@ -44,37 +41,9 @@ TURN = np.dtype(
 )
 
 
-class TurnTrace:
-    """A buffer of ``TURN`` records appended to ``path``."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._records = np.zeros(BUFFER, TURN)
-        self._n = 0
-        self._first_ns = 0
-
-    def note(self, wake: int, handled: int, committed: int, sent: int, orders: int, replies: int) -> None:
-        if self._n == 0:
-            self._first_ns = sent
-        self._records[self._n] = (wake, handled, committed, sent, orders, replies)
-        self._n += 1
-        if self._n == BUFFER:
-            self.flush()
-
-    def flush_due(self) -> None:
-        """Write the buffer if its first record is ``FLUSH_S`` old."""
-        if self._n and time.perf_counter_ns() - self._first_ns > FLUSH_S * 1e9:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._n:
-            with open(self.path, "ab") as f:
-                f.write(self._records[: self._n].tobytes())
-            self._n = 0
-
-    def close(self) -> None:
-        self.flush()
+def turn_file(data_dir: str | os.PathLike[str], role: str) -> RecordFile:
+    """Where process ``role`` appends its ``TURN`` records."""
+    return RecordFile(trace_dir(data_dir) / f"{role}.turns", TURN)
 
 
 def read_turns(data_dir: str | os.PathLike[str], role: str) -> np.ndarray:
