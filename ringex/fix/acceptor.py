@@ -412,7 +412,7 @@ class Acceptor:
                     if mask & selectors.EVENT_READ:
                         self._receive_upstream(what)
                     self._dirty_up.add(what)
-            if ready:
+            if self._dirty or self._dirty_up:
                 # What the sockets brought goes out before the events are taken: a K's
                 # ExecutionReport New (and a D's v1 frame) do not wait for the
                 # reports of a batch of events (the gateway posts its acks first too).

@@ -617,20 +617,17 @@ class OrderRouter:
         cid, account, reason = e[_E_CLIENT_ORDER_ID], e[_E_ACCOUNT], e[_E_REASON]
         request = self._request_of(cid, account)
         if kind == EventKind.REJECTED:
+            text = _EVENT_TEXT.get(reason, f"reason {reason}")
+            reject = _ORD_REJ_FOR_EVENT.get(reason, OrdRejReason.OTHER)
             if request is None:
-                # a new order reported New on its K (its request closed then)
+                # a new order reported New on its K, which closed its request
                 order = self.live.get(cid) if cid >= CID_TAG else None
-                if order is not None and order.account == account and order.key == cid and order.reported_new:
+                if order is not None and order.account == account and order.reported_new:
                     self._terminate(order, OrdStatus.REJECTED)
-                    reject = _ORD_REJ_FOR_EVENT.get(reason, OrdRejReason.OTHER)
-                    text = _EVENT_TEXT.get(reason, f"reason {reason}")
                     self._report_rejected(order, ts, reject, text, exec_id=f"{symbol}-{seq}-J")
                 return
-            text = _EVENT_TEXT.get(reason, f"reason {reason}")
             if request.kind == NEW:
-                self._reject_new(
-                    request, _ORD_REJ_FOR_EVENT.get(reason, OrdRejReason.OTHER), text, f"{symbol}-{seq}-J", ts
-                )
+                self._reject_new(request, reject, text, f"{symbol}-{seq}-J", ts)
             else:
                 too_late = reason == EventReason.UNKNOWN_ORDER
                 self._cancel_request_refused(
