@@ -174,6 +174,8 @@
         dirty.orders = true;
         send({ op: "subscribe", channel: "orders" });
         return schedule();
+      case "orders_snapshot":
+        return onOrdersSnapshot(m);
       case "accepted":
       case "fill":
       case "replaced":
@@ -284,6 +286,32 @@
     setState("resyncing");
   }
 
+  function onOrdersSnapshot(m) {
+    // The account's open orders when the subscription began: those placed before the
+    // page was opened, or while it was reconnecting. A snapshot says what is open, not
+    // what was ordered or has filled: those stay blank until an event says.
+    for (const s of m.orders) {
+      const key = `${s.symbol}:${s.order_id}`;
+      if (app.orders.has(key)) continue;
+      app.orders.set(key, {
+        key,
+        account: m.account,
+        symbol: s.symbol,
+        order_id: s.order_id,
+        client_order_id: s.client_order_id,
+        side: s.side,
+        price: s.price,
+        qty: null,
+        filled: null,
+        open: s.remaining,
+        status: "open",
+        ms: null,
+      });
+    }
+    dirty.orders = true;
+    schedule();
+  }
+
   function onOrderEvent(m) {
     const key = `${m.symbol}:${m.order_id}`;
     let o = app.orders.get(key);
@@ -311,7 +339,7 @@
         Object.assign(o, { price: m.price, qty: m.qty, open: m.remaining, status: "open" });
         break;
       case "fill":
-        o.filled += m.qty;
+        if (o.filled !== null) o.filled += m.qty; // unknown since a snapshot: stays blank
         o.open = m.remaining;
         o.status = m.remaining ? "partly filled" : "filled";
         app.fills.push({
@@ -629,7 +657,7 @@
     drawRows(
       $("orders"),
       orders,
-      (o) => [fmtTime(o.ms), o.symbol, o.order_id, o.side, fmtInt(o.price), fmtInt(o.qty), fmtInt(o.filled), fmtInt(o.open), o.status],
+      (o) => [o.ms === null ? "" : fmtTime(o.ms), o.symbol, o.order_id, o.side, fmtInt(o.price), fmtInt(o.qty), fmtInt(o.filled), fmtInt(o.open), o.status],
       (o) => `${o.side} ${o.status === "open" || o.status === "partly filled" || o.status === "replaced" ? "" : "done"}`,
       (o) => ({ orderId: o.order_id, symbol: o.symbol, account: o.account, status: o.status, clientOrderId: o.client_order_id }),
     );
