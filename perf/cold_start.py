@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from perf.targets import free_ports  # noqa: E402
+from tests.support.net import free_ports  # noqa: E402
 
 RESULTS = HERE / "results" / "cold_start.json"
 READY = "stop with Ctrl-C"

@@ -20,7 +20,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,25 +27,12 @@ import time
 from pathlib import Path
 
 from ringex.topology import SUPERVISOR
+from tests.support.net import free_ports  # the test harness's: one home for it
 
 __all__ = ["Target", "LocalExchange", "BaselineExchange", "RingLagSampler", "free_ports", "cpu_ns", "scheduler"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _READY = "stop with Ctrl-C"  # the last line both exchanges print once they serve
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` loopback ports that were free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cpu_ns(pid: int) -> int | None:
