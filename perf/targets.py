@@ -19,13 +19,13 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ringex.processes import stop_process
 from ringex.topology import SUPERVISOR
 from tests.support.net import free_ports  # the test harness's: one home for it
 
@@ -121,13 +121,7 @@ class _Subprocess:
 
     def __exit__(self, *exc_info) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, 60)
             self.proc.stdout.close()
             self.proc = None
         self.tmp.cleanup()

@@ -8,11 +8,12 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ringex.processes import stop_process
 
 from .net import free_ports
 
@@ -103,14 +104,7 @@ class RunningExchange:
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = stop_process(self.proc, timeout)
         self.proc.stdout.close()
         self.proc = None
         return code
