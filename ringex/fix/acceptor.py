@@ -45,6 +45,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import gc
 import logging
 import os
 import selectors
@@ -927,6 +928,11 @@ def serve(
         if on_listening is not None:
             on_listening(address)
         log.info("FIX 4.4 acceptor listening on %s:%d as %s", *address, config.fix.comp_id)
+        # What is allocated by now (numba's and numpy's objects, the open orders caught
+        # up: ~55,000 objects) lives as long as the process. Out of the collector's way,
+        # a full collection scans only what serving allocates: over all of it one
+        # stopped the acceptor for 12 ms in the middle of fix_bench's load.
+        gc.freeze()
         acceptor.run()
     finally:
         acceptor.control.set_ready(FIX, False)
