@@ -149,3 +149,29 @@ def test_after_a_restart_the_journals_events_send_no_second_new(tmp_path):
         router.on_events("ACME", 1, events(accepted(cid, 7), traded(cid, 7, 10, 0)))
         assert router.outbox.exec_types() == [ExecType.TRADE]
         assert router.outbox.reports[0][int(Tag.OrderID)] == b"7"
+
+
+def test_a_new_order_in_flight_at_a_restart_is_in_doubt_and_its_k_still_reports_new(tmp_path):
+    # A new order's request is not stored: it is read off the order (live, not
+    # reported New), and an older store's stored one is read once and dropped.
+    with FixStore(tmp_path) as store:
+        router = OrderRouter((ACME,), store, Outbox())
+        cid = new_order(router, "o1")
+        answered = new_order(router, "o2")
+        router.on_reply(answered, True, 8, 0, time.time_ns())
+        # as an older acceptor stored it
+        store.put_request(cid, dict(cid=cid, kind="new", key=cid, account=ACCOUNT, requester="TRADER1", cl_ord_id="o1"))
+        router.flush()
+        store.commit()
+        assert list(store.requests())  # the older store's record
+    with FixStore(tmp_path) as store:
+        router = OrderRouter((ACME,), store, Outbox())
+        assert router.unanswered() == [cid]  # o2 was answered by its K; o1 is in doubt
+        assert router.requests[cid].cl_ord_id == "o1" and router.requests[cid].requester == "TRADER1"
+        router.flush()
+        store.commit()
+        assert not list(store.requests())  # nothing stored for a new order
+        router.on_reply(cid, True, 7, 0, time.time_ns())
+        (new,) = router.outbox.reports
+        assert new[int(Tag.ExecType)] == b"0" and new[int(Tag.ClOrdID)] == b"o1"
+        assert not router.unanswered()

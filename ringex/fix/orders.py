@@ -39,7 +39,8 @@ so a report regenerated from the journal after a crash carries the ExecID it had
 New is never regenerated: it is stored with the order, before it is sent).
 
 State: ``requests`` (in flight), ``live`` orders (by key and by exchange order id)
-in memory; all of it, and every ClOrdID each account used, in the ``FixStore``.
+in memory; all of it, and every ClOrdID each account used, in the ``FixStore``
+(a new order's request as its order: live, not reported New).
 """
 
 from __future__ import annotations
@@ -206,7 +207,13 @@ class OrderRouter:
         self.clock_ns = clock_ns
         self.next_cid = store.get_int("next_cid") or 1
         self._cids_reserved = self.next_cid - 1
-        self.requests: dict[int, Request] = {Request(**doc).cid: Request(**doc) for doc in store.requests()}
+        self.requests: dict[int, Request] = {}
+        for doc in store.requests():
+            request = Request(**doc)
+            if request.kind == NEW:  # an older store's: now read off its order, below
+                store.delete_request(request.cid)
+            else:
+                self.requests[request.cid] = request
         self.live: dict[int, Order] = {}
         self.by_order_id: dict[int, int] = {}
         for doc in store.live_orders():
@@ -214,6 +221,11 @@ class OrderRouter:
             self.live[order.key] = order
             if order.order_id:
                 self.by_order_id[order.order_id] = order.key
+            if not order.reported_new:
+                # its NewOrderSingle is still in flight: every answer (K, X, the first
+                # event, a fence) reports it New or Rejected, so the flag says it all
+                request = _new_request(order)
+                self.requests[request.cid] = request
         self.positions: dict[str, int] = {}
         for name in self.specs:
             value = store.get_int(f"events/{name}")
@@ -257,11 +269,16 @@ class OrderRouter:
 
     def _open_request(self, request: Request) -> None:
         self.requests[request.cid] = request
-        self.store.put_request(request.cid, vars(request))
+        # A new order's request is not stored: it is open exactly while its order,
+        # stored in the same turn, is live and not reported New (``__init__``). Two
+        # writes fewer on every order's path.
+        if request.kind != NEW:
+            self.store.put_request(request.cid, vars(request))
 
     def _close_request(self, request: Request) -> None:
         self.requests.pop(request.cid, None)
-        self.store.delete_request(request.cid)
+        if request.kind != NEW:
+            self.store.delete_request(request.cid)
 
     # -- FIX in ------------------------------------------------------------------------------
 
@@ -339,9 +356,7 @@ class OrderRouter:
         frame = encode_new_order(symbol, v1_side, qty, price, client_order_id=order.key, order_type=v1_type, tif=v1_tif)
         self._save_order(order)
         self.live[order.key] = order
-        request = Request(
-            cid=order.key, kind=NEW, key=order.key, account=account, requester=comp_id, cl_ord_id=cl_ord_id
-        )
+        request = _new_request(order)
         self._open_request(request)
         if not self.outbox.forward(comp_id, request.cid, frame):
             self.lost(request.cid, "the exchange's order entry is not connected")
@@ -818,6 +833,18 @@ class OrderRouter:
         if order.exec_inst:
             fields += b"18=%s\x01" % order.exec_inst.encode("latin-1", "replace")
         return fields
+
+
+def _new_request(order: Order) -> Request:
+    """The request that entered ``order`` (its NewOrderSingle)."""
+    return Request(
+        cid=order.key,
+        kind=NEW,
+        key=order.key,
+        account=order.account,
+        requester=order.owner,
+        cl_ord_id=order.cl_ord_id,
+    )
 
 
 def _whole(raw: bytes | None) -> int | None:

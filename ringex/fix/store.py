@@ -11,7 +11,7 @@ outbox        CompID, NUL, MsgSeqNum (u64 BE)     an application message as sent
 orders        order key (u64 BE)                  an ``Order``'s fields (``ringex.fix.orders``)
 live          order key                           empty: the orders still open
 clordids      account (u64 BE), ClOrdID           order key: every ClOrdID an account used
-requests      v1 client_order_id (u64 BE)         a ``Request``'s fields: sent, not answered
+requests      v1 client_order_id (u64 BE)         a cancel's or replace's ``Request``: unanswered
 meta          name                                counters and each symbol's next event
 ============  ==================================  ==========================================
 
