@@ -175,3 +175,21 @@ def test_a_new_order_in_flight_at_a_restart_is_in_doubt_and_its_k_still_reports_
         (new,) = router.outbox.reports
         assert new[int(Tag.ExecType)] == b"0" and new[int(Tag.ClOrdID)] == b"o1"
         assert not router.unanswered()
+
+
+def test_an_older_stores_order_as_a_dict_is_still_read(tmp_path):
+    with FixStore(tmp_path) as store:
+        router = OrderRouter((ACME,), store, Outbox())
+        cid = new_order(router, "o1")
+        router.on_reply(cid, True, 7, 0, time.time_ns())
+        router.flush()
+        store.put_order(cid, vars(router.live[cid]), live=True)  # as an older acceptor wrote it
+        store.commit()
+    with FixStore(tmp_path) as store:
+        router = OrderRouter((ACME,), store, Outbox())
+        assert router.live[cid].cl_ord_id == "o1" and router.live[cid].order_id == 7
+        router.on_events("ACME", 1, events(traded(cid, 7, 10, 0)))
+        assert router.outbox.exec_types() == [ExecType.TRADE]
+        router.flush()
+        store.commit()
+        assert isinstance(store.order(cid), tuple)  # written back in today's form

@@ -15,8 +15,9 @@ requests      v1 client_order_id (u64 BE)         a cancel's or replace's ``Requ
 meta          name                                counters and each symbol's next event
 ============  ==================================  ==========================================
 
-Orders and requests are pickled dicts (2 µs, against 8 µs as JSON: they are written
-on every order's path; only this process writes or reads them).
+Orders are pickled tuples of their fields' values (older stores: dicts), requests
+pickled dicts: a tuple pickles in under 1 µs, a dict in 2, JSON in 8. Orders are
+written on every order's path; only this process writes or reads them.
 
 One write transaction per turn of the acceptor's loop: everything a turn changed
 (sequence numbers, sent messages, orders, requests, positions in the event stream) is
@@ -281,7 +282,7 @@ class FixStore:
 
     # -- orders, requests, ClOrdIDs, counters -------------------------------------------------
 
-    def put_order(self, key: int, doc: dict, live: bool) -> None:
+    def put_order(self, key: int, doc: tuple | dict, live: bool) -> None:
         k = _U64.pack(key)
         self._put(b"orders", k, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
         # ``live`` changes twice in an order's life; it is written only then
@@ -298,11 +299,11 @@ class FixStore:
         with self.env.begin() as txn:
             return {bytes(k) for k, _ in txn.cursor(db=self._dbs[b"live"])}
 
-    def order(self, key: int) -> dict | None:
+    def order(self, key: int) -> tuple | dict | None:
         raw = self._get(b"orders", _U64.pack(key))
         return None if raw is None else pickle.loads(raw)
 
-    def live_orders(self) -> Iterator[dict]:
+    def live_orders(self) -> Iterator[tuple | dict]:
         with self.env.begin() as txn:
             orders = self._dbs[b"orders"]
             for key, _ in txn.cursor(db=self._dbs[b"live"]):
