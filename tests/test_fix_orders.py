@@ -69,6 +69,15 @@ def new_order(router: OrderRouter, cl_ord_id: str, price: int = 100, qty: int = 
     return router.outbox.forwarded[-1]
 
 
+def acked_order(store: FixStore, cl_ord_id: str, order_id: int) -> tuple[OrderRouter, int]:
+    """A router on ``store`` with one order entered and acknowledged (its K), flushed."""
+    router = OrderRouter((ACME,), store, Outbox())
+    cid = new_order(router, cl_ord_id)
+    router.on_reply(cid, True, order_id, 0, time.time_ns())
+    router.flush()
+    return router, cid
+
+
 def events(*rows: dict) -> np.ndarray:
     out = np.zeros(len(rows), EVENT)
     for i, row in enumerate(rows):
@@ -137,10 +146,7 @@ def test_a_matcher_refusal_after_the_k_is_a_rejected_after_the_new(store):
 
 def test_after_a_restart_the_journals_events_send_no_second_new(tmp_path):
     with FixStore(tmp_path) as store:
-        router = OrderRouter((ACME,), store, Outbox())
-        cid = new_order(router, "o1")
-        router.on_reply(cid, True, 7, 0, time.time_ns())
-        router.flush()
+        router, cid = acked_order(store, "o1", 7)
         store.commit()  # the acceptor's turn: the New is stored before it is sent
     with FixStore(tmp_path) as store:
         router = OrderRouter((ACME,), store, Outbox())
@@ -179,10 +185,7 @@ def test_a_new_order_in_flight_at_a_restart_is_in_doubt_and_its_k_still_reports_
 
 def test_an_older_stores_order_as_a_dict_is_still_read(tmp_path):
     with FixStore(tmp_path) as store:
-        router = OrderRouter((ACME,), store, Outbox())
-        cid = new_order(router, "o1")
-        router.on_reply(cid, True, 7, 0, time.time_ns())
-        router.flush()
+        router, cid = acked_order(store, "o1", 7)
         store.put_order(cid, vars(router.live[cid]), live=True)  # as an older acceptor wrote it
         store.commit()
     with FixStore(tmp_path) as store:
