@@ -425,6 +425,34 @@ def test_recovery_from_snapshot_equals_full_replay_and_returns_unjournaled_event
         assert journal.max_order_id() == journaled_max_oid
 
 
+def test_a_journal_read_ending_in_a_chunk_of_one_command_is_replayed(tmp_path):
+    # A chunk of one record came back from the journal as a read-only view of LMDB's
+    # bytes (numpy counts one element as contiguous, so nothing copied it), and the
+    # jitted book refuses read-only input: a matcher restarting on such a journal died
+    # until the supervisor halted the exchange (seen in CI, kill -9 of a matcher).
+    from ringex.engine.matcher import Matcher
+    from ringex.engine.recovery import recover_book
+    from ringex.wal import READ_CHUNK, Journal
+
+    spec = SPECS[0]
+    stream = CommandStream(spec, random.Random(11))
+    live_book = Matcher(spec)
+    seq = ev = 0
+    with Journal(tmp_path) as journal:
+        journal.ensure_specs([spec])
+        for size in (READ_CHUNK, 1):
+            cmds = stream.batch(spec.name, size)
+            events = _copy(live_book.apply(cmds, seq))
+            journal.commit([(spec.name, seq, cmds)], [(spec.name, ev, events)])
+            seq += len(cmds)
+            ev += len(events)
+        (_, last), *_ = list(journal.read_commands(spec.name, seq - 1))
+        assert len(last) == 1 and not last.flags.writeable
+        recovered = recover_book(journal, spec, None, verify=True)
+        assert recovered.replayed == seq
+        assert recovered.matcher.state_hash() == live_book.state_hash()
+
+
 def test_a_snapshot_of_commands_that_never_became_durable_is_never_used(tmp_path):
     """After a crash the lost commands' sequences go to new commands: an old snapshot
     covering the lost ones must not be taken once the journal grows past it."""

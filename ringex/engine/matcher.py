@@ -101,8 +101,12 @@ class Matcher:
         last = self._arena[jit.H_LAST_SEQ]
         if last >= 0 and first_seq != last + 1:
             raise SequenceGap(f"{self.spec.name}: batch starts at seq {first_seq}, book is at {last}")
-        if not commands.flags.c_contiguous:
-            commands = np.ascontiguousarray(commands)
+        flags = commands.flags
+        if not flags.c_contiguous or not flags.writeable:
+            # The kernels are compiled for writable arrays; numba types a read-only one
+            # (a journal chunk of one record is a view of LMDB's bytes) as another type
+            # and refuses it.
+            commands = np.array(commands, order="C")
         return commands.view(np.int64).reshape(-1, jit.COMMAND_WORDS)
 
     def _set_event_buffer(self, events: np.ndarray) -> None:
