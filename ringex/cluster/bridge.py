@@ -59,7 +59,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -398,9 +397,13 @@ class Bridge:
 
     # -- the loop ----------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, on_ready=None) -> None:
         """Connect (retrying), then publish until ``stop()``; on the way out publish what
-        the journal has, for ``FINAL_FLUSH_S`` at most."""
+        the journal has, for ``FINAL_FLUSH_S`` at most. ``on_ready()`` is called at once:
+        a primary starts (and in async mode trades) whether or not NATS is reachable; in
+        sync mode acks wait for it anyway."""
+        if on_ready is not None:
+            on_ready()
         loop = asyncio.get_running_loop()
         doorbell = None
         watch = None
@@ -471,23 +474,4 @@ def read_status(data_dir: str | os.PathLike[str]) -> dict | None:
 
 def run_bridge(config: Config, topology: Topology, control) -> int:
     """The bridge process (``ringex.roles``): publish until SIGTERM/SIGINT."""
-    bridge = Bridge(config, topology)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, bridge.stop)
-        # ready before NATS answers: a primary starts (and in async mode trades) whether
-        # or not NATS is reachable; in sync mode acks wait for it anyway
-        control.set_ready(BRIDGE, True)
-        beat = asyncio.create_task(jetstream.beat(control, BRIDGE, bridge.stopping))
-        try:
-            await bridge.run()
-        finally:
-            beat.cancel()
-
-    try:
-        asyncio.run(main())
-    finally:
-        bridge.close()
-    return 0
+    return jetstream.run_process(Bridge(config, topology), BRIDGE, control)

@@ -27,9 +27,8 @@ import asyncio
 import hashlib
 import logging
 import os
-import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ import numpy as np
 from ringex.cluster import jetstream
 from ringex.config import ClusterSettings
 
-__all__ = ["Continuity", "Gap", "Feed", "consumer_name", "run_feeder"]
+__all__ = ["Continuity", "Gap", "Feed", "consumer_name"]
 
 log = logging.getLogger("ringex.cluster.feed")
 
@@ -179,27 +178,3 @@ class Feed:
             except Exception as exc:  # closing a connection that is already broken
                 log.debug("closing NATS: %s", exc)
             self.nc = None
-
-
-def run_feeder(feeder, role: str, control, handlers: dict[int, Callable[[], None]] | None = None) -> int:
-    """The body of a feeder's process (``ringex.roles``, follower or standby): run
-    ``feeder`` with its heartbeat until SIGTERM/SIGINT, ``handlers`` for more signals,
-    and close it whatever happens."""
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, feeder.stop)
-        for sig, handler in (handlers or {}).items():
-            loop.add_signal_handler(sig, handler)
-        beat = asyncio.create_task(jetstream.beat(control, role, feeder.stopping))
-        try:
-            await feeder.run(on_ready=lambda: control.set_ready(role, True))
-        finally:
-            beat.cancel()
-
-    try:
-        asyncio.run(main())
-    finally:
-        feeder.close()
-    return 0

@@ -37,7 +37,7 @@ from collections import defaultdict
 import numpy as np
 
 from ringex.cluster import jetstream
-from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name, run_feeder
+from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name
 from ringex.config import Config
 from ringex.records import EVENT
 from ringex.topology import EVT, FOLLOWER, JOURNALER, Topology, journaled_base, new_ring_base
@@ -179,4 +179,6 @@ class FollowerFeeder:
 
 def run_follower(config: Config, topology: Topology, control) -> int:
     """The follower's feeder process (``ringex.roles``): until SIGTERM/SIGINT."""
-    return run_feeder(FollowerFeeder(config, topology, durable=config.cluster.consumer or None), FOLLOWER, control)
+    return jetstream.run_process(
+        FollowerFeeder(config, topology, durable=config.cluster.consumer or None), FOLLOWER, control
+    )

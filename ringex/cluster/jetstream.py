@@ -21,7 +21,8 @@ before it, as the bridge last saw it), so a publish from a stale position is ref
 instead of appended twice, and ``Nats-Msg-Id`` (subject, first sequence and count), so a
 retried publish whose first attempt landed is dropped by the stream's duplicate window.
 
-Everything here but ``ensure_streams`` and ``connect`` is sans-IO.
+Everything here but ``ensure_streams``, ``connect``, ``beat`` and ``run_process`` (the
+body of each cluster process) is sans-IO.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,6 +55,7 @@ __all__ = [
     "ensure_streams",
     "connect",
     "beat",
+    "run_process",
 ]
 
 log = logging.getLogger("ringex.cluster")
@@ -226,3 +230,28 @@ async def beat(control, role: str, stopping: asyncio.Event) -> None:
         control.beat(role)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), 0.5)
+
+
+def run_process(service, role: str, control, handlers: dict[int, Callable[[], None]] | None = None) -> int:
+    """The body of a cluster process (``ringex.roles``: bridge, follower or standby):
+    run ``service`` with its heartbeat until SIGTERM/SIGINT, ``handlers`` for more
+    signals, and close it whatever happens. ``service.run(on_ready=...)`` says when it
+    is ready; ``service.stop``, ``.stopping`` and ``.close`` do the rest."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        for sig, handler in (handlers or {}).items():
+            loop.add_signal_handler(sig, handler)
+        heartbeat = asyncio.create_task(beat(control, role, service.stopping))
+        try:
+            await service.run(on_ready=lambda: control.set_ready(role, True))
+        finally:
+            heartbeat.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        service.close()
+    return 0

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ringex.cluster import jetstream
-from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name, run_feeder
+from ringex.cluster.feed import Continuity, Feed, Gap, consumer_name
 from ringex.config import Config
 from ringex.topology import CMD, JOURNALER, STANDBY, Topology, wait_for_base
 from ringex.wait import wait_until
@@ -204,7 +204,7 @@ def run_standby(config: Config, topology: Topology, control) -> int:
     """The standby's feeder process (``ringex.roles``): until SIGTERM/SIGINT; SIGUSR1
     drains it for promotion."""
     feeder = StandbyFeeder(config, topology, durable=config.cluster.consumer or None)
-    return run_feeder(feeder, STANDBY, control, {signal.SIGUSR1: feeder.drain})
+    return jetstream.run_process(feeder, STANDBY, control, {signal.SIGUSR1: feeder.drain})
 
 
 ####################################################################################
